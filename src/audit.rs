@@ -1,0 +1,286 @@
+//! An audit: models × attacks on one dataset, producing report rows and
+//! gate verdicts. The CLI builds an [`AuditPlan`]; everything here is callable
+//! (and tested) without spawning a process.
+
+use crate::attack::{AttackKind, AttackSpec, Suite};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::onnx::{ClassifierGraph, Normalization, OnnxModel};
+use crate::report::{fraction, wilson_ci95_half_width, ReportRow, WORST_CASE_ID};
+use crate::runtime::{self, Classifier, RuntimeOptions};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// A robust-accuracy threshold that fails the audit (exit 1) when not met.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gate {
+    pub attack_id: String,
+    pub min_robust_acc: f64,
+    /// `--fail-under` or the suite that set it, for the message.
+    pub origin: String,
+}
+
+impl std::str::FromStr for Gate {
+    type Err = Error;
+
+    /// `ATTACK_ID=ACC`, ACC a fraction in `[0, 1]`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |why: &str| Error::Usage(format!("--fail-under {s}: {why}; expected ATTACK_ID=ACC, e.g. pgd20-linf-8=0.40"));
+        let (id, acc) = s.rsplit_once('=').ok_or_else(|| bad("missing `=`"))?;
+        let acc: f64 = acc.trim().parse().map_err(|_| bad("ACC is not a number"))?;
+        if !(0.0..=1.0).contains(&acc) {
+            return Err(bad("ACC must be a fraction in [0, 1] (0.40, not 40)"));
+        }
+        Ok(Gate { attack_id: id.trim().to_string(), min_robust_acc: acc, origin: "--fail-under".into() })
+    }
+}
+
+/// A gate that a model did not pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateFailure {
+    pub model: String,
+    pub gate: Gate,
+    pub measured: f64,
+}
+
+impl std::fmt::Display for GateFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: robust accuracy under `{}` is {:.4}, below the required {:.4} (set by {})",
+            self.model, self.gate.attack_id, self.measured, self.gate.min_robust_acc, self.gate.origin
+        )
+    }
+}
+
+/// A validated audit request.
+#[derive(Debug, Clone)]
+pub struct AuditPlan {
+    pub models: Vec<PathBuf>,
+    pub attacks: Vec<AttackSpec>,
+    pub gates: Vec<Gate>,
+    pub runtime: RuntimeOptions,
+    pub normalization: Option<Normalization>,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+impl AuditPlan {
+    /// Merges suites (an id used twice must mean the same attack), and checks
+    /// that every gate names an attack of the audit.
+    pub fn attacks_from_suites(suites: &[Suite], mut gates: Vec<Gate>) -> Result<(Vec<AttackSpec>, Vec<Gate>)> {
+        let mut attacks: Vec<AttackSpec> = Vec::new();
+        for suite in suites {
+            suite.check_runnable()?;
+            for attack in &suite.attacks {
+                match attacks.iter().find(|a| a.id == attack.id) {
+                    Some(existing) if existing != attack => {
+                        return Err(Error::Suite {
+                            file: suite.origin.clone(),
+                            attack: Some(attack.id.clone()),
+                            field: Some("id".into()),
+                            message: "another suite of this audit defines a different attack with the same id".into(),
+                        })
+                    }
+                    Some(_) => {}
+                    None => attacks.push(attack.clone()),
+                }
+                if let Some(acc) = attack.min_robust_acc {
+                    gates.push(Gate { attack_id: attack.id.clone(), min_robust_acc: f64::from(acc), origin: suite.origin.clone() });
+                }
+            }
+        }
+        for gate in &gates {
+            let known = gate.attack_id == WORST_CASE_ID || gate.attack_id == "clean" || attacks.iter().any(|a| a.id == gate.attack_id);
+            if !known {
+                let ids: Vec<_> = attacks.iter().map(|a| a.id.as_str()).chain(["clean", WORST_CASE_ID]).collect();
+                return Err(Error::Usage(format!(
+                    "{} names attack `{}`, which this audit does not run; its attack ids are {}",
+                    gate.origin,
+                    gate.attack_id,
+                    ids.join(", ")
+                )));
+            }
+        }
+        Ok((attacks, gates))
+    }
+}
+
+/// What an audit produced.
+#[derive(Debug, Clone)]
+pub struct AuditOutcome {
+    pub rows: Vec<ReportRow>,
+    pub gate_failures: Vec<GateFailure>,
+    /// Things the user should know that do not stop the audit.
+    pub warnings: Vec<String>,
+}
+
+/// Runs the plan on `data`. `progress` receives one line per step worth telling.
+pub fn run_audit(plan: &AuditPlan, data: &Dataset, progress: &mut dyn FnMut(&str)) -> Result<AuditOutcome> {
+    if data.is_empty() {
+        return Err(Error::Usage(format!("the dataset {} has no samples to audit", data.name)));
+    }
+    let mut rows = Vec::new();
+    let mut warnings = Vec::new();
+    for path in &plan.models {
+        let model = OnnxModel::load(path)?;
+        let graph = ClassifierGraph::prepare(&model, plan.input.as_deref(), plan.output.as_deref(), plan.normalization.as_ref())?;
+        graph.check_image_shape(&model, data.image_shape)?;
+        let mut classifier = runtime::open(&graph, data.image_shape, plan.runtime)?;
+        progress(&format!("{}: {} backend on {}", model.display_name(), classifier.backend_name(), classifier.device().as_str()));
+        let model_rows = audit_model(plan, &model, classifier.as_mut(), data, &mut warnings)?;
+        rows.extend(model_rows);
+    }
+    let gate_failures = evaluate_gates(&plan.gates, &rows);
+    Ok(AuditOutcome { rows, gate_failures, warnings })
+}
+
+/// Clean predictions of every sample: `correct[i]` and the number of classes.
+fn clean_pass(
+    model: &OnnxModel,
+    classifier: &mut dyn Classifier,
+    data: &Dataset,
+    batch_size: usize,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<bool>> {
+    let mut correct = Vec::with_capacity(data.len());
+    let mut looks_like_probabilities = true;
+    let mut non_finite = 0usize;
+    for start in (0..data.len()).step_by(batch_size) {
+        let end = (start + batch_size).min(data.len());
+        let logits = classifier.logits(data.pixels_of(start..end), end - start)?;
+        if let Some(&max_label) = data.labels.iter().max() {
+            if max_label as usize >= logits.classes {
+                return Err(Error::model(
+                    &model.path,
+                    format!(
+                        "outputs {} classes but the data {} has labels up to {max_label}; is this the dataset the model was trained for?",
+                        logits.classes, data.name
+                    ),
+                ));
+            }
+        }
+        for (row, (pred, &label)) in logits.rows().zip(logits.argmax().into_iter().zip(&data.labels[start..end])) {
+            let finite = row.iter().all(|v| v.is_finite());
+            non_finite += usize::from(!finite);
+            correct.push(finite && pred as i64 == label);
+            let sum: f32 = row.iter().sum();
+            looks_like_probabilities &= row.iter().all(|v| (0.0..=1.0).contains(v)) && (sum - 1.0).abs() < 1e-3;
+        }
+    }
+    if non_finite > 0 {
+        warnings.push(format!("{}: {non_finite} sample(s) gave non-finite logits; they count as misclassified", model.display_name()));
+    }
+    if looks_like_probabilities {
+        warnings.push(format!(
+            "{}: its outputs look like probabilities (rows in [0,1] summing to 1), not logits; \
+             gradient-based attacks on a softmax output can be weakened by saturation — export the model without its final softmax",
+            model.display_name()
+        ));
+    }
+    Ok(correct)
+}
+
+fn audit_model(
+    plan: &AuditPlan,
+    model: &OnnxModel,
+    classifier: &mut dyn Classifier,
+    data: &Dataset,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<ReportRow>> {
+    let started = Instant::now();
+    let correct = clean_pass(model, classifier, data, plan.batch_size.max(1), warnings)?;
+    let clean_seconds = started.elapsed().as_secs_f64();
+    let clean_acc = fraction(&correct);
+    let base = |id: &str, kind: &str, robust: &[bool], seconds: f64| ReportRow {
+        model: model.path.display().to_string(),
+        model_sha256: model.sha256.clone(),
+        dataset: data.name.clone(),
+        n: data.len(),
+        attack_id: id.into(),
+        attack: kind.into(),
+        norm: None,
+        eps: None,
+        steps: None,
+        step_size: None,
+        restarts: None,
+        loss: None,
+        source: None,
+        clean_acc,
+        robust_acc: fraction(robust),
+        robust_acc_ci95: wilson_ci95_half_width(robust.iter().filter(|&&b| b).count(), robust.len()),
+        attack_success_rate: None,
+        mean_norm: None,
+        max_norm: None,
+        queries: None,
+        seconds,
+        backend: classifier.backend_name().into(),
+        device: classifier.device().as_str().into(),
+        seed: plan.seed,
+    };
+    let mut rows = Vec::new();
+    let mut survivors = correct.clone();
+    let clean_in_suite = plan.attacks.iter().any(|a| a.kind == AttackKind::Clean);
+    if !clean_in_suite {
+        rows.push(base("clean", "clean", &correct, clean_seconds));
+    }
+    for attack in &plan.attacks {
+        match attack.kind {
+            AttackKind::Clean => rows.push(base(&attack.id, "clean", &correct, clean_seconds)),
+            other => unreachable!("suites are checked runnable before the audit; `{}` is not", other.as_str()),
+        }
+    }
+    survivors.iter_mut().zip(&correct).for_each(|(s, c)| *s &= c);
+    let mut worst = base(WORST_CASE_ID, WORST_CASE_ID, &survivors, started.elapsed().as_secs_f64());
+    let correct_count = correct.iter().filter(|&&c| c).count();
+    if correct_count > 0 {
+        let survived = survivors.iter().filter(|&&s| s).count();
+        worst.attack_success_rate = Some(1.0 - survived as f64 / correct_count as f64);
+    }
+    rows.push(worst);
+    Ok(rows)
+}
+
+fn evaluate_gates(gates: &[Gate], rows: &[ReportRow]) -> Vec<GateFailure> {
+    let mut failures = Vec::new();
+    for gate in gates {
+        for row in rows.iter().filter(|r| r.attack_id == gate.attack_id) {
+            if row.robust_acc < gate.min_robust_acc {
+                failures.push(GateFailure { model: row.model.clone(), gate: gate.clone(), measured: row.robust_acc });
+            }
+        }
+    }
+    failures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gates_parse_and_reject() {
+        let g: Gate = "pgd20-linf-8=0.4".parse().unwrap();
+        assert_eq!((g.attack_id.as_str(), g.min_robust_acc), ("pgd20-linf-8", 0.4));
+        assert!("pgd=40".parse::<Gate>().is_err());
+        assert!("pgd".parse::<Gate>().is_err());
+        assert!("pgd=x".parse::<Gate>().is_err());
+    }
+
+    #[test]
+    fn gates_must_name_an_attack_of_the_audit() {
+        let smoke = Suite::resolve("smoke").unwrap();
+        let ok = AuditPlan::attacks_from_suites(&[smoke.clone()], vec!["worst_case=0.1".parse().unwrap()]);
+        assert!(ok.is_ok());
+        let err = AuditPlan::attacks_from_suites(&[smoke], vec!["pgd20-linf-8=0.1".parse().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("pgd20-linf-8"), "{err}");
+    }
+
+    #[test]
+    fn suites_with_unavailable_attacks_are_refused_before_running() {
+        let whitebox = Suite::resolve("whitebox").unwrap();
+        let err = AuditPlan::attacks_from_suites(&[whitebox], vec![]).unwrap_err().to_string();
+        assert!(err.contains("not available") && err.contains("fgsm-linf-8"), "{err}");
+    }
+}

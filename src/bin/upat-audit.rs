@@ -1,0 +1,224 @@
+//! `upat-audit`: audit ONNX image classifiers. Parses arguments, validates them
+//! into an [`AuditPlan`], runs it, writes the reports, maps the outcome to an
+//! exit code: 0 success, 1 a gate failed, 2 anything else.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use upat::attack::Suite;
+use upat::audit::{run_audit, AuditPlan, Gate};
+use upat::data::{DataSpec, Split};
+use upat::onnx::{ClassifierGraph, Normalization, OnnxModel};
+use upat::runtime::{resolve_backend, BackendChoice, Device, RuntimeOptions};
+
+#[derive(Debug, Parser)]
+#[command(name = "upat-audit", version, about = "Audit ONNX image classifiers against adversarial attacks")]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    audit: AuditArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a model's inputs, outputs, metadata and op histogram, and whether
+    /// it meets the classifier contract.
+    Inspect {
+        /// The ONNX model.
+        model: PathBuf,
+        /// The image input, when the model has several.
+        #[arg(long)]
+        input: Option<String>,
+        /// The logits output, when the model has several.
+        #[arg(long)]
+        output: Option<String>,
+    },
+}
+
+/// What the user typed for an audit.
+#[derive(Debug, Args)]
+struct AuditArgs {
+    /// ONNX models to audit; several give one comparative report.
+    #[arg(required = true, value_name = "MODEL.onnx")]
+    models: Vec<PathBuf>,
+    /// Suite name (smoke, whitebox, unseen, blackbox, fashion-mnist) or a suite TOML file; repeatable.
+    #[arg(long = "suite", value_name = "NAME|FILE.toml", default_value = "smoke")]
+    suites: Vec<String>,
+    /// Test data: cifar10:DIR, cifar100:DIR, fashion-mnist[:DIR], mnist:DIR or npz:FILE.
+    #[arg(long, value_name = "SPEC", required = true)]
+    data: String,
+    /// Audit only the first N samples.
+    #[arg(long, value_name = "N")]
+    samples: Option<usize>,
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    batch_size: usize,
+    /// auto = ONNX Runtime when its library loads, else tract.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: Device,
+    /// Per-channel MEAN:STD folded into the graph, e.g. 0.4914,0.4822,0.4465:0.2470,0.2435,0.2616.
+    #[arg(long, value_name = "MEAN:STD")]
+    normalize: Option<String>,
+    /// The image input, when the model has several.
+    #[arg(long, value_name = "NAME")]
+    input: Option<String>,
+    /// The logits output, when the model has several.
+    #[arg(long, value_name = "NAME")]
+    output: Option<String>,
+    /// Same seed, model and data give an identical report.csv (timings aside).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Report directory.
+    #[arg(long, value_name = "DIR", default_value = "audit-report")]
+    out: PathBuf,
+    /// Fail (exit 1) when ATTACK_ID's robust accuracy is below ACC; repeatable.
+    #[arg(long = "fail-under", value_name = "ATTACK_ID=ACC")]
+    fail_under: Vec<String>,
+}
+
+/// Validated audit arguments.
+struct AuditConfig {
+    plan: AuditPlan,
+    data: DataSpec,
+    samples: Option<usize>,
+    out: PathBuf,
+}
+
+impl TryFrom<AuditArgs> for AuditConfig {
+    type Error = upat::Error;
+
+    fn try_from(args: AuditArgs) -> upat::Result<Self> {
+        if args.batch_size == 0 {
+            return Err(upat::Error::Usage("--batch-size must be at least 1".into()));
+        }
+        if args.samples == Some(0) {
+            return Err(upat::Error::Usage("--samples must be at least 1".into()));
+        }
+        let suites = args.suites.iter().map(|s| Suite::resolve(s)).collect::<upat::Result<Vec<_>>>()?;
+        let gates = args.fail_under.iter().map(|g| g.parse::<Gate>()).collect::<upat::Result<Vec<_>>>()?;
+        let (attacks, gates) = AuditPlan::attacks_from_suites(&suites, gates)?;
+        let normalization = args.normalize.as_deref().map(str::parse::<Normalization>).transpose()?;
+        let plan = AuditPlan {
+            models: args.models,
+            attacks,
+            gates,
+            runtime: RuntimeOptions { backend: args.backend, device: args.device },
+            normalization,
+            input: args.input,
+            output: args.output,
+            batch_size: args.batch_size,
+            seed: args.seed,
+        };
+        Ok(AuditConfig { plan, data: args.data.parse()?, samples: args.samples, out: args.out })
+    }
+}
+
+fn audit(args: AuditArgs) -> Result<ExitCode> {
+    let config = AuditConfig::try_from(args)?;
+    let backend = resolve_backend(config.plan.runtime);
+    match (config.plan.runtime.backend, &backend) {
+        (BackendChoice::Auto, Ok("tract")) => eprintln!("backend: tract (ONNX Runtime's library was not found; see --backend)"),
+        (_, Ok(name)) => eprintln!("backend: {name}"),
+        (_, Err(_)) => {}
+    }
+    backend?;
+    let mut data = config.data.load(Split::Test).context("cannot load the test data")?;
+    if let Some(n) = config.samples {
+        if n > data.len() {
+            eprintln!("--samples {n}: the test split has only {} samples; auditing all of them", data.len());
+        }
+        data.truncate(n);
+    }
+    eprintln!("data: {} test split, {} samples of {:?}", data.name, data.len(), data.image_shape);
+    let outcome = run_audit(&config.plan, &data, &mut |line| eprintln!("{line}"))?;
+    upat::report::write_reports(&config.out, &outcome.rows)?;
+    for warning in &outcome.warnings {
+        eprintln!("warning: {warning}");
+    }
+    print_summary(&outcome.rows);
+    println!("reports: {}", config.out.join("report.csv").display());
+    if outcome.gate_failures.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for failure in &outcome.gate_failures {
+        eprintln!("gate failed: {failure}");
+    }
+    Ok(ExitCode::from(1))
+}
+
+fn print_summary(rows: &[upat::report::ReportRow]) {
+    println!("{:<40} {:<24} {:>10} {:>10}", "model", "attack", "robust_acc", "±ci95");
+    for r in rows {
+        println!("{:<40} {:<24} {:>10.4} {:>10.4}", r.model, r.attack_id, r.robust_acc, r.robust_acc_ci95);
+    }
+}
+
+fn inspect(model_path: PathBuf, input: Option<String>, output: Option<String>) -> Result<ExitCode> {
+    let model = OnnxModel::load(&model_path)?;
+    let p = &model.proto;
+    println!("model: {}", model.path.display());
+    println!("sha256: {}", model.sha256);
+    println!("ir_version: {}  opset: {}", p.ir_version, model.opset().map_or("?".into(), |v| v.to_string()));
+    println!("producer: {} {}", p.producer_name, p.producer_version);
+    println!("inputs:");
+    for t in model.inputs() {
+        println!("  {}  {}", t.name, t.describe());
+    }
+    println!("outputs:");
+    for t in model.outputs() {
+        println!("  {}  {}", t.name, t.describe());
+    }
+    let metadata = model.metadata();
+    if !metadata.is_empty() {
+        println!("metadata:");
+        for (k, v) in metadata {
+            println!("  {k} = {v}");
+        }
+    }
+    let histogram = model.op_histogram();
+    println!("ops ({} nodes):", histogram.values().sum::<usize>());
+    for (op, count) in &histogram {
+        println!("  {op:<24} {count}");
+    }
+    match ClassifierGraph::prepare(&model, input.as_deref(), output.as_deref(), None) {
+        Ok(g) => println!("classifier contract: ok (image input `{}`, logits output `{}`)", g.input.name, g.output_name),
+        Err(e) => println!("classifier contract: not met: {e}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Inspect { model, input, output }) => inspect(model, input, output),
+        None => audit(cli.audit),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(2)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn inspect_subcommand_and_audit_args_both_parse() {
+        let cli = Cli::try_parse_from(["upat-audit", "inspect", "m.onnx"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Inspect { .. })));
+        let cli = Cli::try_parse_from(["upat-audit", "a.onnx", "b.onnx", "--data", "npz:x.npz", "--suite", "smoke"]).unwrap();
+        assert_eq!(cli.audit.models.len(), 2);
+        assert!(Cli::try_parse_from(["upat-audit", "a.onnx"]).is_err(), "--data is required");
+    }
+}

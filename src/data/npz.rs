@@ -1,0 +1,233 @@
+//! `.npz` archives holding `x` (images) and `y` (integer labels).
+//!
+//! `x` is either float (`f4`/`f8`) NCHW in `[0, 1]`, or `uint8` NHWC in
+//! `0..=255` (the layout images are usually saved in); a 3-dim `x` is
+//! single-channel. `y` may be any integer type.
+
+use super::Dataset;
+use crate::error::{Error, Result};
+use std::io::Read;
+use std::path::Path;
+
+/// One array read from an `.npy` member.
+struct NpyArray {
+    descr: String,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+/// Parses the `.npy` header and checks the payload length.
+fn parse_npy(origin: &Path, member: &str, bytes: &[u8]) -> Result<NpyArray> {
+    let bad = |msg: String| Error::data(origin, format!("member {member}: {msg}"));
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("not an .npy array (bad magic)".into()));
+    }
+    let (header_len, header_start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
+        v => return Err(bad(format!("unsupported .npy version {v}"))),
+    };
+    let header = bytes
+        .get(header_start..header_start + header_len)
+        .ok_or_else(|| bad("truncated .npy header".into()))?;
+    let header = std::str::from_utf8(header).map_err(|_| bad("header is not text".into()))?;
+    let descr = header_value(header, "descr")
+        .map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_string())
+        .ok_or_else(|| bad("header has no descr".into()))?;
+    if header_value(header, "fortran_order").is_some_and(|v| v.starts_with("True")) {
+        return Err(bad("Fortran-ordered arrays are not supported; save with np.ascontiguousarray".into()));
+    }
+    let shape_text = header_value(header, "shape").ok_or_else(|| bad("header has no shape".into()))?;
+    let shape = shape_text
+        .trim_start_matches('(')
+        .split(')')
+        .next()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().map_err(|_| bad(format!("bad shape {shape_text}"))))
+        .collect::<Result<Vec<_>>>()?;
+    let data = bytes[header_start + header_len..].to_vec();
+    let item = element_size(&descr).ok_or_else(|| bad(format!("unsupported dtype {descr}")))?;
+    let expected = shape.iter().product::<usize>() * item;
+    if data.len() != expected {
+        return Err(bad(format!("shape {shape:?} of {descr} needs {expected} bytes, found {}; the file is truncated", data.len())));
+    }
+    Ok(NpyArray { descr, shape, data })
+}
+
+/// The text after `'key':` in a numpy header dict, up to the end of the dict.
+fn header_value<'h>(header: &'h str, key: &str) -> Option<&'h str> {
+    let at = header.find(&format!("'{key}'"))?;
+    let rest = &header[at + key.len() + 2..];
+    Some(rest.trim_start().strip_prefix(':')?.trim_start())
+}
+
+fn element_size(descr: &str) -> Option<usize> {
+    let (order, kind) = descr.split_at(1);
+    if !matches!(order, "<" | "|" | "=") {
+        return None; // big-endian data is rare enough to refuse clearly
+    }
+    match kind {
+        "f4" | "i4" | "u4" => Some(4),
+        "f8" | "i8" | "u8" => Some(8),
+        "i2" | "u2" => Some(2),
+        "u1" | "i1" | "b1" => Some(1),
+        _ => None,
+    }
+}
+
+fn as_f64s(a: &NpyArray) -> Vec<f64> {
+    let kind = &a.descr[1..];
+    let size = element_size(&a.descr).unwrap();
+    a.data
+        .chunks_exact(size)
+        .map(|c| match kind {
+            "f4" => f64::from(f32::from_le_bytes(c.try_into().unwrap())),
+            "f8" => f64::from_le_bytes(c.try_into().unwrap()),
+            "i4" => f64::from(i32::from_le_bytes(c.try_into().unwrap())),
+            "u4" => f64::from(u32::from_le_bytes(c.try_into().unwrap())),
+            "i8" => i64::from_le_bytes(c.try_into().unwrap()) as f64,
+            "u8" => u64::from_le_bytes(c.try_into().unwrap()) as f64,
+            "i2" => f64::from(i16::from_le_bytes(c.try_into().unwrap())),
+            "u2" => f64::from(u16::from_le_bytes(c.try_into().unwrap())),
+            "i1" => f64::from(c[0] as i8),
+            _ => f64::from(c[0]),
+        })
+        .collect()
+}
+
+fn read_member(path: &Path, archive: &mut zip::ZipArchive<std::fs::File>, name: &str) -> Result<NpyArray> {
+    let member = format!("{name}.npy");
+    let mut file = archive
+        .by_name(&member)
+        .map_err(|_| Error::data(path, format!("no array `{name}` in this .npz (it needs `x` images and `y` labels)")))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| Error::data(path, format!("member {member} cannot be read ({e}); the archive is corrupt")))?;
+    parse_npy(path, &member, &bytes)
+}
+
+/// Loads `x` and `y` from an `.npz` archive.
+pub fn load_npz(path: &Path) -> Result<Dataset> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut archive = zip::ZipArchive::new(file)
+        .map_err(|e| Error::data(path, format!("not a readable .npz (zip) archive: {e}")))?;
+    let x = read_member(path, &mut archive, "x")?;
+    let y = read_member(path, &mut archive, "y")?;
+    if y.descr.contains('f') {
+        return Err(Error::data(path, format!("labels `y` must be integers, found {}", y.descr)));
+    }
+    let n = *x.shape.first().unwrap_or(&0);
+    if y.shape != [n] {
+        return Err(Error::data(path, format!("`y` has shape {:?}, expected [{n}] to match `x` {:?}", y.shape, x.shape)));
+    }
+    let values = as_f64s(&x);
+    let is_uint8 = x.descr.ends_with("u1");
+    let (image_shape, pixels): ([usize; 3], Vec<f32>) = match (&x.shape[..], is_uint8) {
+        (&[_, h, w], _) => ([1, h, w], scale(&values, is_uint8)),
+        (&[_, c, h, w], false) => ([c, h, w], values.iter().map(|&v| v as f32).collect()),
+        (&[_, h, w, c], true) => ([c, h, w], nhwc_to_nchw(&scale(&values, true), n, h, w, c)),
+        _ => return Err(Error::data(path, format!("`x` must have 3 or 4 dims, found {:?}", x.shape))),
+    };
+    if !is_uint8 && !x.descr.contains('f') {
+        return Err(Error::data(path, format!("`x` must be float in [0,1] (NCHW) or uint8 (NHWC), found {}", x.descr)));
+    }
+    let labels: Vec<i64> = as_f64s(&y).into_iter().map(|v| v as i64).collect();
+    let num_classes = labels.iter().copied().max().map_or(0, |m| m.max(0) as usize + 1);
+    let name = format!("npz:{}", path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default());
+    Dataset::new(name, image_shape, pixels, labels, num_classes, path)
+}
+
+fn scale(values: &[f64], is_uint8: bool) -> Vec<f32> {
+    let s = if is_uint8 { 255.0 } else { 1.0 };
+    values.iter().map(|&v| (v / s) as f32).collect()
+}
+
+fn nhwc_to_nchw(src: &[f32], n: usize, h: usize, w: usize, c: usize) -> Vec<f32> {
+    let mut out = vec![0.0; src.len()];
+    for i in 0..n {
+        for y in 0..h {
+            for x in 0..w {
+                for ch in 0..c {
+                    out[((i * c + ch) * h + y) * w + x] = src[((i * h + y) * w + x) * c + ch];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Writes an `.npy` member the way numpy does (version 1.0 header).
+    pub(crate) fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+        let shape_txt = match shape {
+            [one] => format!("({one},)"),
+            _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        };
+        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    pub(crate) fn write_npz(path: &Path, members: &[(&str, Vec<u8>)]) {
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+        for (name, bytes) in members {
+            zip.start_file(format!("{name}.npy"), zip::write::SimpleFileOptions::default()).unwrap();
+            zip.write_all(bytes).unwrap();
+        }
+        zip.finish().unwrap();
+    }
+
+    #[test]
+    fn uint8_nhwc_becomes_nchw_in_unit_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.npz");
+        // one 1x2 image with 3 channels: pixel0 = (255, 0, 51), pixel1 = (0, 255, 102)
+        let x = npy_bytes("|u1", &[1, 1, 2, 3], &[255, 0, 51, 0, 255, 102]);
+        let y = npy_bytes("<i8", &[1], &4i64.to_le_bytes());
+        write_npz(&path, &[("x", x), ("y", y)]);
+        let ds = load_npz(&path).unwrap();
+        assert_eq!(ds.image_shape, [3, 1, 2]);
+        assert_eq!(ds.pixels, vec![1.0, 0.0, 0.0, 1.0, 0.2, 0.4]);
+        assert_eq!(ds.labels, vec![4]);
+    }
+
+    #[test]
+    fn float_nchw_is_taken_as_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.npz");
+        let vals: Vec<u8> = [0.25f32, 0.5].iter().flat_map(|v| v.to_le_bytes()).collect();
+        write_npz(&path, &[("x", npy_bytes("<f4", &[2, 1, 1, 1], &vals)), ("y", npy_bytes("|u1", &[2], &[0, 1]))]);
+        let ds = load_npz(&path).unwrap();
+        assert_eq!(ds.pixels, vec![0.25, 0.5]);
+        assert_eq!(ds.labels, vec![0, 1]);
+    }
+
+    #[test]
+    fn bad_archives_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.npz");
+        std::fs::write(&path, b"not a zip").unwrap();
+        assert!(load_npz(&path).unwrap_err().to_string().contains("zip"));
+        write_npz(&path, &[("x", npy_bytes("<f4", &[2, 1, 1, 1], &[0; 4]))]);
+        assert!(load_npz(&path).unwrap_err().to_string().contains("`y`"));
+        write_npz(&path, &[("x", npy_bytes("<f4", &[1, 1, 1, 1], &[0; 4])), ("y", npy_bytes("<f4", &[1], &[0; 4]))]);
+        assert!(load_npz(&path).unwrap_err().to_string().contains("integers"));
+        let nan: Vec<u8> = f32::NAN.to_le_bytes().to_vec();
+        write_npz(&path, &[("x", npy_bytes("<f4", &[1, 1, 1, 1], &nan)), ("y", npy_bytes("|u1", &[1], &[0]))]);
+        assert!(load_npz(&path).unwrap_err().to_string().contains("non-finite"));
+    }
+}

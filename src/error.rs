@@ -1,0 +1,61 @@
+//! The library's error type: one enum, structured fields, messages that say
+//! what is wrong and what to do about it.
+
+use std::path::PathBuf;
+
+/// Everything the library can fail with. Binaries map every variant to exit
+/// code 2 (a failed robustness gate is not an error: it is reported separately).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A data file exists but is not what its format promises.
+    #[error("{}: {message}", path.display())]
+    Data { path: PathBuf, message: String },
+
+    /// A model file is missing, corrupt or outside the model contract.
+    #[error("model {}: {message}", path.display())]
+    Model { path: PathBuf, message: String },
+
+    /// A suite file (built-in or the user's) is malformed.
+    #[error("suite {file}{}{}: {message}",
+        attack.as_ref().map(|a| format!(", attack `{a}`")).unwrap_or_default(),
+        field.as_ref().map(|f| format!(", field `{f}`")).unwrap_or_default())]
+    Suite {
+        file: String,
+        attack: Option<String>,
+        field: Option<String>,
+        message: String,
+    },
+
+    /// An inference backend failed to load or to run.
+    #[error("{backend} backend: {message}")]
+    Backend { backend: &'static str, message: String },
+
+    /// A command-line value or combination of values that cannot work.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Data { path: path.into(), message: message.into() }
+    }
+
+    pub(crate) fn model(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Model { path: path.into(), message: message.into() }
+    }
+}
+
+/// Result alias used throughout the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

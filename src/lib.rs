@@ -1,0 +1,27 @@
+//! `upat`: train image classifiers that are robust without labels (UPAT), and
+//! audit any ONNX image classifier against adversarial attacks.
+//!
+//! ```text
+//!  data/ ──────────────┐  IDX, CIFAR binary, npz → Dataset (NCHW f32 in [0,1])
+//!  onnx/ ── OnnxModel ─┼─ ClassifierGraph (one image input, one logits output,
+//!                      │                   normalisation folded in)
+//!  runtime/ ───────────┤  trait Classifier: ort (ONNX Runtime, loaded at run time), tract
+//!  attack/ ────────────┤  AttackSpec, Suite (TOML, built-ins embedded from audits/)
+//!  audit ──────────────┤  models × attacks → ReportRow, gates
+//!  report/ ────────────┘  report.csv, summary.csv (atomic writes)
+//!  bin/upat-audit.rs, bin/upat-train.rs: thin CLIs over the above
+//! ```
+//!
+//! Pixel space is always `[0, 1]`: attack budgets are in those units, and any
+//! normalisation lives inside the model graph.
+
+pub mod atomic;
+pub mod attack;
+pub mod audit;
+pub mod data;
+pub mod error;
+pub mod onnx;
+pub mod report;
+pub mod runtime;
+
+pub use error::{Error, Result};

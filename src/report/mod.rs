@@ -1,0 +1,180 @@
+//! Report rows and the CSV files of an audit (schema in `docs/csv-schema.md`).
+
+use crate::atomic::write_atomic;
+use crate::error::{Error, Result};
+use serde::Serialize;
+use std::path::Path;
+
+/// The `attack_id` of the per-model row that counts a sample as robust only
+/// when it survives every attack of the audit (AutoAttack's rule).
+pub const WORST_CASE_ID: &str = "worst_case";
+
+/// One line of `report.csv`: a (model, attack) pair. Field order is the column order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReportRow {
+    pub model: String,
+    pub model_sha256: String,
+    pub dataset: String,
+    pub n: usize,
+    pub attack_id: String,
+    pub attack: String,
+    pub norm: Option<String>,
+    pub eps: Option<f32>,
+    pub steps: Option<u32>,
+    pub step_size: Option<f32>,
+    pub restarts: Option<u32>,
+    pub loss: Option<String>,
+    pub source: Option<String>,
+    pub clean_acc: f64,
+    pub robust_acc: f64,
+    /// Half-width of the 95% Wilson score interval of `robust_acc`.
+    pub robust_acc_ci95: f64,
+    /// Fraction of the clean-correct samples the attack turned wrong.
+    pub attack_success_rate: Option<f64>,
+    pub mean_norm: Option<f64>,
+    pub max_norm: Option<f64>,
+    pub queries: Option<u64>,
+    pub seconds: f64,
+    pub backend: String,
+    pub device: String,
+    pub seed: u64,
+}
+
+/// Half-width of the 95% Wilson score interval for `successes` out of `n`.
+///
+/// Wilson rather than the normal approximation because robust accuracies are
+/// often near 0 or 1, where the normal interval collapses to zero width.
+pub fn wilson_ci95_half_width(successes: usize, n: usize) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    let z = 1.959_963_984_540_054_f64;
+    let n_f = n as f64;
+    let p = successes as f64 / n_f;
+    let denom = 1.0 + z * z / n_f;
+    z * (p * (1.0 - p) / n_f + z * z / (4.0 * n_f * n_f)).sqrt() / denom
+}
+
+/// Fraction of `true` in `mask` (0 for an empty mask).
+pub fn fraction(mask: &[bool]) -> f64 {
+    if mask.is_empty() {
+        0.0
+    } else {
+        mask.iter().filter(|&&b| b).count() as f64 / mask.len() as f64
+    }
+}
+
+fn csv_bytes<F: FnOnce(&mut csv::Writer<Vec<u8>>) -> csv::Result<()>>(fill: F) -> Result<Vec<u8>> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    fill(&mut writer).map_err(|e| Error::Usage(format!("cannot format CSV: {e}")))?;
+    writer.into_inner().map_err(|e| Error::Usage(format!("cannot format CSV: {e}")))
+}
+
+/// `report.csv`: every row, in order.
+pub fn report_csv(rows: &[ReportRow]) -> Result<Vec<u8>> {
+    csv_bytes(|w| rows.iter().try_for_each(|r| w.serialize(r)))
+}
+
+/// `summary.csv`: one row per model, one column per attack id (robust accuracy),
+/// in the order the ids first appear. The shape of the paper's Tables 1 and 3.
+pub fn summary_csv(rows: &[ReportRow]) -> Result<Vec<u8>> {
+    let mut ids: Vec<&str> = Vec::new();
+    let mut models: Vec<(&str, &str, usize)> = Vec::new();
+    for r in rows {
+        if !ids.contains(&r.attack_id.as_str()) {
+            ids.push(&r.attack_id);
+        }
+        if !models.iter().any(|m| m.0 == r.model) {
+            models.push((&r.model, &r.dataset, r.n));
+        }
+    }
+    csv_bytes(|w| {
+        let mut header = vec!["model", "dataset", "n"];
+        header.extend(&ids);
+        w.write_record(&header)?;
+        for (model, dataset, n) in &models {
+            let mut record = vec![model.to_string(), dataset.to_string(), n.to_string()];
+            for id in &ids {
+                let cell = rows.iter().find(|r| r.model == *model && r.attack_id == *id).map(|r| r.robust_acc.to_string());
+                record.push(cell.unwrap_or_default());
+            }
+            w.write_record(&record)?;
+        }
+        Ok(())
+    })
+}
+
+/// Writes `report.csv` and `summary.csv` into `out`, each atomically.
+pub fn write_reports(out: &Path, rows: &[ReportRow]) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // Build both before writing either, so a formatting error leaves nothing new behind.
+    let report = report_csv(rows)?;
+    let summary = summary_csv(rows)?;
+    write_atomic(&out.join("summary.csv"), &summary)?;
+    // report.csv last: its presence marks a complete audit.
+    write_atomic(&out.join("report.csv"), &report)
+}
+
+/// The CSV header of `report.csv`, for docs and tests.
+pub const REPORT_COLUMNS: &[&str] = &[
+    "model", "model_sha256", "dataset", "n", "attack_id", "attack", "norm", "eps", "steps", "step_size", "restarts",
+    "loss", "source", "clean_acc", "robust_acc", "robust_acc_ci95", "attack_success_rate", "mean_norm", "max_norm",
+    "queries", "seconds", "backend", "device", "seed",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(model: &str, id: &str, acc: f64) -> ReportRow {
+        ReportRow {
+            model: model.into(),
+            model_sha256: "ab".into(),
+            dataset: "d".into(),
+            n: 10,
+            attack_id: id.into(),
+            attack: id.into(),
+            norm: None,
+            eps: None,
+            steps: None,
+            step_size: None,
+            restarts: None,
+            loss: None,
+            source: None,
+            clean_acc: 0.9,
+            robust_acc: acc,
+            robust_acc_ci95: 0.01,
+            attack_success_rate: None,
+            mean_norm: None,
+            max_norm: None,
+            queries: None,
+            seconds: 0.5,
+            backend: "tract".into(),
+            device: "cpu".into(),
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn report_header_is_the_contract() {
+        let bytes = report_csv(&[row("m", "clean", 0.9)]).unwrap();
+        let header = String::from_utf8(bytes).unwrap().lines().next().unwrap().to_string();
+        assert_eq!(header, REPORT_COLUMNS.join(","));
+    }
+
+    #[test]
+    fn summary_is_models_by_attack_ids() {
+        let rows = [row("a", "clean", 0.9), row("a", "worst_case", 0.9), row("b", "clean", 0.5), row("b", "worst_case", 0.4)];
+        let text = String::from_utf8(summary_csv(&rows).unwrap()).unwrap();
+        assert_eq!(text, "model,dataset,n,clean,worst_case\na,d,10,0.9,0.9\nb,d,10,0.5,0.4\n");
+    }
+
+    #[test]
+    fn wilson_interval_matches_known_values() {
+        // p = 0.5, n = 100: Wilson half-width 0.0962 (to 4 d.p.).
+        assert!((wilson_ci95_half_width(50, 100) - 0.0962).abs() < 1e-4);
+        // p = 0 keeps a positive width, unlike the normal approximation.
+        assert!(wilson_ci95_half_width(0, 100) > 0.015);
+        assert_eq!(wilson_ci95_half_width(0, 0), 0.0);
+    }
+}

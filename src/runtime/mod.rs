@@ -1,0 +1,200 @@
+//! Inference backends behind one seam, [`Classifier`].
+//!
+//! A backend runs a [`ClassifierGraph`] (one image input, one logits output)
+//! on batches of images. `ort` is ONNX Runtime, loaded at run time; `tract` is
+//! pure Rust and always available.
+
+#[cfg(feature = "ort")]
+pub mod ort;
+pub mod tract;
+
+use crate::error::{Error, Result};
+use crate::onnx::ClassifierGraph;
+
+/// Which backend the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// ONNX Runtime when its library loads, else tract.
+    Auto,
+    Ort,
+    Tract,
+}
+
+/// Where inference runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+impl Device {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
+/// Logits of a batch, row-major `[n, classes]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logits {
+    pub values: Vec<f32>,
+    pub classes: usize,
+}
+
+impl Logits {
+    pub fn rows(&self) -> std::slice::ChunksExact<'_, f32> {
+        self.values.chunks_exact(self.classes)
+    }
+
+    /// Index of the largest logit of each row (first one on ties, like argmax in PyTorch).
+    pub fn argmax(&self) -> Vec<usize> {
+        self.rows()
+            .map(|row| row.iter().enumerate().fold(0, |best, (i, v)| if *v > row[best] { i } else { best }))
+            .collect()
+    }
+}
+
+/// An image classifier that can be run on batches.
+pub trait Classifier {
+    /// Runs one batch of exactly `n` images (`n` equals the fixed batch size
+    /// when the model has one). Returns the output and its shape.
+    fn run_batch(&mut self, images: &[f32], n: usize) -> Result<(Vec<f32>, Vec<usize>)>;
+
+    /// The fixed batch size the model was exported with, if any.
+    fn fixed_batch(&self) -> Option<usize>;
+
+    /// `"ort"` or `"tract"`.
+    fn backend_name(&self) -> &'static str;
+
+    fn device(&self) -> Device;
+
+    /// Logits for `n` images (NCHW, `[0, 1]`). Splits or pads the batch to the
+    /// model's fixed batch size, and checks the output is `[n, K]`.
+    fn logits(&mut self, images: &[f32], n: usize) -> Result<Logits> {
+        if n == 0 {
+            return Ok(Logits { values: Vec::new(), classes: 0 });
+        }
+        let image_len = images.len() / n;
+        let chunk = self.fixed_batch().unwrap_or(n);
+        let mut values = Vec::new();
+        let mut classes = 0;
+        for start in (0..n).step_by(chunk) {
+            let take = chunk.min(n - start);
+            let mut batch = images[start * image_len..(start + take) * image_len].to_vec();
+            // A fixed-batch model gets its last chunk padded with copies of the
+            // last image; their logits are dropped below.
+            while batch.len() < chunk * image_len {
+                batch.extend_from_within((take - 1) * image_len..take * image_len);
+            }
+            let (out, shape) = self.run_batch(&batch, chunk)?;
+            if shape.len() != 2 || shape[0] != chunk || shape[1] == 0 || out.len() != shape[0] * shape[1] {
+                return Err(Error::Backend {
+                    backend: self.backend_name(),
+                    message: format!("the model returned an output of shape {shape:?} for a batch of {chunk}; upat-audit needs logits [N, K]"),
+                });
+            }
+            classes = shape[1];
+            values.extend_from_slice(&out[..take * classes]);
+        }
+        Ok(Logits { values, classes })
+    }
+}
+
+/// How to open a backend.
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeOptions {
+    pub backend: BackendChoice,
+    pub device: Device,
+}
+
+/// Opens `graph` on the requested backend for images of `image_shape`.
+pub fn open(graph: &ClassifierGraph, image_shape: [usize; 3], options: RuntimeOptions) -> Result<Box<dyn Classifier>> {
+    match resolve_backend(options)? {
+        "tract" => {
+            if options.device == Device::Cuda {
+                return Err(Error::Usage(
+                    "--device cuda needs the ort backend (tract runs on the CPU only); use --backend ort".into(),
+                ));
+            }
+            Ok(Box::new(tract::TractClassifier::new(graph, image_shape)?))
+        }
+        #[cfg(feature = "ort")]
+        _ => Ok(Box::new(ort::OrtClassifier::new(graph, image_shape, options.device)?)),
+        #[cfg(not(feature = "ort"))]
+        _ => unreachable!("resolve_backend only returns ort when the feature is on"),
+    }
+}
+
+/// The backend `options` resolves to: `"ort"` or `"tract"`.
+pub fn resolve_backend(options: RuntimeOptions) -> Result<&'static str> {
+    match options.backend {
+        BackendChoice::Tract => Ok("tract"),
+        BackendChoice::Ort => {
+            ort_available()?;
+            Ok("ort")
+        }
+        // CUDA only exists on ort, so auto must not quietly fall back to a CPU backend.
+        BackendChoice::Auto if options.device == Device::Cuda => {
+            ort_available()?;
+            Ok("ort")
+        }
+        BackendChoice::Auto => Ok(if ort_available().is_ok() { "ort" } else { "tract" }),
+    }
+}
+
+#[cfg(feature = "ort")]
+fn ort_available() -> Result<()> {
+    ort::ensure_loaded().map(|_| ())
+}
+
+#[cfg(not(feature = "ort"))]
+fn ort_available() -> Result<()> {
+    Err(Error::Backend { backend: "ort", message: "this build has no ONNX Runtime support; rebuild with --features ort".into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_takes_first_of_ties() {
+        let l = Logits { values: vec![1.0, 3.0, 3.0, -1.0, -2.0, -3.0], classes: 3 };
+        assert_eq!(l.argmax(), vec![1, 0]);
+    }
+
+    /// A fake fixed-batch model: logits are (sum of pixels, batch position).
+    struct FixedBatchEcho {
+        batch: usize,
+        calls: usize,
+    }
+
+    impl Classifier for FixedBatchEcho {
+        fn run_batch(&mut self, images: &[f32], n: usize) -> Result<(Vec<f32>, Vec<usize>)> {
+            assert_eq!(n, self.batch);
+            self.calls += 1;
+            let len = images.len() / n;
+            let out = images.chunks(len).flat_map(|img| [img.iter().sum::<f32>(), 0.0]).collect();
+            Ok((out, vec![n, 2]))
+        }
+        fn fixed_batch(&self) -> Option<usize> {
+            Some(self.batch)
+        }
+        fn backend_name(&self) -> &'static str {
+            "fake"
+        }
+        fn device(&self) -> Device {
+            Device::Cpu
+        }
+    }
+
+    #[test]
+    fn fixed_batch_models_are_chunked_and_padded() {
+        let mut m = FixedBatchEcho { batch: 2, calls: 0 };
+        let images = [1.0, 1.0, 2.0, 2.0, 3.0, 3.0];
+        let logits = m.logits(&images, 3).unwrap();
+        assert_eq!(m.calls, 2);
+        assert_eq!(logits.values, vec![2.0, 0.0, 4.0, 0.0, 6.0, 0.0]);
+    }
+}

@@ -1,0 +1,154 @@
+//! The ONNX Runtime backend. The shared library is loaded at run time
+//! (`load-dynamic`), found in this order:
+//! 1. `ORT_DYLIB_PATH`;
+//! 2. the project venv (`.venv` next to the crate's manifest, or in the
+//!    current directory, or `$VIRTUAL_ENV`): `onnxruntime/capi/libonnxruntime.so*`;
+//! 3. the `onnxruntime` package of the active `python3`.
+
+use super::{Classifier, Device};
+use crate::error::{Error, Result};
+use crate::onnx::{encode, ClassifierGraph};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+fn ort_error(message: impl Into<String>) -> Error {
+    Error::Backend { backend: "ort", message: message.into() }
+}
+
+/// The process-wide ONNX Runtime environment, or why it could not be made.
+static ENVIRONMENT: OnceLock<std::result::Result<(ort::environment::Environment, PathBuf), String>> = OnceLock::new();
+
+/// Loads ONNX Runtime once; returns the library path it came from.
+pub fn ensure_loaded() -> Result<&'static Path> {
+    let loaded = ENVIRONMENT.get_or_init(|| {
+        let path = find_library()?;
+        let env = ort::init_from(&path)
+            .map_err(|e| format!("cannot load {}: {e}", path.display()))?
+            .with_name("upat")
+            .build()
+            .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", path.display()))?;
+        Ok((env, path))
+    });
+    match loaded {
+        Ok((_, path)) => Ok(path),
+        Err(message) => Err(ort_error(message.clone())),
+    }
+}
+
+fn environment() -> Result<&'static ort::environment::Environment> {
+    ensure_loaded()?;
+    Ok(&ENVIRONMENT.get().expect("initialised").as_ref().expect("loaded").0)
+}
+
+/// Finds `libonnxruntime.so*` as the module docs describe.
+fn find_library() -> std::result::Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        let p = PathBuf::from(p);
+        return if p.is_file() { Ok(p) } else { Err(format!("ORT_DYLIB_PATH={} is not a file", p.display())) };
+    }
+    let mut venvs = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"), PathBuf::from(".venv")];
+    venvs.extend(std::env::var_os("VIRTUAL_ENV").map(PathBuf::from));
+    for venv in venvs {
+        let Ok(lib) = std::fs::read_dir(venv.join("lib")) else { continue };
+        for python in lib.flatten() {
+            if let Some(found) = library_in(&python.path().join("site-packages/onnxruntime")) {
+                return Ok(found);
+            }
+        }
+    }
+    let output = std::process::Command::new("python3")
+        .args(["-c", "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))"])
+        .output();
+    if let Ok(out) = output {
+        if out.status.success() {
+            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if let Some(found) = library_in(&dir) {
+                return Ok(found);
+            }
+        }
+    }
+    Err("ONNX Runtime's library was not found: set ORT_DYLIB_PATH to libonnxruntime.so, \
+         or run scripts/setup.sh to make the project venv (pip install onnxruntime==1.31.1), \
+         or use --backend tract"
+        .into())
+}
+
+fn library_in(package_dir: &Path) -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(package_dir.join("capi"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so")))
+        .collect();
+    // The fully versioned name sorts last; prefer it over symlinks.
+    candidates.sort();
+    candidates.pop()
+}
+
+/// A [`ClassifierGraph`] running on ONNX Runtime.
+pub struct OrtClassifier {
+    session: ort::session::Session,
+    input_name: String,
+    image_shape: [usize; 3],
+    fixed_batch: Option<usize>,
+    device: Device,
+}
+
+impl OrtClassifier {
+    /// Creates a session; with `Device::Cuda` the CUDA provider must register
+    /// or this fails (never a silent CPU fallback).
+    pub fn new(graph: &ClassifierGraph, image_shape: [usize; 3], device: Device) -> Result<Self> {
+        let env = environment()?;
+        let mut builder = ort::session::Session::builder(env).map_err(|e| ort_error(format!("session builder: {e}")))?;
+        if device == Device::Cuda {
+            builder = with_cuda(builder)?;
+        }
+        let session = builder
+            .commit_from_memory(&encode(&graph.proto))
+            .map_err(|e| ort_error(format!("cannot load the model: {e}. If tract can read it, try --backend tract")))?;
+        Ok(OrtClassifier { session, input_name: graph.input.name.clone(), image_shape, fixed_batch: graph.input.fixed_batch, device })
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn with_cuda(builder: ort::session::builder::SessionBuilder) -> Result<ort::session::builder::SessionBuilder> {
+    builder
+        .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+        .map_err(|e| {
+            ort_error(format!(
+                "the CUDA execution provider could not be registered ({e}); install onnxruntime-gpu and the CUDA libraries, or use --device cpu"
+            ))
+        })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn with_cuda(_builder: ort::session::builder::SessionBuilder) -> Result<ort::session::builder::SessionBuilder> {
+    Err(ort_error("this build has no CUDA support; rebuild with --features cuda, or use --device cpu"))
+}
+
+impl Classifier for OrtClassifier {
+    fn run_batch(&mut self, images: &[f32], n: usize) -> Result<(Vec<f32>, Vec<usize>)> {
+        let [c, h, w] = self.image_shape;
+        let shape = [n, c, h, w];
+        let tensor = ort::value::Tensor::from_array((shape.map(|d| d as i64), images.to_vec()))
+            .map_err(|e| ort_error(format!("cannot build the input tensor: {e}")))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => tensor])
+            .map_err(|e| ort_error(format!("inference failed: {e}")))?;
+        let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(|e| ort_error(format!("logits are not float32: {e}")))?;
+        Ok((data.to_vec(), shape.iter().map(|&d| d as usize).collect()))
+    }
+
+    fn fixed_batch(&self) -> Option<usize> {
+        self.fixed_batch
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "ort"
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+}
