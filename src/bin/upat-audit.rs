@@ -42,14 +42,14 @@ enum Command {
 #[derive(Debug, Args)]
 struct AuditArgs {
     /// ONNX models to audit; several give one comparative report.
-    #[arg(required = true, value_name = "MODEL.onnx")]
+    #[arg(value_name = "MODEL.onnx")]
     models: Vec<PathBuf>,
     /// Suite name (smoke, whitebox, unseen, blackbox, fashion-mnist) or a suite TOML file; repeatable.
     #[arg(long = "suite", value_name = "NAME|FILE.toml", default_value = "smoke")]
     suites: Vec<String>,
     /// Test data: cifar10:DIR, cifar100:DIR, fashion-mnist[:DIR], mnist:DIR or npz:FILE.
-    #[arg(long, value_name = "SPEC", required = true)]
-    data: String,
+    #[arg(long, value_name = "SPEC")]
+    data: Option<String>,
     /// Audit only the first N samples.
     #[arg(long, value_name = "N")]
     samples: Option<usize>,
@@ -92,6 +92,13 @@ impl TryFrom<AuditArgs> for AuditConfig {
     type Error = upat::Error;
 
     fn try_from(args: AuditArgs) -> upat::Result<Self> {
+        if args.models.is_empty() {
+            return Err(upat::Error::Usage("no model given: upat-audit MODEL.onnx... --data SPEC (see --help)".into()));
+        }
+        let data = args.data.as_deref().ok_or_else(|| {
+            upat::Error::Usage("--data SPEC is required: cifar10:DIR, cifar100:DIR, fashion-mnist[:DIR], mnist:DIR or npz:FILE".into())
+        })?;
+        let data: DataSpec = data.parse()?;
         if args.batch_size == 0 {
             return Err(upat::Error::Usage("--batch-size must be at least 1".into()));
         }
@@ -113,7 +120,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
             batch_size: args.batch_size,
             seed: args.seed,
         };
-        Ok(AuditConfig { plan, data: args.data.parse()?, samples: args.samples, out: args.out })
+        Ok(AuditConfig { plan, data, samples: args.samples, out: args.out })
     }
 }
 
@@ -219,6 +226,8 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Inspect { .. })));
         let cli = Cli::try_parse_from(["upat-audit", "a.onnx", "b.onnx", "--data", "npz:x.npz", "--suite", "smoke"]).unwrap();
         assert_eq!(cli.audit.models.len(), 2);
-        assert!(Cli::try_parse_from(["upat-audit", "a.onnx"]).is_err(), "--data is required");
+        let cli = Cli::try_parse_from(["upat-audit", "a.onnx"]).unwrap();
+        let err = AuditConfig::try_from(cli.audit).err().expect("--data is required");
+        assert!(err.to_string().contains("--data"), "{err}");
     }
 }

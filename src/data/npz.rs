@@ -32,7 +32,7 @@ fn parse_npy(origin: &Path, member: &str, bytes: &[u8]) -> Result<NpyArray> {
         .ok_or_else(|| bad("truncated .npy header".into()))?;
     let header = std::str::from_utf8(header).map_err(|_| bad("header is not text".into()))?;
     let descr = header_value(header, "descr")
-        .map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_string())
+        .and_then(quoted)
         .ok_or_else(|| bad("header has no descr".into()))?;
     if header_value(header, "fortran_order").is_some_and(|v| v.starts_with("True")) {
         return Err(bad("Fortran-ordered arrays are not supported; save with np.ascontiguousarray".into()));
@@ -62,6 +62,13 @@ fn header_value<'h>(header: &'h str, key: &str) -> Option<&'h str> {
     let at = header.find(&format!("'{key}'"))?;
     let rest = &header[at + key.len() + 2..];
     Some(rest.trim_start().strip_prefix(':')?.trim_start())
+}
+
+/// The contents of a leading `'...'` or `"..."`.
+fn quoted(text: &str) -> Option<String> {
+    let quote = text.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+    let rest = &text[1..];
+    Some(rest[..rest.find(quote)?].to_string())
 }
 
 fn element_size(descr: &str) -> Option<usize> {
@@ -107,6 +114,16 @@ fn read_member(path: &Path, archive: &mut zip::ZipArchive<std::fs::File>, name: 
     file.read_to_end(&mut bytes)
         .map_err(|e| Error::data(path, format!("member {member} cannot be read ({e}); the archive is corrupt")))?;
     parse_npy(path, &member, &bytes)
+}
+
+/// Reads one float array of an `.npz` archive: its shape and values as `f32`.
+pub fn read_npz_f32(path: &Path, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut archive = zip::ZipArchive::new(file)
+        .map_err(|e| Error::data(path, format!("not a readable .npz (zip) archive: {e}")))?;
+    let array = read_member(path, &mut archive, name)?;
+    let values = as_f64s(&array).into_iter().map(|v| v as f32).collect();
+    Ok((array.shape, values))
 }
 
 /// Loads `x` and `y` from an `.npz` archive.
@@ -222,7 +239,7 @@ pub(crate) mod tests {
         let path = dir.path().join("d.npz");
         std::fs::write(&path, b"not a zip").unwrap();
         assert!(load_npz(&path).unwrap_err().to_string().contains("zip"));
-        write_npz(&path, &[("x", npy_bytes("<f4", &[2, 1, 1, 1], &[0; 4]))]);
+        write_npz(&path, &[("x", npy_bytes("<f4", &[2, 1, 1, 1], &[0; 8]))]);
         assert!(load_npz(&path).unwrap_err().to_string().contains("`y`"));
         write_npz(&path, &[("x", npy_bytes("<f4", &[1, 1, 1, 1], &[0; 4])), ("y", npy_bytes("<f4", &[1], &[0; 4]))]);
         assert!(load_npz(&path).unwrap_err().to_string().contains("integers"));

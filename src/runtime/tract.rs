@@ -37,6 +37,10 @@ impl TractClassifier {
         }
         let [c, h, w] = self.image_shape;
         let plan = tract_onnx::onnx()
+            // Exporters annotate intermediate values with a symbolic batch; the
+            // concrete input fact below must not be unified against those.
+            .with_ignore_value_info(true)
+            .with_ignore_output_shapes(true)
             .model_for_proto_model(&self.proto)
             .map_err(|e| tract_error("cannot load the model (an op or attribute tract does not support?); try --backend ort", e))?
             .with_input_fact(0, f32::fact([batch, c, h, w]).into())

@@ -1,0 +1,225 @@
+//! `upat-audit` and `upat-train` as a user runs them: reports, gates, exit codes.
+
+use crate::util::{cell, fashion_mnist_dir, fixture, read_csv, repo_path, stderr, stdout, upat_audit};
+use std::path::Path;
+
+fn arg(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn golden_data() -> String {
+    format!("npz:{}", arg(&fixture("tiny_cnn_golden.npz")))
+}
+
+#[test]
+fn smoke_audit_of_two_models_writes_a_comparative_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = upat_audit(
+        dir.path(),
+        &[&arg(&fixture("tiny_cnn.onnx")), &arg(&fixture("tiny_cnn_batch1.onnx")), "--data", &golden_data(), "--backend", "tract"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (header, rows) = read_csv(&dir.path().join("audit-report/report.csv"));
+    assert_eq!(header, upat::report::REPORT_COLUMNS);
+    assert_eq!(rows.len(), 4, "clean and worst_case for each model");
+    for row in &rows {
+        assert_eq!(cell(&header, row, "n"), "6");
+        assert!((cell(&header, row, "clean_acc").parse::<f64>().unwrap() - 4.0 / 6.0).abs() < 1e-9);
+        assert_eq!(cell(&header, row, "backend"), "tract");
+        assert_eq!(cell(&header, row, "model_sha256").len(), 64);
+    }
+    assert_eq!(cell(&header, &rows[1], "attack_id"), "worst_case");
+    let (summary_header, summary) = read_csv(&dir.path().join("audit-report/summary.csv"));
+    assert_eq!(summary_header, ["model", "dataset", "n", "clean", "worst_case"]);
+    assert_eq!(summary.len(), 2);
+    assert!(stdout(&out).contains("worst_case"));
+    assert!(stderr(&out).contains("backend: tract"));
+}
+
+#[test]
+fn uint8_nhwc_npz_is_read_like_the_float_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = format!("npz:{}", arg(&fixture("uint8_nhwc.npz")));
+    let out = upat_audit(dir.path(), &[&arg(&fixture("tiny_cnn.onnx")), "--data", &data, "--backend", "tract"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (header, rows) = read_csv(&dir.path().join("audit-report/report.csv"));
+    assert_eq!(cell(&header, &rows[0], "n"), "6");
+    assert_eq!(cell(&header, &rows[0], "dataset"), "npz:uint8_nhwc.npz");
+}
+
+#[test]
+fn same_seed_gives_the_same_report_apart_from_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |out_dir: &str| {
+        let out = upat_audit(dir.path(), &[&arg(&fixture("tiny_cnn.onnx")), "--data", &golden_data(), "--seed", "7", "--out", out_dir]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let (header, mut rows) = read_csv(&dir.path().join(out_dir).join("report.csv"));
+        let seconds = header.iter().position(|h| h == "seconds").unwrap();
+        rows.iter_mut().for_each(|r| r[seconds].clear());
+        rows
+    };
+    let first = run("a");
+    assert_eq!(first, run("b"));
+    assert!(first.iter().all(|r| r.last().unwrap() == "7"), "seed column");
+}
+
+#[test]
+fn fashion_mnist_cnn_clean_accuracy_equals_pytorchs_on_both_backends() {
+    let Some(fmnist) = fashion_mnist_dir() else { return };
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_path("models/fmnist-cnn.expected.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for backend in ["ort", "tract"] {
+        let data = format!("fashion-mnist:{}", arg(&fmnist));
+        let args = [&arg(&repo_path("models/fmnist-cnn.onnx")), "--data", &data, "--samples", "1000", "--backend", backend, "--out", backend];
+        let out = upat_audit(dir.path(), &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let (header, rows) = read_csv(&dir.path().join(backend).join("report.csv"));
+        assert_eq!(cell(&header, &rows[0], "n"), "1000");
+        let clean: f64 = cell(&header, &rows[0], "clean_acc").parse().unwrap();
+        assert_eq!(clean, expected["clean_acc"].as_f64().unwrap(), "{backend}");
+    }
+}
+
+/// Runs an audit expected to fail with exit code 2 before writing any report;
+/// returns stderr.
+fn audit_error(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = upat_audit(dir.path(), args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "args {args:?}: {err}");
+    assert!(err.lines().any(|l| l.starts_with("error: ")), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+    assert!(!dir.path().join("audit-report/report.csv").exists(), "no report after an error");
+    err
+}
+
+#[test]
+fn bad_models_are_clear_errors_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.onnx");
+    std::fs::write(&garbage, b"this is not a protobuf model at all, just text").unwrap();
+    let truncated = dir.path().join("truncated.onnx");
+    let bytes = std::fs::read(fixture("tiny_cnn.onnx")).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let data = golden_data();
+    let cases: [(String, &str); 6] = [
+        (arg(&dir.path().join("missing.onnx")), "No such file"),
+        (arg(&garbage), "ONNX"),
+        (arg(&truncated), "ONNX"),
+        (arg(&fixture("int_input.onnx")), "float32 image input"),
+        (arg(&fixture("flat_input.onnx")), "rank 4"),
+        (arg(&fixture("tiny_cnn_two_outputs.onnx")), "--output"),
+    ];
+    for (model, expected) in &cases {
+        for backend in ["ort", "tract"] {
+            let err = audit_error(&[model, "--data", &data, "--backend", backend]);
+            assert!(err.contains(expected), "{model} on {backend}: {err}");
+        }
+    }
+}
+
+#[test]
+fn data_that_does_not_fit_the_model_is_a_clear_error() {
+    let model = arg(&fixture("tiny_cnn.onnx"));
+    let npz = |name: &str| format!("npz:{}", arg(&fixture(name)));
+    let err = audit_error(&[&model, "--data", &npz("gray_8x8.npz")]);
+    assert!(err.contains("channels") && err.contains("1x8x8"), "{err}");
+    let err = audit_error(&[&model, "--data", &npz("labels_out_of_range.npz")]);
+    assert!(err.contains("outputs 5 classes") && err.contains("labels up to 7"), "{err}");
+    let err = audit_error(&[&model, "--data", &npz("nan_pixels.npz")]);
+    assert!(err.contains("non-finite"), "{err}");
+    let err = audit_error(&[&model, "--data", "cifar10:/nonexistent/cifar"]);
+    assert!(err.contains("test_batch.bin"), "{err}");
+    let err = audit_error(&[&model, "--data", "imagenet:/x"]);
+    assert!(err.contains("unknown dataset kind"), "{err}");
+}
+
+#[test]
+fn bad_options_and_suites_are_clear_errors() {
+    let model = arg(&fixture("tiny_cnn.onnx"));
+    let data = golden_data();
+    let dir = tempfile::tempdir().unwrap();
+    let suite = dir.path().join("mine.toml");
+    std::fs::write(&suite, "name = 'mine'\n[[attack]]\nid = 'p'\nkind = 'pgd'\neps = 'x/255'\nsteps = 3\nstep_size = 0.1\n").unwrap();
+    let err = audit_error(&[&model, "--data", &data, "--suite", &arg(&suite)]);
+    assert!(err.contains("mine.toml") && err.contains("`p`") && err.contains("`eps`"), "{err}");
+    let err = audit_error(&[&model, "--data", &data, "--suite", "whitebox"]);
+    assert!(err.contains("not available"), "{err}");
+    let err = audit_error(&[&model, "--data", &data, "--suite", "nosuchsuite"]);
+    assert!(err.contains("built-in suites are"), "{err}");
+    let err = audit_error(&[&model, "--data", &data, "--fail-under", "pgd20-linf-8=0.4"]);
+    assert!(err.contains("pgd20-linf-8"), "{err}");
+    let err = audit_error(&[&model, "--data", &data, "--normalize", "0.5"]);
+    assert!(err.contains("MEAN:STD"), "{err}");
+    let err = audit_error(&[&model, "--data", &data, "--normalize", "0.5,0.5:0.2,0.2"]);
+    assert!(err.contains("3 channels"), "{err}");
+    let err = audit_error(&[&model, "--data", &data, "--device", "cuda", "--backend", "tract"]);
+    assert!(err.contains("cuda"), "{err}");
+    let err = audit_error(&[&model, "--data", &data, "--samples", "0"]);
+    assert!(err.contains("--samples"), "{err}");
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_without_cuda_support_fails_loudly_instead_of_falling_back() {
+    let err = audit_error(&[&arg(&fixture("tiny_cnn.onnx")), "--data", &golden_data(), "--device", "cuda"]);
+    assert!(err.contains("CUDA"), "{err}");
+}
+
+#[test]
+fn a_failed_gate_exits_1_naming_attack_measured_and_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = upat_audit(dir.path(), &[&arg(&fixture("tiny_cnn.onnx")), "--data", &golden_data(), "--fail-under", "clean=0.9"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("`clean`") && err.contains("0.6667") && err.contains("0.9000"), "{err}");
+    assert!(dir.path().join("audit-report/report.csv").exists(), "the report is complete even when a gate fails");
+    // A gate that is met passes; so does a gate from a suite file.
+    let out = upat_audit(dir.path(), &[&arg(&fixture("tiny_cnn.onnx")), "--data", &golden_data(), "--fail-under", "worst_case=0.5"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let suite = dir.path().join("gated.toml");
+    std::fs::write(&suite, "name = 'gated'\n[[attack]]\nid = 'clean'\nkind = 'clean'\nmin_robust_acc = 0.7\n").unwrap();
+    let out = upat_audit(dir.path(), &[&arg(&fixture("tiny_cnn.onnx")), "--data", &golden_data(), "--suite", &arg(&suite)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("gated.toml"));
+}
+
+#[test]
+fn probability_outputs_are_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = upat_audit(dir.path(), &[&arg(&fixture("tiny_cnn_softmax.onnx")), "--data", &golden_data()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("look like probabilities"), "{}", stderr(&out));
+    let out = upat_audit(dir.path(), &[&arg(&fixture("tiny_cnn.onnx")), "--data", &golden_data()]);
+    assert!(!stderr(&out).contains("probabilities"));
+}
+
+#[test]
+fn inspect_describes_the_model_and_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = upat_audit(dir.path(), &["inspect", &arg(&fixture("tiny_cnn.onnx"))]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for expected in ["input  float[N,3,8,8]", "logits  float[N,5]", "Conv ", "MaxPool", "classifier contract: ok"] {
+        assert!(text.contains(expected), "missing `{expected}` in\n{text}");
+    }
+    let out = upat_audit(dir.path(), &["inspect", &arg(&fixture("int_input.onnx"))]);
+    assert!(stdout(&out).contains("classifier contract: not met"), "{}", stdout(&out));
+    let garbage = dir.path().join("g.onnx");
+    std::fs::write(&garbage, b"garbage").unwrap();
+    let out = upat_audit(dir.path(), &["inspect", &arg(&garbage)]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[cfg(feature = "train")]
+#[test]
+fn upat_train_finds_libtorch_without_ld_library_path() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_upat-train"))
+        .arg("info")
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("sum([1,2,3]) = 6"), "{}", stdout(&out));
+}

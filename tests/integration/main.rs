@@ -1,0 +1,7 @@
+//! Integration tests: the library on real model files, and the CLIs as a
+//! user runs them. Fixtures come from `tests/fixtures/generate.py` and
+//! `models/fmnist_cnn.py`.
+
+mod backends;
+mod cli;
+mod util;
