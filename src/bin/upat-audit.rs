@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use upat::attack::Suite;
+use upat::attack::{Loss, Suite};
 use upat::audit::{run_audit, AuditPlan, Gate};
 use upat::data::{DataSpec, Split};
 use upat::onnx::{ClassifierGraph, Normalization, OnnxModel};
@@ -24,6 +24,27 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Write the model's gradient graph: inputs the image and `labels` (and
+    /// `targets` for dlr-targeted); outputs the logits, `loss` [N] and
+    /// `input_grad` = d(Σ loss)/d(input). Runs on any ONNX runtime.
+    Grad {
+        /// The ONNX model.
+        model: PathBuf,
+        #[arg(long, value_enum, default_value = "ce")]
+        loss: LossArg,
+        /// Where to write the gradient graph.
+        #[arg(short = 'o', long = "output-file", value_name = "OUT.onnx")]
+        out: PathBuf,
+        /// Image shape C,H,W, when the model does not declare it.
+        #[arg(long, value_name = "C,H,W")]
+        image_shape: Option<String>,
+        /// The image input, when the model has several.
+        #[arg(long)]
+        input: Option<String>,
+        /// The logits output, when the model has several.
+        #[arg(long)]
+        output: Option<String>,
+    },
     /// Print a model's inputs, outputs, metadata and op histogram, and whether
     /// it meets the classifier contract.
     Inspect {
@@ -36,6 +57,26 @@ enum Command {
         #[arg(long)]
         output: Option<String>,
     },
+}
+
+/// The loss heads of the gradient graph.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LossArg {
+    Ce,
+    Margin,
+    Dlr,
+    DlrTargeted,
+}
+
+impl From<LossArg> for Loss {
+    fn from(l: LossArg) -> Loss {
+        match l {
+            LossArg::Ce => Loss::Ce,
+            LossArg::Margin => Loss::Margin,
+            LossArg::Dlr => Loss::Dlr,
+            LossArg::DlrTargeted => Loss::DlrTargeted,
+        }
+    }
 }
 
 /// What the user typed for an audit.
@@ -198,10 +239,34 @@ fn inspect(model_path: PathBuf, input: Option<String>, output: Option<String>) -
     Ok(ExitCode::SUCCESS)
 }
 
+/// `C,H,W` from the flag, else from the model's declared input.
+fn image_shape_of(graph: &ClassifierGraph, flag: Option<&str>) -> upat::Result<[usize; 3]> {
+    if let Some(text) = flag {
+        let dims: Vec<usize> = text.split(',').filter_map(|d| d.trim().parse().ok()).collect();
+        return <[usize; 3]>::try_from(dims)
+            .map_err(|_| upat::Error::Usage(format!("--image-shape {text}: expected three positive integers C,H,W")));
+    }
+    match graph.input.chw {
+        [Some(c), Some(h), Some(w)] => Ok([c, h, w]),
+        _ => Err(upat::Error::Usage("the model does not declare its image size; give it with --image-shape C,H,W".into())),
+    }
+}
+
+fn grad(model: PathBuf, loss: Loss, out: PathBuf, image_shape: Option<String>, input: Option<String>, output: Option<String>) -> Result<ExitCode> {
+    let model = OnnxModel::load(&model)?;
+    let graph = ClassifierGraph::prepare(&model, input.as_deref(), output.as_deref(), None)?;
+    let shape = image_shape_of(&graph, image_shape.as_deref())?;
+    let gradient = upat::onnx::grad::build(&graph, shape, loss).map_err(|e| e.with_model_path(&model.path))?;
+    upat::atomic::write_atomic(&out, &upat::onnx::encode(&gradient.proto))?;
+    println!("wrote {} ({} loss, input [N,{},{},{}], {} classes)", out.display(), loss.as_str(), shape[0], shape[1], shape[2], gradient.classes);
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Inspect { model, input, output }) => inspect(model, input, output),
+        Some(Command::Grad { model, loss, out, image_shape, input, output }) => grad(model, loss.into(), out, image_shape, input, output),
         None => audit(cli.audit),
     };
     result.unwrap_or_else(|e| {

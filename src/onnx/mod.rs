@@ -5,6 +5,7 @@
 //! ONNX Runtime gets it re-encoded.
 
 mod classifier;
+pub mod grad;
 
 pub use classifier::{ClassifierGraph, InputLayout, Normalization};
 

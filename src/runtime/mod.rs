@@ -102,6 +102,36 @@ pub trait Classifier {
     }
 }
 
+/// An input batch for a [`Session`]: values and shape.
+#[derive(Debug, Clone, Copy)]
+pub enum Feed<'a> {
+    F32(&'a [f32], &'a [usize]),
+    I64(&'a [i64], &'a [usize]),
+}
+
+impl Feed<'_> {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Feed::F32(_, s) | Feed::I64(_, s) => s,
+        }
+    }
+}
+
+/// An output of a [`Session`] run, as f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fetched {
+    pub values: Vec<f32>,
+    pub shape: Vec<usize>,
+}
+
+/// A loaded ONNX graph on one backend: feeds in graph-input order, outputs
+/// in graph-output order. [`Classifier`] and [`GradientModel`] are built on it.
+pub trait Session {
+    fn run(&mut self, feeds: &[Feed]) -> Result<Vec<Fetched>>;
+    fn backend_name(&self) -> &'static str;
+    fn device(&self) -> Device;
+}
+
 /// How to open a backend.
 #[derive(Debug, Clone, Copy)]
 pub struct RuntimeOptions {
@@ -109,8 +139,8 @@ pub struct RuntimeOptions {
     pub device: Device,
 }
 
-/// Opens `graph` on the requested backend for images of `image_shape`.
-pub fn open(graph: &ClassifierGraph, image_shape: [usize; 3], options: RuntimeOptions) -> Result<Box<dyn Classifier>> {
+/// Opens a graph on the backend `options` resolve to.
+pub fn open_session(proto: &crate::onnx::pb::ModelProto, options: RuntimeOptions) -> Result<Box<dyn Session>> {
     match resolve_backend(options)? {
         "tract" => {
             if options.device == Device::Cuda {
@@ -118,12 +148,96 @@ pub fn open(graph: &ClassifierGraph, image_shape: [usize; 3], options: RuntimeOp
                     "--device cuda needs the ort backend (tract runs on the CPU only); use --backend ort".into(),
                 ));
             }
-            Ok(Box::new(tract::TractClassifier::new(graph, image_shape)?))
+            Ok(Box::new(tract::TractSession::new(proto)?))
         }
         #[cfg(feature = "ort")]
-        _ => Ok(Box::new(ort::OrtClassifier::new(graph, image_shape, options.device)?)),
+        _ => Ok(Box::new(ort::OrtSession::new(proto, options.device)?)),
         #[cfg(not(feature = "ort"))]
         _ => unreachable!("resolve_backend only returns ort when the feature is on"),
+    }
+}
+
+/// A [`ClassifierGraph`] on a backend.
+pub struct ClassifierModel {
+    session: Box<dyn Session>,
+    image_shape: [usize; 3],
+    fixed_batch: Option<usize>,
+}
+
+impl Classifier for ClassifierModel {
+    fn run_batch(&mut self, images: &[f32], n: usize) -> Result<(Vec<f32>, Vec<usize>)> {
+        let shape = [n, self.image_shape[0], self.image_shape[1], self.image_shape[2]];
+        let mut outputs = self.session.run(&[Feed::F32(images, &shape)])?;
+        let first = outputs.swap_remove(0);
+        Ok((first.values, first.shape))
+    }
+
+    fn fixed_batch(&self) -> Option<usize> {
+        self.fixed_batch
+    }
+
+    fn backend_name(&self) -> &'static str {
+        self.session.backend_name()
+    }
+
+    fn device(&self) -> Device {
+        self.session.device()
+    }
+}
+
+/// Opens `graph` on the requested backend for images of `image_shape`.
+pub fn open(graph: &ClassifierGraph, image_shape: [usize; 3], options: RuntimeOptions) -> Result<Box<dyn Classifier>> {
+    let session = open_session(&graph.proto, options)?;
+    Ok(Box::new(ClassifierModel { session, image_shape, fixed_batch: graph.input.fixed_batch }))
+}
+
+/// What one gradient evaluation returns for a batch of `n` images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossAndGrad {
+    pub logits: Logits,
+    /// Per-sample loss `[n]`.
+    pub loss: Vec<f32>,
+    /// d(Σ loss)/d(images), `[n, C, H, W]`.
+    pub input_grad: Vec<f32>,
+}
+
+/// A [`GradientGraph`](crate::onnx::grad::GradientGraph) on a backend.
+pub struct GradientModel {
+    session: Box<dyn Session>,
+    image_shape: [usize; 3],
+    targeted: bool,
+}
+
+impl GradientModel {
+    pub fn open(graph: &crate::onnx::grad::GradientGraph, image_shape: [usize; 3], options: RuntimeOptions) -> Result<Self> {
+        let session = open_session(&graph.proto, options)?;
+        Ok(GradientModel { session, image_shape, targeted: graph.loss == crate::attack::Loss::DlrTargeted })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.session.backend_name()
+    }
+
+    /// Logits, per-sample loss and input gradient of `n` images.
+    /// `targets` is required by (and only by) the targeted DLR loss.
+    pub fn loss_and_grad(&mut self, images: &[f32], labels: &[i64], targets: Option<&[i64]>, n: usize) -> Result<LossAndGrad> {
+        let image = [n, self.image_shape[0], self.image_shape[1], self.image_shape[2]];
+        let vector = [n];
+        let mut feeds = vec![Feed::F32(images, &image), Feed::I64(labels, &vector)];
+        match (self.targeted, targets) {
+            (true, Some(t)) => feeds.push(Feed::I64(t, &vector)),
+            (false, None) => {}
+            (true, None) => return Err(Error::Usage("the dlr-targeted loss needs target classes".into())),
+            (false, Some(_)) => return Err(Error::Usage("target classes given to an untargeted loss".into())),
+        }
+        let outputs = self.session.run(&feeds)?;
+        let backend = self.session.backend_name();
+        let [logits, loss, input_grad]: [Fetched; 3] = outputs.try_into().map_err(|o: Vec<Fetched>| Error::Backend {
+            backend,
+            message: format!("the gradient graph returned {} outputs, expected 3", o.len()),
+        })?;
+        let classes = logits.shape.get(1).copied().unwrap_or(0);
+        Ok(LossAndGrad { logits: Logits { values: logits.values, classes }, loss: loss.values, input_grad: input_grad.values })
     }
 }
 

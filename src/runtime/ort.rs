@@ -5,9 +5,9 @@
 //!    current directory, or `$VIRTUAL_ENV`): `onnxruntime/capi/libonnxruntime.so*`;
 //! 3. the `onnxruntime` package of the active `python3`.
 
-use super::{Classifier, Device};
+use super::{Device, Feed, Fetched, Session};
 use crate::error::{Error, Result};
-use crate::onnx::{encode, ClassifierGraph};
+use crate::onnx::{encode, pb};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -85,28 +85,27 @@ fn library_in(package_dir: &Path) -> Option<PathBuf> {
     candidates.pop()
 }
 
-/// A [`ClassifierGraph`] running on ONNX Runtime.
-pub struct OrtClassifier {
+/// A model running on ONNX Runtime.
+pub struct OrtSession {
     session: ort::session::Session,
-    input_name: String,
-    image_shape: [usize; 3],
-    fixed_batch: Option<usize>,
+    input_names: Vec<String>,
     device: Device,
 }
 
-impl OrtClassifier {
+impl OrtSession {
     /// Creates a session; with `Device::Cuda` the CUDA provider must register
     /// or this fails (never a silent CPU fallback).
-    pub fn new(graph: &ClassifierGraph, image_shape: [usize; 3], device: Device) -> Result<Self> {
+    pub fn new(proto: &pb::ModelProto, device: Device) -> Result<Self> {
         let env = environment()?;
         let mut builder = ort::session::Session::builder(env).map_err(|e| ort_error(format!("session builder: {e}")))?;
         if device == Device::Cuda {
             builder = with_cuda(builder)?;
         }
         let session = builder
-            .commit_from_memory(&encode(&graph.proto))
+            .commit_from_memory(&encode(proto))
             .map_err(|e| ort_error(format!("cannot load the model: {e}. If tract can read it, try --backend tract")))?;
-        Ok(OrtClassifier { session, input_name: graph.input.name.clone(), image_shape, fixed_batch: graph.input.fixed_batch, device })
+        let input_names = session.inputs().iter().map(|i| i.name().to_string()).collect();
+        Ok(OrtSession { session, input_names, device })
     }
 }
 
@@ -126,22 +125,29 @@ fn with_cuda(_builder: ort::session::builder::SessionBuilder) -> Result<ort::ses
     Err(ort_error("this build has no CUDA support; rebuild with --features cuda, or use --device cpu"))
 }
 
-impl Classifier for OrtClassifier {
-    fn run_batch(&mut self, images: &[f32], n: usize) -> Result<(Vec<f32>, Vec<usize>)> {
-        let [c, h, w] = self.image_shape;
-        let shape = [n, c, h, w];
-        let tensor = ort::value::Tensor::from_array((shape.map(|d| d as i64), images.to_vec()))
-            .map_err(|e| ort_error(format!("cannot build the input tensor: {e}")))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => tensor])
-            .map_err(|e| ort_error(format!("inference failed: {e}")))?;
-        let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(|e| ort_error(format!("logits are not float32: {e}")))?;
-        Ok((data.to_vec(), shape.iter().map(|&d| d as usize).collect()))
-    }
-
-    fn fixed_batch(&self) -> Option<usize> {
-        self.fixed_batch
+impl Session for OrtSession {
+    fn run(&mut self, feeds: &[Feed]) -> Result<Vec<Fetched>> {
+        if feeds.len() != self.input_names.len() {
+            return Err(ort_error(format!("the model takes {} inputs, {} given", self.input_names.len(), feeds.len())));
+        }
+        let mut inputs: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> = Vec::new();
+        for (name, feed) in self.input_names.iter().zip(feeds) {
+            let value: ort::value::DynValue = match feed {
+                Feed::F32(data, shape) => ort::value::Tensor::from_array((shape.iter().map(|&d| d as i64).collect::<Vec<_>>(), data.to_vec()))
+                    .map(|t| t.into_dyn()),
+                Feed::I64(data, shape) => ort::value::Tensor::from_array((shape.iter().map(|&d| d as i64).collect::<Vec<_>>(), data.to_vec()))
+                    .map(|t| t.into_dyn()),
+            }
+            .map_err(|e| ort_error(format!("cannot build input `{name}`: {e}")))?;
+            inputs.push((name.as_str().into(), value.into()));
+        }
+        let outputs = self.session.run(inputs).map_err(|e| ort_error(format!("inference failed: {e}")))?;
+        let mut fetched = Vec::new();
+        for (_, value) in outputs.iter() {
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| ort_error(format!("output is not float32: {e}")))?;
+            fetched.push(Fetched { values: data.to_vec(), shape: shape.iter().map(|&d| d as usize).collect() });
+        }
+        Ok(fetched)
     }
 
     fn backend_name(&self) -> &'static str {

@@ -1,70 +1,83 @@
-//! The pure-Rust backend: tract, with the input fixed to concrete shapes so
-//! that it can optimise the graph (one plan per batch size seen, usually two:
-//! the full batch and the remainder).
+//! The pure-Rust backend: tract, with inputs fixed to concrete shapes so that
+//! it can optimise the graph (one plan per set of input shapes seen, usually
+//! two: the full batch and the remainder).
 
-use super::{Classifier, Device};
+use super::{Device, Feed, Fetched, Session};
 use crate::error::{Error, Result};
-use crate::onnx::{pb, ClassifierGraph};
+use crate::onnx::pb;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tract_onnx::prelude::*;
 
-/// A [`ClassifierGraph`] running on tract.
-pub struct TractClassifier {
+/// A model running on tract.
+pub struct TractSession {
     proto: pb::ModelProto,
-    image_shape: [usize; 3],
-    fixed_batch: Option<usize>,
-    plans: HashMap<usize, Arc<TypedRunnableModel>>,
+    plans: HashMap<Vec<Vec<usize>>, Arc<TypedRunnableModel>>,
 }
 
 fn tract_error(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Backend { backend: "tract", message: format!("{context}: {e:#}") }
 }
 
-impl TractClassifier {
-    /// Parses the graph now (so a model tract cannot read fails early) and
-    /// optimises it lazily per batch size.
-    pub fn new(graph: &ClassifierGraph, image_shape: [usize; 3]) -> Result<Self> {
-        let mut classifier =
-            TractClassifier { proto: graph.proto.clone(), image_shape, fixed_batch: graph.input.fixed_batch, plans: HashMap::new() };
-        classifier.plan(graph.input.fixed_batch.unwrap_or(1))?;
-        Ok(classifier)
+impl TractSession {
+    /// Parses the graph now, so that a model tract cannot read fails early;
+    /// plans are optimised on first use of each input shape.
+    pub fn new(proto: &pb::ModelProto) -> Result<Self> {
+        onnx()
+            .model_for_proto_model(proto)
+            .map_err(|e| tract_error("cannot load the model (an op or attribute tract does not support?); try --backend ort", e))?;
+        Ok(TractSession { proto: proto.clone(), plans: HashMap::new() })
     }
 
-    fn plan(&mut self, batch: usize) -> Result<Arc<TypedRunnableModel>> {
-        if let Some(plan) = self.plans.get(&batch) {
+    fn plan(&mut self, feeds: &[Feed]) -> Result<Arc<TypedRunnableModel>> {
+        let key: Vec<Vec<usize>> = feeds.iter().map(|f| f.shape().to_vec()).collect();
+        if let Some(plan) = self.plans.get(&key) {
             return Ok(plan.clone());
         }
-        let [c, h, w] = self.image_shape;
-        let plan = tract_onnx::onnx()
-            // Exporters annotate intermediate values with a symbolic batch; the
-            // concrete input fact below must not be unified against those.
-            .with_ignore_value_info(true)
-            .with_ignore_output_shapes(true)
-            .model_for_proto_model(&self.proto)
-            .map_err(|e| tract_error("cannot load the model (an op or attribute tract does not support?); try --backend ort", e))?
-            .with_input_fact(0, f32::fact([batch, c, h, w]).into())
-            .and_then(|m| m.into_optimized())
+        let mut model = onnx().model_for_proto_model(&self.proto).map_err(|e| tract_error("cannot load the model", e))?;
+        for (i, feed) in feeds.iter().enumerate() {
+            let fact = match feed {
+                Feed::F32(_, shape) => f32::fact(*shape),
+                Feed::I64(_, shape) => i64::fact(*shape),
+            };
+            model = model.with_input_fact(i, fact.into()).map_err(|e| tract_error("bad input", e))?;
+        }
+        let plan = model
+            .into_optimized()
             .and_then(|m| m.into_runnable())
-            .map_err(|e| tract_error(&format!("cannot prepare the model for input [{batch},{c},{h},{w}]"), e))?;
-        self.plans.insert(batch, plan.clone());
+            .map_err(|e| tract_error(&format!("cannot prepare the model for inputs {key:?}"), e))?;
+        self.plans.insert(key, plan.clone());
         Ok(plan)
     }
 }
 
-impl Classifier for TractClassifier {
-    fn run_batch(&mut self, images: &[f32], n: usize) -> Result<(Vec<f32>, Vec<usize>)> {
-        let plan = self.plan(n)?;
-        let [c, h, w] = self.image_shape;
-        let input = Tensor::from_shape(&[n, c, h, w], images).map_err(|e| tract_error("bad input batch", e))?;
-        let outputs = plan.run(tvec!(input.into_tvalue())).map_err(|e| tract_error("inference failed", e))?;
-        let output = outputs[0].cast_to::<f32>().map_err(|e| tract_error("logits are not float", e))?;
-        let view = output.to_plain_array_view::<f32>().map_err(|e| tract_error("logits are not float", e))?;
-        Ok((view.iter().copied().collect(), view.shape().to_vec()))
-    }
+/// tract's ONNX loader, told to ignore the shapes exporters annotate
+/// intermediate values with (symbolic batch): the concrete input facts rule.
+fn onnx() -> tract_onnx::Onnx {
+    tract_onnx::onnx().with_ignore_value_info(true).with_ignore_output_shapes(true)
+}
 
-    fn fixed_batch(&self) -> Option<usize> {
-        self.fixed_batch
+impl Session for TractSession {
+    fn run(&mut self, feeds: &[Feed]) -> Result<Vec<Fetched>> {
+        let plan = self.plan(feeds)?;
+        let inputs = feeds
+            .iter()
+            .map(|feed| match feed {
+                Feed::F32(data, shape) => Tensor::from_shape(shape, data),
+                Feed::I64(data, shape) => Tensor::from_shape(shape, data),
+            })
+            .map(|t| t.map(|t| t.into_tvalue()))
+            .collect::<TractResult<TVec<_>>>()
+            .map_err(|e| tract_error("bad input batch", e))?;
+        let outputs = plan.run(inputs).map_err(|e| tract_error("inference failed", e))?;
+        outputs
+            .iter()
+            .map(|o| {
+                let o = o.cast_to::<f32>().map_err(|e| tract_error("output is not numeric", e))?;
+                let view = o.to_plain_array_view::<f32>().map_err(|e| tract_error("output is not float", e))?;
+                Ok(Fetched { values: view.iter().copied().collect(), shape: view.shape().to_vec() })
+            })
+            .collect()
     }
 
     fn backend_name(&self) -> &'static str {

@@ -1,0 +1,133 @@
+//! Loss heads: per-sample loss from the logits `z` `[N, K]` and the labels,
+//! and its gradient with respect to `z`, written in closed form (no
+//! differentiation of the head itself is needed).
+
+use super::emit::{attr_int, Emitter};
+use super::{LABELS, TARGETS};
+use crate::attack::Loss;
+use crate::error::{Error, Result};
+
+/// The emitted head: `loss` `[N]` and d(Σ loss)/dz `[N, K]`.
+pub struct Head {
+    pub loss: String,
+    pub logits_grad: String,
+}
+
+/// Float one-hot rows `[N, K]` of class indices `index` `[N, 1]`.
+fn one_hot(emit: &mut Emitter, class_ids: &str, index: &str) -> String {
+    let equal = emit.binary("Equal", class_ids, index);
+    emit.op("Cast", &[&equal], vec![attr_int("to", 1)])
+}
+
+/// `z[n, index[n]]` as `[N, 1]`, via a one-hot product.
+fn pick(emit: &mut Emitter, z: &str, hot: &str) -> String {
+    let product = emit.binary("Mul", z, hot);
+    emit.reduce_sum(&product, &[1], true)
+}
+
+pub fn emit_head(emit: &mut Emitter, z: &str, classes: usize, loss: Loss) -> Result<Head> {
+    let class_ids = emit.const_i64(&[1, classes as i64], &(0..classes as i64).collect::<Vec<_>>());
+    let labels = emit.unsqueeze(LABELS, &[1]);
+    let hot_y = one_hot(emit, &class_ids, &labels);
+    let need = |k: usize| {
+        if classes < k {
+            Err(Error::Usage(format!("the {} loss needs at least {k} classes; the model has {classes}", loss.as_str())))
+        } else {
+            Ok(())
+        }
+    };
+    let (loss_keep, logits_grad) = match loss {
+        // CE: loss = −log softmax(z)_y; gradient softmax(z) − onehot(y).
+        Loss::Ce => {
+            let log_probs = emit.op("LogSoftmax", &[z], vec![attr_int("axis", 1)]);
+            let picked = pick(emit, &log_probs, &hot_y);
+            let loss = emit.unary("Neg", &picked);
+            let probs = emit.op("Softmax", &[z], vec![attr_int("axis", 1)]);
+            (loss, emit.binary("Sub", &probs, &hot_y))
+        }
+        // CW margin: loss = max_{j≠y} z_j − z_y; gradient onehot(j*) − onehot(y).
+        Loss::Margin => {
+            need(2)?;
+            let (max_other, hot_other) = max_other(emit, z, &hot_y, &class_ids);
+            let z_y = pick(emit, z, &hot_y);
+            (emit.binary("Sub", &max_other, &z_y), emit.binary("Sub", &hot_other, &hot_y))
+        }
+        // DLR (Croce & Hein 2020): loss = −(z_y − max_{j≠y} z_j) / (z_π1 − z_π3 + 1e−12).
+        Loss::Dlr => {
+            need(3)?;
+            let (max_other, hot_other) = max_other(emit, z, &hot_y, &class_ids);
+            let z_y = pick(emit, z, &hot_y);
+            let numerator = emit.binary("Sub", &z_y, &max_other);
+            let d_numerator = emit.binary("Sub", &hot_y, &hot_other);
+            let (denominator, d_denominator) = sorted_spread(emit, z, &class_ids, 3, false);
+            quotient_head(emit, &numerator, &d_numerator, &denominator, &d_denominator)
+        }
+        // Targeted DLR: loss = −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 1e−12).
+        Loss::DlrTargeted => {
+            need(4)?;
+            let targets = emit.unsqueeze(TARGETS, &[1]);
+            let hot_t = one_hot(emit, &class_ids, &targets);
+            let z_y = pick(emit, z, &hot_y);
+            let z_t = pick(emit, z, &hot_t);
+            let numerator = emit.binary("Sub", &z_y, &z_t);
+            let d_numerator = emit.binary("Sub", &hot_y, &hot_t);
+            let (denominator, d_denominator) = sorted_spread(emit, z, &class_ids, 4, true);
+            quotient_head(emit, &numerator, &d_numerator, &denominator, &d_denominator)
+        }
+    };
+    let loss = emit.squeeze(&loss_keep, &[1]);
+    Ok(Head { loss, logits_grad })
+}
+
+/// `max_{j≠y} z_j` `[N, 1]` and the one-hot of its argmax.
+fn max_other(emit: &mut Emitter, z: &str, hot_y: &str, class_ids: &str) -> (String, String) {
+    let is_label = emit.op("Cast", &[hot_y], vec![attr_int("to", 9)]);
+    let lowest = emit.scalar_f32(f32::MIN);
+    let others = emit.op("Where", &[&is_label, &lowest, z], vec![]);
+    let max = emit.reduce_max(&others, &[1], true);
+    let argmax = emit.op("ArgMax", &[&others], vec![attr_int("axis", 1), attr_int("keepdims", 1)]);
+    (max, one_hot(emit, class_ids, &argmax))
+}
+
+/// The DLR denominator from the top-`k` logits and its derivative w.r.t. z:
+/// `z_π1 − z_π3 + 1e−12` (k = 3), or `z_π1 − (z_π3 + z_π4)/2 + 1e−12` (k = 4, `targeted`).
+fn sorted_spread(emit: &mut Emitter, z: &str, class_ids: &str, k: i64, targeted: bool) -> (String, String) {
+    let k_input = emit.ints(&[k]);
+    let top = emit.op_n("TopK", &[z, &k_input], vec![attr_int("axis", 1), attr_int("largest", 1), attr_int("sorted", 1)], 2);
+    let (values, indices) = (&top[0], &top[1]);
+    let column = |emit: &mut Emitter, tensor: &str, j: i64| {
+        let (start, end, axis) = (emit.ints(&[j]), emit.ints(&[j + 1]), emit.ints(&[1]));
+        emit.op("Slice", &[tensor, &start, &end, &axis], vec![])
+    };
+    let first = column(emit, values, 0);
+    let hot_first = {
+        let index = column(emit, indices, 0);
+        one_hot(emit, class_ids, &index)
+    };
+    let (low, hot_low) = if targeted {
+        let (third, fourth) = (column(emit, values, 2), column(emit, values, 3));
+        let (i3, i4) = (column(emit, indices, 2), column(emit, indices, 3));
+        let (h3, h4) = (one_hot(emit, class_ids, &i3), one_hot(emit, class_ids, &i4));
+        let half = emit.scalar_f32(0.5);
+        let sum = emit.binary("Add", &third, &fourth);
+        let hot_sum = emit.binary("Add", &h3, &h4);
+        (emit.binary("Mul", &sum, &half), emit.binary("Mul", &hot_sum, &half))
+    } else {
+        let third = column(emit, values, 2);
+        let index = column(emit, indices, 2);
+        (third, one_hot(emit, class_ids, &index))
+    };
+    let spread = emit.binary("Sub", &first, &low);
+    let tiny = emit.scalar_f32(1e-12);
+    (emit.binary("Add", &spread, &tiny), emit.binary("Sub", &hot_first, &hot_low))
+}
+
+/// loss = −u/d; d loss/dz = −(du/dz)/d + u/d² · dd/dz.
+fn quotient_head(emit: &mut Emitter, u: &str, du: &str, d: &str, dd: &str) -> (String, String) {
+    let ratio = emit.binary("Div", u, d);
+    let loss = emit.unary("Neg", &ratio);
+    let first = emit.binary("Div", du, d);
+    let ratio_over_d = emit.binary("Div", &ratio, d);
+    let second = emit.binary("Mul", &ratio_over_d, dd);
+    (loss, emit.binary("Sub", &second, &first))
+}

@@ -1,0 +1,273 @@
+//! Reverse-mode differentiation of ONNX classifiers, emitted as ONNX.
+//!
+//! White-box attacks need d(loss)/d(input) from a model that only exists as
+//! ONNX, and neither standard ONNX Runtime builds nor tract can differentiate.
+//! [`build`] appends to the model a loss head and the backward pass, written
+//! only in standard ONNX ops, so the augmented model runs on any runtime:
+//!
+//! ```text
+//! inputs:  <image input> [N,C,H,W], labels int64 [N] (targets int64 [N] for dlr-targeted)
+//! outputs: <logits> [N,K], loss [N] (per sample), input_grad [N,C,H,W] = d(Σ loss)/d(input)
+//! ```
+//!
+//! Only the differentiable subgraph is differentiated: tensors reachable from
+//! the input through float edges at differentiable input positions, and that
+//! reach the logits. Shape arithmetic (Shape, Gather on shapes, Reshape's
+//! shape input, ...) stays forward-only. Each op's rule is one function in
+//! `rules/`, looked up by op type.
+
+mod emit;
+mod loss;
+mod rules;
+mod shapes;
+
+pub use shapes::{Shapes, TensorShape};
+
+use crate::attack::Loss;
+use crate::error::{Error, Result};
+use crate::onnx::{pb, ClassifierGraph};
+use emit::Emitter;
+use rules::{Ctx, DiffInputs};
+use std::collections::{HashMap, HashSet};
+
+/// Name of the labels input of a gradient graph.
+pub const LABELS: &str = "labels";
+/// Name of the target-class input (targeted losses only).
+pub const TARGETS: &str = "targets";
+/// Name of the per-sample loss output.
+pub const LOSS: &str = "loss";
+/// Name of the input-gradient output.
+pub const INPUT_GRAD: &str = "input_grad";
+
+/// The lowest opset whose op forms the rules rely on (axes as inputs).
+const MIN_OPSET: i64 = 13;
+/// Emitted ops need opset 16+ (ScatterElements with reduction); 17 is what
+/// exporters default to and keeps every forward op's meaning for opsets 13–16.
+const GRAD_OPSET: i64 = 17;
+
+/// A classifier augmented with a loss head and its input gradient.
+#[derive(Debug, Clone)]
+pub struct GradientGraph {
+    pub proto: pb::ModelProto,
+    pub input: String,
+    pub logits: String,
+    pub loss: Loss,
+    /// Number of classes (the logits' second dimension).
+    pub classes: usize,
+}
+
+/// Why a model cannot be differentiated: the first op without a rule on the
+/// path from input to logits.
+fn unsupported(node: &pb::NodeProto) -> Error {
+    Error::Model {
+        path: Default::default(),
+        message: format!(
+            "op {} (node `{}`) lies between the input and the logits and has no gradient rule, \
+             so white-box attacks cannot run on this model; use a gradient-free suite (square, blackbox)",
+            node.op_type, node.name
+        ),
+    }
+}
+
+/// Float-typed (or of unknown type: assume float, so an unsupported op is
+/// reported rather than silently cut off).
+fn is_float(shapes: &Shapes, name: &str) -> bool {
+    shapes.get(name).is_none_or(|s| s.is_float)
+}
+
+/// Orders nodes so every input is produced before it is used.
+fn topological_order(graph: &pb::GraphProto) -> Result<Vec<usize>> {
+    let mut available: HashSet<&str> = graph.input.iter().map(|i| i.name.as_str()).collect();
+    available.extend(graph.initializer.iter().map(|t| t.name.as_str()));
+    available.insert("");
+    let mut done = vec![false; graph.node.len()];
+    let mut order = Vec::with_capacity(graph.node.len());
+    while order.len() < graph.node.len() {
+        let before = order.len();
+        for (i, node) in graph.node.iter().enumerate() {
+            if !done[i] && node.input.iter().all(|n| available.contains(n.as_str())) {
+                done[i] = true;
+                order.push(i);
+                available.extend(node.output.iter().map(String::as_str));
+            }
+        }
+        if order.len() == before {
+            let stuck = graph.node.iter().enumerate().find(|(i, _)| !done[*i]).map(|(_, n)| n.name.clone()).unwrap_or_default();
+            return Err(Error::Model {
+                path: Default::default(),
+                message: format!("the graph has a cycle or an input nobody produces (at node `{stuck}`)"),
+            });
+        }
+    }
+    Ok(order)
+}
+
+/// Which node inputs can carry a gradient for this op.
+fn diff_positions(node: &pb::NodeProto) -> Vec<usize> {
+    match rules::lookup(&node.op_type).map(|r| r.inputs) {
+        Some(DiffInputs::Only(positions)) => positions.iter().copied().filter(|&p| p < node.input.len()).collect(),
+        Some(DiffInputs::All) | None => (0..node.input.len()).collect(),
+    }
+}
+
+/// Builds the gradient graph of `graph` for images of `image_shape`.
+pub fn build(graph: &ClassifierGraph, image_shape: [usize; 3], loss: Loss) -> Result<GradientGraph> {
+    let mut proto = graph.proto.clone();
+    let opset = proto.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map_or(0, |o| o.version);
+    if opset < MIN_OPSET {
+        return Err(Error::Model {
+            path: Default::default(),
+            message: format!("declares opset {opset}; the gradient graph needs opset {MIN_OPSET} or later: re-export with opset_version=17"),
+        });
+    }
+    let shapes = Shapes::infer(&proto, image_shape)?;
+    let g = proto.graph.as_mut().expect("ClassifierGraph has a graph");
+    let input = graph.input.name.clone();
+    let logits = graph.output_name.clone();
+    let order = topological_order(g)?;
+
+    // Forward activity: tensors that depend on the input along differentiable edges.
+    let mut active: HashSet<String> = HashSet::from([input.clone()]);
+    for &i in &order {
+        let node = &g.node[i];
+        if diff_positions(node).iter().any(|&p| active.contains(&node.input[p])) {
+            active.extend(node.output.iter().filter(|o| !o.is_empty() && is_float(&shapes, o)).cloned());
+        }
+    }
+    if !active.contains(&logits) {
+        return Err(Error::Model { path: Default::default(), message: "the logits do not depend on the input through float operations".into() });
+    }
+
+    // Backward reachability: active tensors the logits depend on.
+    let mut needed: HashSet<String> = HashSet::from([logits.clone()]);
+    let mut on_path = Vec::new();
+    for &i in order.iter().rev() {
+        let node = &g.node[i];
+        if !node.output.iter().any(|o| needed.contains(o)) {
+            continue;
+        }
+        let inputs: Vec<usize> = diff_positions(node).into_iter().filter(|&p| active.contains(&node.input[p])).collect();
+        if inputs.is_empty() {
+            continue;
+        }
+        if rules::lookup(&node.op_type).is_none() || !node.domain.is_empty() && node.domain != "ai.onnx" {
+            return Err(unsupported(node));
+        }
+        needed.extend(inputs.iter().map(|&p| node.input[p].clone()));
+        on_path.push(i);
+    }
+
+    let mut emit = Emitter::new(g, opset.max(GRAD_OPSET));
+    let classes = shapes.get(&logits).and_then(|s| s.dims.get(1).copied()).ok_or_else(|| Error::Model {
+        path: Default::default(),
+        message: format!("the shape of the logits `{logits}` could not be inferred"),
+    })?;
+    let head = loss::emit_head(&mut emit, &logits, classes, loss)?;
+
+    // Forward nodes whose rule needs an extra output (MaxPool's argmax indices).
+    for &i in &on_path {
+        rules::prepare_forward(&mut g.node[i], &mut emit);
+    }
+    let constants = rules::Constants::collect(g);
+    let mut grads: HashMap<String, Vec<String>> = HashMap::from([(logits.clone(), vec![head.logits_grad.clone()])]);
+    for &i in &on_path {
+        let node = g.node[i].clone();
+        let output_grads: Vec<Option<String>> = node
+            .output
+            .iter()
+            .map(|o| grads.remove(o).map(|terms| emit.sum(&terms)))
+            .collect();
+        if output_grads.iter().all(Option::is_none) {
+            continue;
+        }
+        let wanted: Vec<bool> = node.input.iter().enumerate().map(|(p, n)| needed.contains(n) && diff_positions(&node).contains(&p)).collect();
+        let rule = rules::lookup(&node.op_type).expect("checked above");
+        let mut ctx = Ctx { emit: &mut emit, shapes: &shapes, constants: &constants, node: &node, wanted: &wanted };
+        let input_grads = (rule.backward)(&mut ctx, &output_grads).map_err(|e| match e {
+            Error::Model { message, .. } => Error::Model {
+                path: Default::default(),
+                message: format!("gradient of {} (node `{}`): {message}", node.op_type, node.name),
+            },
+            other => other,
+        })?;
+        for (p, grad) in input_grads.into_iter().enumerate() {
+            if let (Some(grad), true) = (grad, wanted.get(p).copied().unwrap_or(false)) {
+                grads.entry(node.input[p].clone()).or_default().push(grad);
+            }
+        }
+    }
+    let input_grad = match grads.remove(&input) {
+        Some(terms) => emit.sum(&terms),
+        None => emit.zeros_like(&input),
+    };
+    emit.nodes.push(identity(&input_grad, INPUT_GRAD));
+    emit.nodes.push(identity(&head.loss, LOSS));
+
+    g.node.extend(emit.nodes);
+    g.initializer.extend(emit.initializers);
+    g.input.push(int_vector_input(LABELS));
+    if loss == Loss::DlrTargeted {
+        g.input.push(int_vector_input(TARGETS));
+    }
+    g.output.push(float_output(LOSS, &[Dim::Batch]));
+    g.output.push(float_output(INPUT_GRAD, &[Dim::Batch, Dim::Fixed(image_shape[0]), Dim::Fixed(image_shape[1]), Dim::Fixed(image_shape[2])]));
+    set_opset(&mut proto, opset.max(GRAD_OPSET));
+    Ok(GradientGraph { proto, input, logits, loss, classes })
+}
+
+fn identity(from: &str, to: &str) -> pb::NodeProto {
+    pb::NodeProto {
+        op_type: "Identity".into(),
+        name: format!("upat_grad/{to}"),
+        input: vec![from.into()],
+        output: vec![to.into()],
+        ..Default::default()
+    }
+}
+
+enum Dim {
+    Batch,
+    Fixed(usize),
+}
+
+fn tensor_value_info(name: &str, elem_type: i32, dims: &[Dim]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Dim::Batch => Value::DimParam("N".into()),
+                Dim::Fixed(v) => Value::DimValue(*v as i64),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type,
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn int_vector_input(name: &str) -> pb::ValueInfoProto {
+    tensor_value_info(name, 7, &[Dim::Batch])
+}
+
+fn float_output(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
+    tensor_value_info(name, 1, dims)
+}
+
+fn set_opset(proto: &mut pb::ModelProto, version: i64) {
+    match proto.opset_import.iter_mut().find(|o| o.domain.is_empty() || o.domain == "ai.onnx") {
+        Some(o) => o.version = version,
+        None => proto.opset_import.push(pb::OperatorSetIdProto { domain: String::new(), version }),
+    }
+    // Opset 17 needs IR version 8.
+    proto.ir_version = proto.ir_version.max(8);
+}
