@@ -233,7 +233,17 @@ fn inspect(model_path: PathBuf, input: Option<String>, output: Option<String>) -
         println!("  {op:<24} {count}");
     }
     match ClassifierGraph::prepare(&model, input.as_deref(), output.as_deref(), None) {
-        Ok(g) => println!("classifier contract: ok (image input `{}`, logits output `{}`)", g.input.name, g.output_name),
+        Ok(g) => {
+            println!("classifier contract: ok (image input `{}`, logits output `{}`)", g.input.name, g.output_name);
+            let verdict = match image_shape_of(&g, None) {
+                Ok(shape) => match upat::onnx::grad::build(&g, shape, Loss::Ce) {
+                    Ok(_) => "yes: white-box attacks can run".to_string(),
+                    Err(e) => format!("no: {e}"),
+                },
+                Err(_) => "unknown until the image size is known (upat-audit grad --image-shape C,H,W)".to_string(),
+            };
+            println!("differentiable: {verdict}");
+        }
         Err(e) => println!("classifier contract: not met: {e}"),
     }
     Ok(ExitCode::SUCCESS)

@@ -71,6 +71,11 @@ impl TensorInfo {
         elem_type_name(self.elem_type)
     }
 
+    /// `input float[N,3,32,32]`.
+    pub fn describe_named(&self) -> String {
+        format!("{} {}", self.name, self.describe())
+    }
+
     /// `float[N,3,32,32]`.
     pub fn describe(&self) -> String {
         match &self.dims {

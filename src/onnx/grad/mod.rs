@@ -120,7 +120,7 @@ pub fn build(graph: &ClassifierGraph, image_shape: [usize; 3], loss: Loss) -> Re
             message: format!("declares opset {opset}; the gradient graph needs opset {MIN_OPSET} or later: re-export with opset_version=17"),
         });
     }
-    let shapes = Shapes::infer(&proto, image_shape)?;
+    let mut shapes = Shapes::infer(&proto, image_shape)?;
     let g = proto.graph.as_mut().expect("ClassifierGraph has a graph");
     let input = graph.input.name.clone();
     let logits = graph.output_name.clone();
@@ -157,6 +157,18 @@ pub fn build(graph: &ClassifierGraph, image_shape: [usize; 3], loss: Loss) -> Re
         on_path.push(i);
     }
 
+    // Bounds, pads and indices that exporters compute with shape arithmetic.
+    let constants = rules::Constants::collect(g);
+    let computed: Vec<String> = on_path
+        .iter()
+        .flat_map(|&i| g.node[i].input.iter().skip(1))
+        .filter(|name| !name.is_empty() && constants.ints(name).is_none() && shapes.get(name).is_some_and(|s| !s.is_float))
+        .cloned()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    shapes.evaluate_ints(&graph.proto, &computed, image_shape)?;
+
     let mut emit = Emitter::new(g, opset.max(GRAD_OPSET));
     let classes = shapes.get(&logits).and_then(|s| s.dims.get(1).copied()).ok_or_else(|| Error::Model {
         path: Default::default(),
@@ -168,7 +180,6 @@ pub fn build(graph: &ClassifierGraph, image_shape: [usize; 3], loss: Loss) -> Re
     for &i in &on_path {
         rules::prepare_forward(&mut g.node[i], &mut emit);
     }
-    let constants = rules::Constants::collect(g);
     let mut grads: HashMap<String, Vec<String>> = HashMap::from([(logits.clone(), vec![head.logits_grad.clone()])]);
     for &i in &on_path {
         let node = g.node[i].clone();

@@ -33,13 +33,26 @@ impl TensorShape {
     }
 }
 
-/// Shapes by tensor name.
+/// Shapes by tensor name, and the values of small integer tensors that the
+/// analysis could compute and that do not depend on the batch size (pads,
+/// slice bounds and indices that exporters build from shape arithmetic).
 #[derive(Debug, Clone, Default)]
-pub struct Shapes(HashMap<String, TensorShape>);
+pub struct Shapes {
+    shapes: HashMap<String, TensorShape>,
+    int_values: HashMap<String, Vec<i64>>,
+}
+
+/// What one analysis yields per tensor: dims and float-ness.
+type Analysed = (Vec<usize>, bool);
 
 impl Shapes {
     pub fn get(&self, name: &str) -> Option<&TensorShape> {
-        self.0.get(name)
+        self.shapes.get(name)
+    }
+
+    /// The value of an integer tensor known before running the model.
+    pub fn int_value(&self, name: &str) -> Option<&[i64]> {
+        self.int_values.get(name).map(Vec::as_slice)
     }
 
     /// Analyses `proto` (one image input) for images of `image_shape`.
@@ -55,7 +68,23 @@ impl Shapes {
             let dynamic = dims.iter().zip(other).map(|(a, b)| a != b).collect();
             shapes.insert(name, TensorShape { dims, dynamic, is_float });
         }
-        Ok(Shapes(shapes))
+        Ok(Shapes { shapes, int_values: HashMap::new() })
+    }
+
+    /// Computes integer tensors (`names`) by running the graph up to them at
+    /// batch sizes 2 and 3, and records those whose value does not change.
+    pub fn evaluate_ints(&mut self, proto: &pb::ModelProto, names: &[String], image_shape: [usize; 3]) -> Result<()> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let at2 = run_to(proto, names, 2, image_shape)?;
+        let at3 = run_to(proto, names, 3, image_shape)?;
+        for ((name, a), b) in names.iter().zip(at2).zip(at3) {
+            if a == b {
+                self.int_values.insert(name.clone(), a);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -63,9 +92,7 @@ fn analysis_error(e: impl std::fmt::Display) -> Error {
     Error::Backend { backend: "tract", message: format!("shape analysis for the gradient graph failed: {e:#}") }
 }
 
-type ShapeAndFloat = (Vec<usize>, bool);
-
-fn concrete_shapes(proto: &pb::ModelProto, batch: usize, [c, h, w]: [usize; 3]) -> Result<HashMap<String, ShapeAndFloat>> {
+fn concrete_shapes(proto: &pb::ModelProto, batch: usize, [c, h, w]: [usize; 3]) -> Result<HashMap<String, Analysed>> {
     let onnx = tract_onnx::onnx().with_ignore_value_info(true).with_ignore_output_shapes(true);
     let parsed = onnx.parse(proto, None).map_err(analysis_error)?;
     let mut model = parsed.model;
@@ -82,4 +109,26 @@ fn concrete_shapes(proto: &pb::ModelProto, batch: usize, [c, h, w]: [usize; 3]) 
         }
     }
     Ok(shapes)
+}
+
+/// Runs `proto` on zeros of batch `batch` with `names` as its outputs.
+fn run_to(proto: &pb::ModelProto, names: &[String], batch: usize, [c, h, w]: [usize; 3]) -> Result<Vec<Vec<i64>>> {
+    let mut truncated = proto.clone();
+    let graph = truncated.graph.as_mut().expect("a graph");
+    graph.output = names.iter().map(|n| pb::ValueInfoProto { name: n.clone(), ..Default::default() }).collect();
+    let onnx = tract_onnx::onnx().with_ignore_value_info(true).with_ignore_output_shapes(true);
+    let outputs = onnx
+        .model_for_proto_model(&truncated)
+        .and_then(|m| m.with_input_fact(0, f32::fact([batch, c, h, w]).into()))
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .and_then(|p| p.run(tvec!(Tensor::zero::<f32>(&[batch, c, h, w])?.into_tvalue())))
+        .map_err(analysis_error)?;
+    outputs
+        .iter()
+        .map(|t| {
+            let t = t.cast_to::<i64>().map_err(analysis_error)?;
+            Ok(t.to_plain_array_view::<i64>().map_err(analysis_error)?.iter().copied().collect())
+        })
+        .collect()
 }

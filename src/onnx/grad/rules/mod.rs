@@ -196,7 +196,10 @@ impl<'a> Ctx<'a> {
     /// Integer values of constant input `i`.
     pub fn const_ints(&self, i: usize) -> Result<Vec<i64>> {
         let name = self.input(i);
-        self.constants.ints(name).map_or_else(|| fail(format!("input `{name}` must be a constant for this op to be differentiated")), Ok)
+        self.constants
+            .ints(name)
+            .or_else(|| self.shapes.int_value(name).map(<[i64]>::to_vec))
+            .map_or_else(|| fail(format!("input `{name}` must be a constant for this op to be differentiated")), Ok)
     }
 
     /// Sums `g` (shaped like the broadcast output) down to input `i`'s shape.

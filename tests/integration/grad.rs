@@ -1,0 +1,182 @@
+//! The gradient graph against PyTorch autograd, finite differences, and
+//! across backends.
+
+use crate::util::{cpu, fixture, stderr, stdout, upat_audit, BACKENDS};
+use upat::attack::Loss;
+use upat::data::read_npz_f32;
+use upat::onnx::grad::{self, GradientGraph};
+use upat::onnx::{ClassifierGraph, OnnxModel};
+use upat::runtime::{BackendChoice, GradientModel, LossAndGrad};
+
+/// The ops zoo of `tests/fixtures/zoo.py`: between them, every rule.
+const ZOO: [&str; 7] = ["activations", "pooling", "shapes", "arithmetic", "tiny_vit", "gelu_op", "misc_ops"];
+
+fn gradient_graph(model: &str, loss: Loss) -> GradientGraph {
+    let model = OnnxModel::load(&fixture(model)).unwrap();
+    let graph = ClassifierGraph::prepare(&model, None, None, None).unwrap();
+    grad::build(&graph, [3, 8, 8], loss).unwrap_or_else(|e| panic!("{}: {e}", model.path.display()))
+}
+
+struct Golden {
+    x: Vec<f32>,
+    y: Vec<i64>,
+    n: usize,
+}
+
+fn golden(npz: &str) -> Golden {
+    let path = fixture(npz);
+    let (shape, x) = read_npz_f32(&path, "x").unwrap();
+    let (_, y) = read_npz_f32(&path, "y").unwrap();
+    Golden { x, y: y.iter().map(|&v| v as i64).collect(), n: shape[0] }
+}
+
+fn npz_member(npz: &str, member: &str) -> Vec<f32> {
+    read_npz_f32(&fixture(npz), member).unwrap().1
+}
+
+/// max |a − b| / max |b|.
+fn relative_error(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+}
+
+fn evaluate(graph: &GradientGraph, backend: BackendChoice, g: &Golden, targets: Option<&[i64]>) -> LossAndGrad {
+    let mut model = GradientModel::open(graph, [3, 8, 8], cpu(backend)).unwrap();
+    model.loss_and_grad(&g.x, &g.y, targets, g.n).unwrap()
+}
+
+#[test]
+fn every_rule_matches_pytorch_autograd_on_both_backends() {
+    for name in ZOO {
+        let graph = gradient_graph(&format!("zoo/{name}.onnx"), Loss::Ce);
+        let npz = format!("zoo/{name}_golden.npz");
+        let g = golden(&npz);
+        let expected = npz_member(&npz, "grad_ce");
+        assert!(expected.iter().any(|v| v.abs() > 1e-4), "{name}: the reference gradient is zero, the test would prove nothing");
+        for backend in BACKENDS {
+            let out = evaluate(&graph, backend, &g, None);
+            let logits_error = relative_error(&out.logits.values, &npz_member(&npz, "logits"));
+            assert!(logits_error <= 1e-5, "{name} on {backend:?}: logits relative error {logits_error}");
+            let error = relative_error(&out.input_grad, &expected);
+            assert!(error <= 1e-3, "{name} on {backend:?}: gradient relative error {error}");
+        }
+    }
+}
+
+#[test]
+fn every_loss_head_matches_pytorch_on_both_backends() {
+    let npz = "tiny_cnn_golden.npz";
+    let g = golden(npz);
+    let targets: Vec<i64> = npz_member(npz, "targets").iter().map(|&v| v as i64).collect();
+    for (loss, key) in [(Loss::Ce, "ce"), (Loss::Margin, "margin"), (Loss::Dlr, "dlr"), (Loss::DlrTargeted, "dlr_targeted")] {
+        let graph = gradient_graph("tiny_cnn.onnx", loss);
+        let t = (loss == Loss::DlrTargeted).then_some(targets.as_slice());
+        for backend in BACKENDS {
+            let out = evaluate(&graph, backend, &g, t);
+            let loss_error = relative_error(&out.loss, &npz_member(npz, &format!("loss_{key}")));
+            let grad_error = relative_error(&out.input_grad, &npz_member(npz, &format!("grad_{key}")));
+            assert!(loss_error <= 1e-5 && grad_error <= 1e-3, "{key} on {backend:?}: loss {loss_error}, gradient {grad_error}");
+        }
+    }
+}
+
+#[test]
+fn ort_and_tract_agree_on_every_zoo_gradient() {
+    for name in ZOO {
+        let graph = gradient_graph(&format!("zoo/{name}.onnx"), Loss::Margin);
+        let g = golden(&format!("zoo/{name}_golden.npz"));
+        let ort = evaluate(&graph, BackendChoice::Ort, &g, None);
+        let tract = evaluate(&graph, BackendChoice::Tract, &g, None);
+        assert!(relative_error(&tract.loss, &ort.loss) <= 1e-5, "{name}: loss");
+        let error = relative_error(&tract.input_grad, &ort.input_grad);
+        assert!(error <= 1e-5, "{name}: ort vs tract gradient relative error {error}");
+    }
+}
+
+/// Deterministic pseudo-random values in [-1, 1].
+fn direction(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Central difference of Σ loss along `v` against ⟨input_grad, v⟩.
+fn finite_difference_error(model: &mut GradientModel, g: &Golden, targets: Option<&[i64]>, v: &[f32]) -> f32 {
+    let h = 1e-3f32;
+    let total = |x: &[f32], model: &mut GradientModel| -> f64 {
+        model.loss_and_grad(x, &g.y, targets, g.n).unwrap().loss.iter().map(|&l| f64::from(l)).sum()
+    };
+    let plus: Vec<f32> = g.x.iter().zip(v).map(|(x, d)| x + h * d).collect();
+    let minus: Vec<f32> = g.x.iter().zip(v).map(|(x, d)| x - h * d).collect();
+    let numeric = (total(&plus, model) - total(&minus, model)) / (2.0 * f64::from(h));
+    let grad = model.loss_and_grad(&g.x, &g.y, targets, g.n).unwrap().input_grad;
+    let analytic: f64 = grad.iter().zip(v).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+    ((numeric - analytic).abs() / analytic.abs().max(numeric.abs()).max(1e-6)) as f32
+}
+
+/// Median relative error allowed between finite differences and the
+/// gradient. Models whose function has kinks (max-pooling, ReLU, the max over
+/// classes in margin and DLR losses) get a looser bound: a step of size h
+/// crosses some kink often enough to spoil the difference quotient itself,
+/// while their gradients agree with PyTorch autograd to 1e-6 in the tests above.
+const SMOOTH: f32 = 1e-2;
+const KINKED: f32 = 3e-2;
+
+#[test]
+fn finite_differences_confirm_every_rule_and_loss() {
+    let mut cases: Vec<(String, String, Loss, f32)> = ZOO
+        .iter()
+        .map(|n| (format!("zoo/{n}.onnx"), format!("zoo/{n}_golden.npz"), Loss::Ce, if *n == "pooling" { KINKED } else { SMOOTH }))
+        .collect();
+    for loss in [Loss::Margin, Loss::Dlr, Loss::DlrTargeted] {
+        cases.push(("tiny_cnn.onnx".into(), "tiny_cnn_golden.npz".into(), loss, KINKED));
+    }
+    for (model_file, npz, loss, tolerance) in cases {
+        let graph = gradient_graph(&model_file, loss);
+        let g = golden(&npz);
+        let targets: Vec<i64> = g.y.iter().map(|&y| (y + 1) % 5).collect();
+        let t = (loss == Loss::DlrTargeted).then_some(targets.as_slice());
+        let mut model = GradientModel::open(&graph, [3, 8, 8], cpu(BackendChoice::Ort)).unwrap();
+        // Several directions; kinks (ReLU, max) can spoil one, not the median.
+        let mut errors: Vec<f32> = (0..7).map(|seed| finite_difference_error(&mut model, &g, t, &direction(g.x.len(), seed))).collect();
+        errors.sort_by(f32::total_cmp);
+        let median = errors[3];
+        assert!(median <= tolerance, "{model_file} with {}: median finite-difference relative error {median}", loss.as_str());
+    }
+}
+
+#[test]
+fn an_op_without_a_rule_is_named_with_a_way_out() {
+    let model = OnnxModel::load(&fixture("unsupported_op.onnx")).unwrap();
+    let graph = ClassifierGraph::prepare(&model, None, None, None).unwrap();
+    let err = grad::build(&graph, [3, 8, 8], Loss::Ce).unwrap_err().to_string();
+    assert!(err.contains("Sin") && err.contains("the_sine") && err.contains("square, blackbox"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = upat_audit(dir.path(), &["inspect", &fixture("unsupported_op.onnx").display().to_string()]);
+    assert!(stdout(&out).contains("differentiable: no") && stdout(&out).contains("Sin"), "{}", stdout(&out));
+    let out = upat_audit(dir.path(), &["inspect", &fixture("tiny_cnn.onnx").display().to_string()]);
+    assert!(stdout(&out).contains("differentiable: yes"), "{}", stdout(&out));
+}
+
+#[test]
+fn grad_command_writes_a_graph_with_the_contracted_interface() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("g.onnx");
+    let args = ["grad", &fixture("tiny_cnn.onnx").display().to_string(), "--loss", "dlr-targeted", "-o", &out_file.display().to_string()];
+    let out = upat_audit(dir.path(), &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let written = OnnxModel::load(&out_file).unwrap();
+    let inputs: Vec<String> = written.inputs().into_iter().map(|t| t.describe_named()).collect();
+    let outputs: Vec<String> = written.outputs().into_iter().map(|t| t.describe_named()).collect();
+    assert_eq!(inputs, ["input float[N,3,8,8]", "labels int64[N]", "targets int64[N]"]);
+    assert_eq!(outputs, ["logits float[N,5]", "loss float[N]", "input_grad float[N,3,8,8]"]);
+    assert!(written.opset().unwrap() >= 17 && written.proto.ir_version <= 10);
+    let out = upat_audit(dir.path(), &["grad", &fixture("unsupported_op.onnx").display().to_string(), "-o", "x.onnx"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!dir.path().join("x.onnx").exists());
+}
