@@ -42,7 +42,9 @@ pub fn emit_head(emit: &mut Emitter, z: &str, classes: usize, loss: Loss) -> Res
             let log_probs = emit.op("LogSoftmax", &[z], vec![attr_int("axis", 1)]);
             let picked = pick(emit, &log_probs, &hot_y);
             let loss = emit.unary("Neg", &picked);
-            let probs = emit.op("Softmax", &[z], vec![attr_int("axis", 1)]);
+            // exp(log-softmax) rather than Softmax: tract's Softmax kernel uses a
+            // fast exp whose ~1e-3 error would show in the gradient.
+            let probs = emit.unary("Exp", &log_probs);
             (loss, emit.binary("Sub", &probs, &hot_y))
         }
         // CW margin: loss = max_{j≠y} z_j − z_y; gradient onehot(j*) − onehot(y).

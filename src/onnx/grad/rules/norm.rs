@@ -2,7 +2,6 @@
 
 use super::{fail, only_first, Ctx};
 use crate::error::Result;
-use crate::onnx::grad::emit::attr_int;
 
 type Grads = Result<Vec<Option<String>>>;
 
@@ -79,11 +78,11 @@ pub fn softmax(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     Ok(only_first(ctx.emit.binary("Mul", &y, &centred)))
 }
 
-/// LogSoftmax: dx = g − softmax(x) · Σ g.
+/// LogSoftmax: dx = g − softmax(x) · Σ g, with softmax(x) = exp(y).
 pub fn log_softmax(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let g = ctx.grad(grads)?;
     let axis = softmax_axis(ctx)?;
-    let probabilities = ctx.emit.op("Softmax", &[ctx.input(0)], vec![attr_int("axis", axis)]);
+    let probabilities = ctx.emit.unary("Exp", ctx.output(0));
     let total = ctx.emit.reduce_sum(&g, &[axis], true);
     let spread = ctx.emit.binary("Mul", &probabilities, &total);
     Ok(only_first(ctx.emit.binary("Sub", &g, &spread)))
