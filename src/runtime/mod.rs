@@ -206,12 +206,13 @@ pub struct GradientModel {
     session: Box<dyn Session>,
     image_shape: [usize; 3],
     targeted: bool,
+    fixed_batch: Option<usize>,
 }
 
 impl GradientModel {
     pub fn open(graph: &crate::onnx::grad::GradientGraph, image_shape: [usize; 3], options: RuntimeOptions) -> Result<Self> {
         let session = open_session(&graph.proto, options)?;
-        Ok(GradientModel { session, image_shape, targeted: graph.loss == crate::attack::Loss::DlrTargeted })
+        Ok(GradientModel { session, image_shape, targeted: graph.loss == crate::attack::Loss::DlrTargeted, fixed_batch: graph.fixed_batch })
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -219,8 +220,33 @@ impl GradientModel {
     }
 
     /// Logits, per-sample loss and input gradient of `n` images.
-    /// `targets` is required by (and only by) the targeted DLR loss.
+    /// `targets` is required by (and only by) the targeted DLR loss. A
+    /// fixed-batch model is run chunk by chunk, the last chunk padded with
+    /// copies of the last image whose results are dropped.
     pub fn loss_and_grad(&mut self, images: &[f32], labels: &[i64], targets: Option<&[i64]>, n: usize) -> Result<LossAndGrad> {
+        let Some(chunk) = self.fixed_batch.filter(|&b| b != n) else {
+            return self.run_exact(images, labels, targets, n);
+        };
+        let image_len = images.len() / n.max(1);
+        let mut all = LossAndGrad { logits: Logits { values: Vec::new(), classes: 0 }, loss: Vec::new(), input_grad: Vec::new() };
+        for start in (0..n).step_by(chunk) {
+            let take = chunk.min(n - start);
+            let pad = |v: &[i64]| -> Vec<i64> { (0..chunk).map(|i| v[start + i.min(take - 1)]).collect() };
+            let mut batch = images[start * image_len..(start + take) * image_len].to_vec();
+            while batch.len() < chunk * image_len {
+                batch.extend_from_within((take - 1) * image_len..take * image_len);
+            }
+            let chunk_targets = targets.map(pad);
+            let out = self.run_exact(&batch, &pad(labels), chunk_targets.as_deref(), chunk)?;
+            all.logits.classes = out.logits.classes;
+            all.logits.values.extend_from_slice(&out.logits.values[..take * out.logits.classes]);
+            all.loss.extend_from_slice(&out.loss[..take]);
+            all.input_grad.extend_from_slice(&out.input_grad[..take * image_len]);
+        }
+        Ok(all)
+    }
+
+    fn run_exact(&mut self, images: &[f32], labels: &[i64], targets: Option<&[i64]>, n: usize) -> Result<LossAndGrad> {
         let image = [n, self.image_shape[0], self.image_shape[1], self.image_shape[2]];
         let vector = [n];
         let mut feeds = vec![Feed::F32(images, &image), Feed::I64(labels, &vector)];

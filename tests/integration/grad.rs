@@ -82,6 +82,19 @@ fn every_loss_head_matches_pytorch_on_both_backends() {
 }
 
 #[test]
+fn fixed_batch_models_get_per_sample_gradients() {
+    let npz = "tiny_cnn_golden.npz";
+    let g = golden(npz);
+    let graph = gradient_graph("tiny_cnn_batch1.onnx", Loss::Ce);
+    assert_eq!(graph.fixed_batch, Some(1));
+    for backend in BACKENDS {
+        let out = evaluate(&graph, backend, &g, None);
+        let error = relative_error(&out.input_grad, &npz_member(npz, "grad_ce"));
+        assert!(error <= 1e-3, "{backend:?}: {error}");
+    }
+}
+
+#[test]
 fn ort_and_tract_agree_on_every_zoo_gradient() {
     for name in ZOO {
         let graph = gradient_graph(&format!("zoo/{name}.onnx"), Loss::Margin);

@@ -54,6 +54,8 @@ pub struct GradientGraph {
     pub loss: Loss,
     /// Number of classes (the logits' second dimension).
     pub classes: usize,
+    /// The batch size the model was exported with, if fixed.
+    pub fixed_batch: Option<usize>,
 }
 
 /// Why a model cannot be differentiated: the first op without a rule on the
@@ -120,7 +122,7 @@ pub fn build(graph: &ClassifierGraph, image_shape: [usize; 3], loss: Loss) -> Re
             message: format!("declares opset {opset}; the gradient graph needs opset {MIN_OPSET} or later: re-export with opset_version=17"),
         });
     }
-    let mut shapes = Shapes::infer(&proto, image_shape)?;
+    let mut shapes = Shapes::infer(&proto, image_shape, graph.input.fixed_batch)?;
     let g = proto.graph.as_mut().expect("ClassifierGraph has a graph");
     let input = graph.input.name.clone();
     let logits = graph.output_name.clone();
@@ -167,7 +169,7 @@ pub fn build(graph: &ClassifierGraph, image_shape: [usize; 3], loss: Loss) -> Re
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    shapes.evaluate_ints(&graph.proto, &computed, image_shape)?;
+    shapes.evaluate_ints(&graph.proto, &computed, image_shape, graph.input.fixed_batch)?;
 
     let mut emit = Emitter::new(g, opset.max(GRAD_OPSET));
     let classes = shapes.get(&logits).and_then(|s| s.dims.get(1).copied()).ok_or_else(|| Error::Model {
@@ -223,7 +225,7 @@ pub fn build(graph: &ClassifierGraph, image_shape: [usize; 3], loss: Loss) -> Re
     g.output.push(float_output(LOSS, &[Dim::Batch]));
     g.output.push(float_output(INPUT_GRAD, &[Dim::Batch, Dim::Fixed(image_shape[0]), Dim::Fixed(image_shape[1]), Dim::Fixed(image_shape[2])]));
     set_opset(&mut proto, opset.max(GRAD_OPSET));
-    Ok(GradientGraph { proto, input, logits, loss, classes })
+    Ok(GradientGraph { proto, input, logits, loss, classes, fixed_batch: graph.input.fixed_batch })
 }
 
 fn identity(from: &str, to: &str) -> pb::NodeProto {

@@ -55,10 +55,12 @@ impl Shapes {
         self.int_values.get(name).map(Vec::as_slice)
     }
 
-    /// Analyses `proto` (one image input) for images of `image_shape`.
-    pub fn infer(proto: &pb::ModelProto, image_shape: [usize; 3]) -> Result<Shapes> {
-        let at2 = concrete_shapes(proto, 2, image_shape)?;
-        let at3 = concrete_shapes(proto, 3, image_shape)?;
+    /// Analyses `proto` (one image input) for images of `image_shape`. A
+    /// model exported with a fixed batch size is analysed at that size only.
+    pub fn infer(proto: &pb::ModelProto, image_shape: [usize; 3], fixed_batch: Option<usize>) -> Result<Shapes> {
+        let (b1, b2) = batch_sizes(fixed_batch);
+        let at2 = concrete_shapes(proto, b1, image_shape)?;
+        let at3 = if b2 == b1 { at2.clone() } else { concrete_shapes(proto, b2, image_shape)? };
         let mut shapes = HashMap::new();
         for (name, (dims, is_float)) in at2 {
             let Some((other, _)) = at3.get(&name) else { continue };
@@ -73,12 +75,13 @@ impl Shapes {
 
     /// Computes integer tensors (`names`) by running the graph up to them at
     /// batch sizes 2 and 3, and records those whose value does not change.
-    pub fn evaluate_ints(&mut self, proto: &pb::ModelProto, names: &[String], image_shape: [usize; 3]) -> Result<()> {
+    pub fn evaluate_ints(&mut self, proto: &pb::ModelProto, names: &[String], image_shape: [usize; 3], fixed_batch: Option<usize>) -> Result<()> {
         if names.is_empty() {
             return Ok(());
         }
-        let at2 = run_to(proto, names, 2, image_shape)?;
-        let at3 = run_to(proto, names, 3, image_shape)?;
+        let (b1, b2) = batch_sizes(fixed_batch);
+        let at2 = run_to(proto, names, b1, image_shape)?;
+        let at3 = if b2 == b1 { at2.clone() } else { run_to(proto, names, b2, image_shape)? };
         for ((name, a), b) in names.iter().zip(at2).zip(at3) {
             if a == b {
                 self.int_values.insert(name.clone(), a);
@@ -86,6 +89,11 @@ impl Shapes {
         }
         Ok(())
     }
+}
+
+/// The two batch sizes the graph is analysed at.
+fn batch_sizes(fixed_batch: Option<usize>) -> (usize, usize) {
+    fixed_batch.map_or((2, 3), |b| (b, b))
 }
 
 fn analysis_error(e: impl std::fmt::Display) -> Error {
