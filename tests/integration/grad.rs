@@ -177,6 +177,15 @@ fn an_op_without_a_rule_is_named_with_a_way_out() {
 }
 
 #[test]
+fn old_opsets_are_refused_with_a_way_out() {
+    let model = OnnxModel::load(&fixture("tiny_cnn.onnx")).unwrap();
+    let mut graph = ClassifierGraph::prepare(&model, None, None, None).unwrap();
+    graph.proto.opset_import.iter_mut().for_each(|o| o.version = 11);
+    let err = grad::build(&graph, [3, 8, 8], Loss::Ce).unwrap_err().to_string();
+    assert!(err.contains("opset 11") && err.contains("opset_version=17"), "{err}");
+}
+
+#[test]
 fn grad_command_writes_a_graph_with_the_contracted_interface() {
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("g.onnx");
