@@ -2,12 +2,14 @@
 //! gate verdicts. The CLI builds an [`AuditPlan`]; everything here is callable
 //! (and tested) without spawning a process.
 
-use crate::attack::{AttackKind, AttackSpec, Suite};
+use crate::attack::project::norm_of;
+use crate::attack::{AttackKind, AttackSpec, Loss, Pgd, Suite};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::onnx::{ClassifierGraph, Normalization, OnnxModel};
+use crate::onnx::{grad, ClassifierGraph, Normalization, OnnxModel};
 use crate::report::{fraction, wilson_ci95_half_width, ReportRow, WORST_CASE_ID};
-use crate::runtime::{self, Classifier, RuntimeOptions};
+use crate::runtime::{self, Classifier, GradientModel, RuntimeOptions};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -130,7 +132,7 @@ pub fn run_audit(plan: &AuditPlan, data: &Dataset, progress: &mut dyn FnMut(&str
         graph.check_image_shape(&model, data.image_shape)?;
         let mut classifier = runtime::open(&graph, data.image_shape, plan.runtime)?;
         progress(&format!("{}: {} backend on {}", model.display_name(), classifier.backend_name(), classifier.device().as_str()));
-        let model_rows = audit_model(plan, &model, classifier.as_mut(), data, &mut warnings)?;
+        let model_rows = audit_model(plan, &model, &graph, classifier.as_mut(), data, &mut warnings, progress)?;
         rows.extend(model_rows);
     }
     let gate_failures = evaluate_gates(&plan.gates, &rows);
@@ -183,17 +185,82 @@ fn clean_pass(
     Ok(correct)
 }
 
+/// What one attack measured on one model.
+struct AttackMeasurement {
+    robust: Vec<bool>,
+    mean_norm: Option<f64>,
+    max_norm: Option<f64>,
+    queries: Option<f64>,
+}
+
+/// Gradient graphs of one model, one per loss, built on first use.
+struct GradientModels<'a> {
+    graph: &'a ClassifierGraph,
+    model: &'a OnnxModel,
+    image_shape: [usize; 3],
+    runtime: crate::runtime::RuntimeOptions,
+    by_loss: HashMap<Loss, GradientModel>,
+}
+
+impl GradientModels<'_> {
+    fn get(&mut self, loss: Loss) -> Result<&mut GradientModel> {
+        if !self.by_loss.contains_key(&loss) {
+            let gradient = grad::build(self.graph, self.image_shape, loss).map_err(|e| e.with_model_path(&self.model.path))?;
+            self.by_loss.insert(loss, GradientModel::open(&gradient, self.image_shape, self.runtime)?);
+        }
+        Ok(self.by_loss.get_mut(&loss).expect("inserted above"))
+    }
+}
+
+/// Runs a gradient attack on the clean-correct samples, batch by batch.
+fn gradient_attack(
+    attack: &AttackSpec,
+    models: &mut GradientModels,
+    data: &Dataset,
+    correct: &[bool],
+    plan: &AuditPlan,
+) -> Result<AttackMeasurement> {
+    let pgd = Pgd::from_spec(attack, plan.seed);
+    let model = models.get(attack.loss)?;
+    let targets: Vec<usize> = (0..data.len()).filter(|&i| correct[i]).collect();
+    let len = data.image_len();
+    let mut robust = correct.to_vec();
+    let mut norms = Vec::new();
+    let mut calls = 0u64;
+    for chunk in targets.chunks(plan.batch_size.max(1)) {
+        let images: Vec<f32> = chunk.iter().flat_map(|&i| data.pixels_of(i..i + 1).iter().copied()).collect();
+        let labels: Vec<i64> = chunk.iter().map(|&i| data.labels[i]).collect();
+        let ids: Vec<u64> = chunk.iter().map(|&i| i as u64).collect();
+        let out = pgd.run(model, &images, &labels, &ids)?;
+        calls += out.gradient_calls;
+        for (j, &i) in chunk.iter().enumerate() {
+            if out.fooled[j] {
+                robust[i] = false;
+                let delta = out.adversarial[j * len..(j + 1) * len].iter().zip(&images[j * len..(j + 1) * len]).map(|(a, b)| a - b);
+                norms.push(f64::from(norm_of(delta, attack.norm)));
+            }
+        }
+    }
+    let mean_norm = (!norms.is_empty()).then(|| norms.iter().sum::<f64>() / norms.len() as f64);
+    let max_norm = norms.iter().copied().reduce(f64::max);
+    let queries = (!targets.is_empty()).then(|| calls as f64 / targets.len() as f64);
+    Ok(AttackMeasurement { robust, mean_norm, max_norm, queries })
+}
+
 fn audit_model(
     plan: &AuditPlan,
     model: &OnnxModel,
+    graph: &ClassifierGraph,
     classifier: &mut dyn Classifier,
     data: &Dataset,
     warnings: &mut Vec<String>,
+    progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<ReportRow>> {
     let started = Instant::now();
     let correct = clean_pass(model, classifier, data, plan.batch_size.max(1), warnings)?;
     let clean_seconds = started.elapsed().as_secs_f64();
     let clean_acc = fraction(&correct);
+    let correct_count = correct.iter().filter(|&&c| c).count();
     let base = |id: &str, kind: &str, robust: &[bool], seconds: f64| ReportRow {
         model: model.path.display().to_string(),
         model_sha256: model.sha256.clone(),
@@ -211,7 +278,8 @@ fn audit_model(
         clean_acc,
         robust_acc: fraction(robust),
         robust_acc_ci95: wilson_ci95_half_width(robust.iter().filter(|&&b| b).count(), robust.len()),
-        attack_success_rate: None,
+        attack_success_rate: (correct_count > 0)
+            .then(|| 1.0 - robust.iter().filter(|&&b| b).count() as f64 / correct_count as f64),
         mean_norm: None,
         max_norm: None,
         queries: None,
@@ -222,23 +290,46 @@ fn audit_model(
     };
     let mut rows = Vec::new();
     let mut survivors = correct.clone();
-    let clean_in_suite = plan.attacks.iter().any(|a| a.kind == AttackKind::Clean);
-    if !clean_in_suite {
+    if !plan.attacks.iter().any(|a| a.kind == AttackKind::Clean) {
         rows.push(base("clean", "clean", &correct, clean_seconds));
     }
+    let mut gradients = GradientModels {
+        graph,
+        model,
+        image_shape: data.image_shape,
+        runtime: plan.runtime,
+        by_loss: HashMap::new(),
+    };
     for attack in &plan.attacks {
-        match attack.kind {
-            AttackKind::Clean => rows.push(base(&attack.id, "clean", &correct, clean_seconds)),
+        let attack_started = Instant::now();
+        let row = match attack.kind {
+            AttackKind::Clean => base(&attack.id, "clean", &correct, clean_seconds),
+            AttackKind::Fgsm | AttackKind::Pgd => {
+                let measured = gradient_attack(attack, &mut gradients, data, &correct, plan)?;
+                survivors.iter_mut().zip(&measured.robust).for_each(|(s, r)| *s &= r);
+                let mut row = base(&attack.id, attack.kind.as_str(), &measured.robust, attack_started.elapsed().as_secs_f64());
+                row.norm = Some(attack.norm.as_str().into());
+                row.eps = Some(attack.eps);
+                row.steps = Some(attack.steps.max(1));
+                row.step_size = Some(if attack.kind == AttackKind::Fgsm { attack.eps } else { attack.step_size });
+                row.restarts = Some(attack.restarts);
+                row.loss = Some(attack.loss.as_str().into());
+                row.mean_norm = measured.mean_norm;
+                row.max_norm = measured.max_norm;
+                row.queries = measured.queries;
+                row
+            }
             other => unreachable!("suites are checked runnable before the audit; `{}` is not", other.as_str()),
-        }
+        };
+        progress(&format!(
+            "  {:<24} robust {:.4} ({:.1}s)",
+            attack.id,
+            row.robust_acc,
+            attack_started.elapsed().as_secs_f64()
+        ));
+        rows.push(row);
     }
-    survivors.iter_mut().zip(&correct).for_each(|(s, c)| *s &= c);
-    let mut worst = base(WORST_CASE_ID, WORST_CASE_ID, &survivors, started.elapsed().as_secs_f64());
-    let correct_count = correct.iter().filter(|&&c| c).count();
-    if correct_count > 0 {
-        let survived = survivors.iter().filter(|&&s| s).count();
-        worst.attack_success_rate = Some(1.0 - survived as f64 / correct_count as f64);
-    }
+    let worst = base(WORST_CASE_ID, WORST_CASE_ID, &survivors, started.elapsed().as_secs_f64());
     rows.push(worst);
     Ok(rows)
 }

@@ -6,8 +6,12 @@
 //! this build, so a suite that names one that does not is refused up front
 //! instead of producing a report that silently lacks it.
 
+pub mod pgd;
+pub mod project;
+pub mod rng;
 pub mod suite;
 
+pub use pgd::{Perturbed, Pgd};
 pub use suite::{builtin_suite, AttackSpec, Suite, BUILTIN_SUITES};
 
 /// The attack families a suite may name (`kind = ...`).
@@ -55,7 +59,7 @@ impl AttackKind {
 
     /// Whether this build can run the attack.
     pub fn is_available(self) -> bool {
-        matches!(self, AttackKind::Clean)
+        matches!(self, AttackKind::Clean | AttackKind::Fgsm | AttackKind::Pgd)
     }
 
     /// Whether the attack perturbs inputs (and so has a norm and budget).
@@ -87,7 +91,7 @@ impl Norm {
 }
 
 /// The objective an attack maximises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Loss {
     /// Cross-entropy.
     Ce,

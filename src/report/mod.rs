@@ -33,7 +33,8 @@ pub struct ReportRow {
     pub attack_success_rate: Option<f64>,
     pub mean_norm: Option<f64>,
     pub max_norm: Option<f64>,
-    pub queries: Option<u64>,
+    /// Loss-and-gradient (or forward) evaluations per attacked sample, averaged.
+    pub queries: Option<f64>,
     pub seconds: f64,
     pub backend: String,
     pub device: String,
