@@ -51,10 +51,25 @@ class FmnistCnn(torch.nn.Module):
         return self.classifier(self.features((x - 0.2860) / 0.3530))
 
 
+def pgd_linf(model, x, y, eps=0.1, alpha=0.025, steps=5):
+    """Training-time PGD: the adversarial examples of Madry et al.'s adversarial training."""
+    was_training = model.training
+    model.eval()
+    adv = (x + eps * (2 * torch.rand_like(x) - 1)).clamp(0, 1)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(adv), y), adv)
+        adv = torch.min(torch.max(adv.detach() + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
+    model.train(was_training)
+    return adv.detach()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--adversarial", action="store_true",
+                        help="PGD adversarial training (Madry et al.): l-inf eps 0.1, 5 steps of 0.025, random start")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -67,7 +82,8 @@ def main():
         model.train()
         for i in range(0, len(perm), 128):
             idx = perm[i : i + 128]
-            loss = torch.nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
+            inputs = pgd_linf(model, x_train[idx], y_train[idx]) if args.adversarial else x_train[idx]
+            loss = torch.nn.functional.cross_entropy(model(inputs), y_train[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -77,7 +93,8 @@ def main():
         predictions = model(x_test[:1000]).argmax(dim=1)
     correct = int((predictions == y_test[:1000]).sum())
     print(f"PyTorch clean accuracy on the first 1000 test images: {correct / 1000:.3f}")
-    onnx_path = os.path.join(HERE, "fmnist-cnn.onnx")
+    name = "fmnist-cnn-at" if args.adversarial else "fmnist-cnn"
+    onnx_path = os.path.join(HERE, f"{name}.onnx")
     torch.onnx.export(
         model,
         (x_test[:2],),
@@ -88,7 +105,7 @@ def main():
         opset_version=17,
         external_data=False,
     )
-    with open(os.path.join(HERE, "fmnist-cnn.expected.json"), "w") as f:
+    with open(os.path.join(HERE, f"{name}.expected.json"), "w") as f:
         json.dump(
             {
                 "samples": 1000,

@@ -3,6 +3,7 @@
 //! (and tested) without spawning a process.
 
 use crate::attack::project::norm_of;
+use crate::attack::transfer::{self, TransferSet};
 use crate::attack::{AttackKind, AttackSpec, Loss, Pgd, Suite};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -59,6 +60,8 @@ impl std::fmt::Display for GateFailure {
 #[derive(Debug, Clone)]
 pub struct AuditPlan {
     pub models: Vec<PathBuf>,
+    /// Source models of transfer attacks (`--source`).
+    pub sources: Vec<PathBuf>,
     pub attacks: Vec<AttackSpec>,
     pub gates: Vec<Gate>,
     pub runtime: RuntimeOptions,
@@ -126,17 +129,44 @@ pub fn run_audit(plan: &AuditPlan, data: &Dataset, progress: &mut dyn FnMut(&str
     }
     let mut rows = Vec::new();
     let mut warnings = Vec::new();
+    let transfer_sets = craft_transfer_sets(plan, data, progress)?;
     for path in &plan.models {
-        let model = OnnxModel::load(path)?;
-        let graph = ClassifierGraph::prepare(&model, plan.input.as_deref(), plan.output.as_deref(), plan.normalization.as_ref())?;
-        graph.check_image_shape(&model, data.image_shape)?;
+        let (model, graph) = prepare(plan, path, data)?;
         let mut classifier = runtime::open(&graph, data.image_shape, plan.runtime)?;
         progress(&format!("{}: {} backend on {}", model.display_name(), classifier.backend_name(), classifier.device().as_str()));
-        let model_rows = audit_model(plan, &model, &graph, classifier.as_mut(), data, &mut warnings, progress)?;
+        let model_rows = audit_model(plan, &model, &graph, classifier.as_mut(), data, &transfer_sets, &mut warnings, progress)?;
         rows.extend(model_rows);
     }
     let gate_failures = evaluate_gates(&plan.gates, &rows);
     Ok(AuditOutcome { rows, gate_failures, warnings })
+}
+
+/// Opens a model given on the command line as a classifier graph for `data`.
+fn prepare(plan: &AuditPlan, path: &std::path::Path, data: &Dataset) -> Result<(OnnxModel, ClassifierGraph)> {
+    let model = OnnxModel::load(path)?;
+    let graph = ClassifierGraph::prepare(&model, plan.input.as_deref(), plan.output.as_deref(), plan.normalization.as_ref())?;
+    graph.check_image_shape(&model, data.image_shape)?;
+    Ok((model, graph))
+}
+
+/// Adversarial examples of every transfer attack on every `--source` model.
+fn craft_transfer_sets(plan: &AuditPlan, data: &Dataset, progress: &mut dyn FnMut(&str)) -> Result<Vec<TransferSet>> {
+    let transfers: Vec<&AttackSpec> = plan.attacks.iter().filter(|a| a.kind == AttackKind::Transfer).collect();
+    let mut sets = Vec::new();
+    if transfers.is_empty() {
+        return Ok(sets);
+    }
+    for path in &plan.sources {
+        let (model, graph) = prepare(plan, path, data)?;
+        let mut gradients = GradientModels { graph: &graph, model: &model, image_shape: data.image_shape, runtime: plan.runtime, by_loss: HashMap::new() };
+        for attack in &transfers {
+            let source = gradients.get(attack.loss)?;
+            let set = transfer::craft(&path.display().to_string(), source, attack, data, plan.batch_size, plan.seed)?;
+            progress(&format!("source {}: crafted {} ({:.1}s)", model.display_name(), attack.id, set.seconds));
+            sets.push(set);
+        }
+    }
+    Ok(sets)
 }
 
 /// Clean predictions of every sample: `correct[i]` and the number of classes.
@@ -253,6 +283,7 @@ fn audit_model(
     graph: &ClassifierGraph,
     classifier: &mut dyn Classifier,
     data: &Dataset,
+    transfer_sets: &[TransferSet],
     warnings: &mut Vec<String>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<ReportRow>> {
@@ -261,6 +292,7 @@ fn audit_model(
     let clean_seconds = started.elapsed().as_secs_f64();
     let clean_acc = fraction(&correct);
     let correct_count = correct.iter().filter(|&&c| c).count();
+    let (backend, device) = (classifier.backend_name(), classifier.device().as_str());
     let base = |id: &str, kind: &str, robust: &[bool], seconds: f64| ReportRow {
         model: model.path.display().to_string(),
         model_sha256: model.sha256.clone(),
@@ -284,8 +316,8 @@ fn audit_model(
         max_norm: None,
         queries: None,
         seconds,
-        backend: classifier.backend_name().into(),
-        device: classifier.device().as_str().into(),
+        backend: backend.into(),
+        device: device.into(),
         seed: plan.seed,
     };
     let mut rows = Vec::new();
@@ -302,18 +334,28 @@ fn audit_model(
     };
     for attack in &plan.attacks {
         let attack_started = Instant::now();
+        if attack.kind == AttackKind::Transfer {
+            for set in transfer_sets.iter().filter(|s| s.attack_id == attack.id) {
+                let robust = transfer_robustness(classifier, data, &correct, set, plan.batch_size)?;
+                survivors.iter_mut().zip(&robust).for_each(|(s, r)| *s &= r);
+                let mut row = base(&attack.id, attack.kind.as_str(), &robust, set.seconds + attack_started.elapsed().as_secs_f64());
+                describe_attack(&mut row, attack);
+                row.source = Some(set.source.clone());
+                row.queries = Some(set.queries);
+                let (mean, max) = perturbation_norms(data, &set.adversarial, &robust, &correct, attack.norm);
+                (row.mean_norm, row.max_norm) = (mean, max);
+                progress(&format!("  {:<24} robust {:.4} (from {})", attack.id, row.robust_acc, set.source));
+                rows.push(row);
+            }
+            continue;
+        }
         let row = match attack.kind {
             AttackKind::Clean => base(&attack.id, "clean", &correct, clean_seconds),
             AttackKind::Fgsm | AttackKind::Pgd => {
                 let measured = gradient_attack(attack, &mut gradients, data, &correct, plan)?;
                 survivors.iter_mut().zip(&measured.robust).for_each(|(s, r)| *s &= r);
                 let mut row = base(&attack.id, attack.kind.as_str(), &measured.robust, attack_started.elapsed().as_secs_f64());
-                row.norm = Some(attack.norm.as_str().into());
-                row.eps = Some(attack.eps);
-                row.steps = Some(attack.steps.max(1));
-                row.step_size = Some(if attack.kind == AttackKind::Fgsm { attack.eps } else { attack.step_size });
-                row.restarts = Some(attack.restarts);
-                row.loss = Some(attack.loss.as_str().into());
+                describe_attack(&mut row, attack);
                 row.mean_norm = measured.mean_norm;
                 row.max_norm = measured.max_norm;
                 row.queries = measured.queries;
@@ -332,6 +374,42 @@ fn audit_model(
     let worst = base(WORST_CASE_ID, WORST_CASE_ID, &survivors, started.elapsed().as_secs_f64());
     rows.push(worst);
     Ok(rows)
+}
+
+/// Fills the attack-settings columns of a row.
+fn describe_attack(row: &mut ReportRow, attack: &AttackSpec) {
+    row.norm = Some(attack.norm.as_str().into());
+    row.eps = Some(attack.eps);
+    row.steps = Some(attack.steps.max(1));
+    row.step_size = Some(if attack.kind == AttackKind::Fgsm { attack.eps } else { attack.step_size });
+    row.restarts = Some(attack.restarts);
+    row.loss = Some(attack.loss.as_str().into());
+}
+
+/// Per sample: correct on clean data and on the transferred example.
+fn transfer_robustness(classifier: &mut dyn Classifier, data: &Dataset, correct: &[bool], set: &TransferSet, batch_size: usize) -> Result<Vec<bool>> {
+    let len = data.image_len();
+    let mut robust = Vec::with_capacity(data.len());
+    for start in (0..data.len()).step_by(batch_size.max(1)) {
+        let end = (start + batch_size.max(1)).min(data.len());
+        let logits = classifier.logits(&set.adversarial[start * len..end * len], end - start)?;
+        for (k, (row, prediction)) in logits.rows().zip(logits.argmax()).enumerate() {
+            let i = start + k;
+            robust.push(correct[i] && prediction as i64 == data.labels[i] && row.iter().all(|v| v.is_finite()));
+        }
+    }
+    Ok(robust)
+}
+
+/// Mean and max perturbation size of the examples that fooled the model.
+fn perturbation_norms(data: &Dataset, adversarial: &[f32], robust: &[bool], correct: &[bool], norm: crate::attack::Norm) -> (Option<f64>, Option<f64>) {
+    let len = data.image_len();
+    let norms: Vec<f64> = (0..data.len())
+        .filter(|&i| correct[i] && !robust[i])
+        .map(|i| f64::from(norm_of(adversarial[i * len..(i + 1) * len].iter().zip(data.pixels_of(i..i + 1)).map(|(a, b)| a - b), norm)))
+        .collect();
+    let mean = (!norms.is_empty()).then(|| norms.iter().sum::<f64>() / norms.len() as f64);
+    (mean, norms.iter().copied().reduce(f64::max))
 }
 
 fn evaluate_gates(gates: &[Gate], rows: &[ReportRow]) -> Vec<GateFailure> {
@@ -370,8 +448,8 @@ mod tests {
 
     #[test]
     fn suites_with_unavailable_attacks_are_refused_before_running() {
-        let whitebox = Suite::resolve("whitebox").unwrap();
-        let err = AuditPlan::attacks_from_suites(&[whitebox], vec![]).unwrap_err().to_string();
-        assert!(err.contains("not available") && err.contains("fgsm-linf-8"), "{err}");
+        let blackbox = Suite::resolve("blackbox").unwrap();
+        let err = AuditPlan::attacks_from_suites(&[blackbox], vec![]).unwrap_err().to_string();
+        assert!(err.contains("not available") && err.contains("transfer-pgd20-linf-8"), "{err}");
     }
 }

@@ -10,6 +10,7 @@ pub mod pgd;
 pub mod project;
 pub mod rng;
 pub mod suite;
+pub mod transfer;
 
 pub use pgd::{Perturbed, Pgd};
 pub use suite::{builtin_suite, AttackSpec, Suite, BUILTIN_SUITES};
@@ -59,7 +60,7 @@ impl AttackKind {
 
     /// Whether this build can run the attack.
     pub fn is_available(self) -> bool {
-        matches!(self, AttackKind::Clean | AttackKind::Fgsm | AttackKind::Pgd)
+        matches!(self, AttackKind::Clean | AttackKind::Fgsm | AttackKind::Pgd | AttackKind::Transfer)
     }
 
     /// Whether the attack perturbs inputs (and so has a norm and budget).

@@ -35,7 +35,10 @@ pub struct Pgd {
     pub random_start: bool,
     /// Seeds random starts and ℓ1 sparsity draws.
     pub seed: u64,
-    attack_hash: u64,
+    /// Keys the random streams by the attack's settings rather than its id,
+    /// so that a transfer attack from a model to itself repeats the white-box
+    /// attack with the same settings exactly.
+    settings_hash: u64,
 }
 
 /// ℓ1 steps spread their mass over k coordinates, k drawn from this range.
@@ -44,6 +47,16 @@ const L1_K: (usize, usize) = (5, 20);
 impl Pgd {
     pub fn from_spec(spec: &AttackSpec, seed: u64) -> Self {
         let fgsm = spec.kind == AttackKind::Fgsm;
+        let settings = format!(
+            "{}|{}|{}|{}|{}|{}|{}",
+            if fgsm { "fgsm" } else { "pgd" },
+            spec.norm.as_str(),
+            spec.eps,
+            spec.steps,
+            spec.step_size,
+            spec.restarts,
+            spec.random_start
+        );
         Pgd {
             norm: spec.norm,
             eps: spec.eps,
@@ -52,7 +65,7 @@ impl Pgd {
             restarts: if fgsm { 1 } else { spec.restarts },
             random_start: spec.random_start && !fgsm,
             seed,
-            attack_hash: hash_str(&spec.id),
+            settings_hash: hash_str(&settings),
         }
     }
 
@@ -70,7 +83,7 @@ impl Pgd {
                 break;
             }
             let mut rngs: Vec<SampleRng> =
-                active.iter().map(|&i| SampleRng::new(self.seed, self.attack_hash, ids[i], u64::from(restart))).collect();
+                active.iter().map(|&i| SampleRng::new(self.seed, self.settings_hash, ids[i], u64::from(restart))).collect();
             let mut x: Vec<f32> = active.iter().flat_map(|&i| images[i * len..(i + 1) * len].iter().copied()).collect();
             if self.random_start {
                 for (j, &i) in active.iter().enumerate() {

@@ -116,6 +116,9 @@ struct AuditArgs {
     /// Report directory.
     #[arg(long, value_name = "DIR", default_value = "audit-report")]
     out: PathBuf,
+    /// Source model of the transfer (blackbox) attacks; repeatable.
+    #[arg(long = "source", value_name = "MODEL.onnx")]
+    sources: Vec<PathBuf>,
     /// Fail (exit 1) when ATTACK_ID's robust accuracy is below ACC; repeatable.
     #[arg(long = "fail-under", value_name = "ATTACK_ID=ACC")]
     fail_under: Vec<String>,
@@ -150,8 +153,18 @@ impl TryFrom<AuditArgs> for AuditConfig {
         let gates = args.fail_under.iter().map(|g| g.parse::<Gate>()).collect::<upat::Result<Vec<_>>>()?;
         let (attacks, gates) = AuditPlan::attacks_from_suites(&suites, gates)?;
         let normalization = args.normalize.as_deref().map(str::parse::<Normalization>).transpose()?;
+        let has_transfer = attacks.iter().any(|a| a.kind == upat::attack::AttackKind::Transfer);
+        if has_transfer && args.sources.is_empty() {
+            return Err(upat::Error::Usage(
+                "the transfer attacks of this suite need at least one --source MODEL.onnx to craft adversarial examples on".into(),
+            ));
+        }
+        if !has_transfer && !args.sources.is_empty() {
+            return Err(upat::Error::Usage("--source is only used by transfer attacks (e.g. --suite blackbox), and this audit has none".into()));
+        }
         let plan = AuditPlan {
             models: args.models,
+            sources: args.sources,
             attacks,
             gates,
             runtime: RuntimeOptions { backend: args.backend, device: args.device },
@@ -183,7 +196,7 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
     }
     eprintln!("data: {} test split, {} samples of {:?}", data.name, data.len(), data.image_shape);
     let outcome = run_audit(&config.plan, &data, &mut |line| eprintln!("{line}"))?;
-    upat::report::write_reports(&config.out, &outcome.rows)?;
+    upat::report::write_reports(&config.out, &outcome.rows, &outcome.warnings)?;
     for warning in &outcome.warnings {
         eprintln!("warning: {warning}");
     }

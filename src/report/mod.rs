@@ -1,5 +1,8 @@
 //! Report rows and the CSV files of an audit (schema in `docs/csv-schema.md`).
 
+mod markdown;
+mod svg;
+
 use crate::atomic::write_atomic;
 use crate::error::{Error, Result};
 use serde::Serialize;
@@ -76,9 +79,8 @@ pub fn report_csv(rows: &[ReportRow]) -> Result<Vec<u8>> {
     csv_bytes(|w| rows.iter().try_for_each(|r| w.serialize(r)))
 }
 
-/// `summary.csv`: one row per model, one column per attack id (robust accuracy),
-/// in the order the ids first appear. The shape of the paper's Tables 1 and 3.
-pub fn summary_csv(rows: &[ReportRow]) -> Result<Vec<u8>> {
+/// Models and attack ids in the order they first appear.
+fn models_and_ids(rows: &[ReportRow]) -> (Vec<(&str, &str, usize)>, Vec<&str>) {
     let mut ids: Vec<&str> = Vec::new();
     let mut models: Vec<(&str, &str, usize)> = Vec::new();
     for r in rows {
@@ -89,6 +91,19 @@ pub fn summary_csv(rows: &[ReportRow]) -> Result<Vec<u8>> {
             models.push((&r.model, &r.dataset, r.n));
         }
     }
+    (models, ids)
+}
+
+/// The summary cell of (model, attack id): its robust accuracy, the lowest
+/// over sources when a transfer attack came from several.
+fn summary_cell<'a>(rows: &'a [ReportRow], model: &str, id: &str) -> Option<&'a ReportRow> {
+    rows.iter().filter(|r| r.model == model && r.attack_id == id).min_by(|a, b| a.robust_acc.total_cmp(&b.robust_acc))
+}
+
+/// `summary.csv`: one row per model, one column per attack id (robust accuracy),
+/// in the order the ids first appear. The shape of the paper's Tables 1 and 3.
+pub fn summary_csv(rows: &[ReportRow]) -> Result<Vec<u8>> {
+    let (models, ids) = models_and_ids(rows);
     csv_bytes(|w| {
         let mut header = vec!["model", "dataset", "n"];
         header.extend(&ids);
@@ -96,8 +111,7 @@ pub fn summary_csv(rows: &[ReportRow]) -> Result<Vec<u8>> {
         for (model, dataset, n) in &models {
             let mut record = vec![model.to_string(), dataset.to_string(), n.to_string()];
             for id in &ids {
-                let cell = rows.iter().find(|r| r.model == *model && r.attack_id == *id).map(|r| r.robust_acc.to_string());
-                record.push(cell.unwrap_or_default());
+                record.push(summary_cell(rows, model, id).map(|r| r.robust_acc.to_string()).unwrap_or_default());
             }
             w.write_record(&record)?;
         }
@@ -105,13 +119,57 @@ pub fn summary_csv(rows: &[ReportRow]) -> Result<Vec<u8>> {
     })
 }
 
-/// Writes `report.csv` and `summary.csv` into `out`, each atomically.
-pub fn write_reports(out: &Path, rows: &[ReportRow]) -> Result<()> {
+/// `transfer.csv`: target models × (source, attack id), robust accuracy — the
+/// shape of the paper's Table 2. `None` when the audit had no transfer attack.
+pub fn transfer_csv(rows: &[ReportRow]) -> Result<Option<Vec<u8>>> {
+    let transfer: Vec<&ReportRow> = rows.iter().filter(|r| r.source.is_some()).collect();
+    if transfer.is_empty() {
+        return Ok(None);
+    }
+    let mut columns: Vec<(String, String)> = Vec::new();
+    let mut models: Vec<&str> = Vec::new();
+    for r in &transfer {
+        let key = (r.source.clone().unwrap_or_default(), r.attack_id.clone());
+        if !columns.contains(&key) {
+            columns.push(key);
+        }
+        if !models.contains(&r.model.as_str()) {
+            models.push(&r.model);
+        }
+    }
+    csv_bytes(|w| {
+        let mut header = vec!["model".to_string()];
+        header.extend(columns.iter().map(|(source, id)| format!("{source}|{id}")));
+        w.write_record(&header)?;
+        for model in &models {
+            let mut record = vec![model.to_string()];
+            for (source, id) in &columns {
+                let cell = transfer.iter().find(|r| r.model == *model && r.source.as_deref() == Some(source) && &r.attack_id == id);
+                record.push(cell.map(|r| r.robust_acc.to_string()).unwrap_or_default());
+            }
+            w.write_record(&record)?;
+        }
+        Ok(())
+    })
+    .map(Some)
+}
+
+/// Writes `summary.csv`, `transfer.csv` (when there were transfer attacks),
+/// `report.md`, `robustness.svg` and `report.csv` into `out`, each atomically.
+pub fn write_reports(out: &Path, rows: &[ReportRow], warnings: &[String]) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    // Build both before writing either, so a formatting error leaves nothing new behind.
+    // Build everything before writing anything, so a formatting error leaves nothing new behind.
     let report = report_csv(rows)?;
     let summary = summary_csv(rows)?;
+    let transfer = transfer_csv(rows)?;
+    let markdown = markdown::report_md(rows, warnings);
+    let picture = svg::robustness_svg(rows);
     write_atomic(&out.join("summary.csv"), &summary)?;
+    if let Some(transfer) = transfer {
+        write_atomic(&out.join("transfer.csv"), &transfer)?;
+    }
+    write_atomic(&out.join("report.md"), markdown.as_bytes())?;
+    write_atomic(&out.join("robustness.svg"), picture.as_bytes())?;
     // report.csv last: its presence marks a complete audit.
     write_atomic(&out.join("report.csv"), &report)
 }

@@ -21,16 +21,24 @@ fn smoke_audit_of_two_models_writes_a_comparative_report() {
     assert!(out.status.success(), "{}", stderr(&out));
     let (header, rows) = read_csv(&dir.path().join("audit-report/report.csv"));
     assert_eq!(header, upat::report::REPORT_COLUMNS);
-    assert_eq!(rows.len(), 4, "clean and worst_case for each model");
+    assert_eq!(rows.len(), 8, "clean, fgsm, pgd and worst_case for each model");
     for row in &rows {
         assert_eq!(cell(&header, row, "n"), "6");
         assert!((cell(&header, row, "clean_acc").parse::<f64>().unwrap() - 4.0 / 6.0).abs() < 1e-9);
         assert_eq!(cell(&header, row, "backend"), "tract");
         assert_eq!(cell(&header, row, "model_sha256").len(), 64);
     }
-    assert_eq!(cell(&header, &rows[1], "attack_id"), "worst_case");
+    let ids: Vec<&str> = rows[..4].iter().map(|r| cell(&header, r, "attack_id")).collect();
+    assert_eq!(ids, ["clean", "fgsm-linf-8", "pgd5-linf-8", "worst_case"]);
+    let pgd = &rows[2];
+    assert_eq!((cell(&header, pgd, "norm"), cell(&header, pgd, "steps"), cell(&header, pgd, "loss")), ("linf", "5", "ce"));
+    let robust: f64 = cell(&header, pgd, "robust_acc").parse().unwrap();
+    assert!(robust <= 4.0 / 6.0 + 1e-9, "robust accuracy cannot exceed clean accuracy");
+    if let Ok(max_norm) = cell(&header, pgd, "max_norm").parse::<f64>() {
+        assert!(max_norm <= 8.0 / 255.0 + 1e-6, "{max_norm}");
+    }
     let (summary_header, summary) = read_csv(&dir.path().join("audit-report/summary.csv"));
-    assert_eq!(summary_header, ["model", "dataset", "n", "clean", "worst_case"]);
+    assert_eq!(summary_header, ["model", "dataset", "n", "clean", "fgsm-linf-8", "pgd5-linf-8", "worst_case"]);
     assert_eq!(summary.len(), 2);
     assert!(stdout(&out).contains("worst_case"));
     assert!(stderr(&out).contains("backend: tract"));
@@ -144,8 +152,8 @@ fn bad_options_and_suites_are_clear_errors() {
     std::fs::write(&suite, "name = 'mine'\n[[attack]]\nid = 'p'\nkind = 'pgd'\neps = 'x/255'\nsteps = 3\nstep_size = 0.1\n").unwrap();
     let err = audit_error(&[&model, "--data", &data, "--suite", &arg(&suite)]);
     assert!(err.contains("mine.toml") && err.contains("`p`") && err.contains("`eps`"), "{err}");
-    let err = audit_error(&[&model, "--data", &data, "--suite", "whitebox"]);
-    assert!(err.contains("not available"), "{err}");
+    let err = audit_error(&[&model, "--data", &data, "--suite", "blackbox"]);
+    assert!(err.contains("not available") && err.contains("transfer"), "{err}");
     let err = audit_error(&[&model, "--data", &data, "--suite", "nosuchsuite"]);
     assert!(err.contains("built-in suites are"), "{err}");
     let err = audit_error(&[&model, "--data", &data, "--fail-under", "pgd20-linf-8=0.4"]);

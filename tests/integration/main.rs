@@ -2,6 +2,7 @@
 //! user runs them. Fixtures come from `tests/fixtures/generate.py` and
 //! `models/fmnist_cnn.py`.
 
+mod attacks;
 mod backends;
 mod cli;
 mod grad;
