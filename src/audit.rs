@@ -448,8 +448,8 @@ mod tests {
 
     #[test]
     fn suites_with_unavailable_attacks_are_refused_before_running() {
-        let blackbox = Suite::resolve("blackbox").unwrap();
-        let err = AuditPlan::attacks_from_suites(&[blackbox], vec![]).unwrap_err().to_string();
-        assert!(err.contains("not available") && err.contains("transfer-pgd20-linf-8"), "{err}");
+        let later = Suite::parse("[[attack]]\nid = 'sq'\nkind = 'square'\neps = 0.03\n", "later.toml").unwrap();
+        let err = AuditPlan::attacks_from_suites(&[later], vec![]).unwrap_err().to_string();
+        assert!(err.contains("not available") && err.contains("`sq`"), "{err}");
     }
 }

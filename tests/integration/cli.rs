@@ -152,8 +152,9 @@ fn bad_options_and_suites_are_clear_errors() {
     std::fs::write(&suite, "name = 'mine'\n[[attack]]\nid = 'p'\nkind = 'pgd'\neps = 'x/255'\nsteps = 3\nstep_size = 0.1\n").unwrap();
     let err = audit_error(&[&model, "--data", &data, "--suite", &arg(&suite)]);
     assert!(err.contains("mine.toml") && err.contains("`p`") && err.contains("`eps`"), "{err}");
-    let err = audit_error(&[&model, "--data", &data, "--suite", "blackbox"]);
-    assert!(err.contains("not available") && err.contains("transfer"), "{err}");
+    std::fs::write(&suite, "name = 'later'\n[[attack]]\nid = 's'\nkind = 'square'\neps = 0.03\n").unwrap();
+    let err = audit_error(&[&model, "--data", &data, "--suite", &arg(&suite)]);
+    assert!(err.contains("not available") && err.contains("square"), "{err}");
     let err = audit_error(&[&model, "--data", &data, "--suite", "nosuchsuite"]);
     assert!(err.contains("built-in suites are"), "{err}");
     let err = audit_error(&[&model, "--data", &data, "--fail-under", "pgd20-linf-8=0.4"]);
@@ -230,4 +231,45 @@ fn upat_train_finds_libtorch_without_ld_library_path() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("sum([1,2,3]) = 6"), "{}", stdout(&out));
+}
+
+#[test]
+fn transfer_from_a_model_to_itself_equals_the_white_box_attack() {
+    let Some(fmnist) = fashion_mnist_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let suite = dir.path().join("self.toml");
+    let settings = "norm = 'linf'\neps = 0.05\nsteps = 10\nstep_size = 0.01\n";
+    std::fs::write(&suite, format!("name = 'self'\n[[attack]]\nid = 'white'\nkind = 'pgd'\n{settings}[[attack]]\nid = 'transferred'\nkind = 'transfer'\n{settings}")).unwrap();
+    let model = arg(&repo_path("models/fmnist-cnn.onnx"));
+    let data = format!("fashion-mnist:{}", arg(&fmnist));
+    let args = [&model, "--data", &data, "--samples", "200", "--suite", &arg(&suite), "--source", &model];
+    let out = upat_audit(dir.path(), &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (header, rows) = read_csv(&dir.path().join("audit-report/report.csv"));
+    let acc = |id: &str| -> f64 {
+        let row = rows.iter().find(|r| cell(&header, r, "attack_id") == id).unwrap();
+        cell(&header, row, "robust_acc").parse().unwrap()
+    };
+    assert!(acc("white") < acc("clean"), "the attack should bite for the comparison to mean something");
+    assert_eq!(acc("white"), acc("transferred"));
+    assert_eq!(acc("worst_case"), acc("white"), "the same samples survive both");
+    let transferred = rows.iter().find(|r| cell(&header, r, "attack_id") == "transferred").unwrap();
+    assert_eq!(cell(&header, transferred, "source"), model);
+    let (transfer_header, transfer) = read_csv(&dir.path().join("audit-report/transfer.csv"));
+    assert_eq!(transfer_header, ["model".to_string(), format!("{model}|transferred")]);
+    assert_eq!(transfer.len(), 1);
+    for file in ["report.md", "robustness.svg", "summary.csv"] {
+        assert!(dir.path().join("audit-report").join(file).is_file(), "{file}");
+    }
+    let svg = std::fs::read_to_string(dir.path().join("audit-report/robustness.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("transferred"));
+}
+
+#[test]
+fn transfer_attacks_need_sources_and_sources_need_transfer_attacks() {
+    let model = arg(&fixture("tiny_cnn.onnx"));
+    let err = audit_error(&[&model, "--data", &golden_data(), "--suite", "blackbox"]);
+    assert!(err.contains("--source"), "{err}");
+    let err = audit_error(&[&model, "--data", &golden_data(), "--source", &model]);
+    assert!(err.contains("transfer"), "{err}");
 }
