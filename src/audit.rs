@@ -8,6 +8,7 @@ use crate::attack::{AttackKind, AttackSpec, Loss, Pgd, Suite};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::onnx::{grad, ClassifierGraph, Normalization, OnnxModel};
+use crate::progress::Progress;
 use crate::report::{fraction, wilson_ci95_half_width, ReportRow, WORST_CASE_ID};
 use crate::runtime::{self, Classifier, GradientModel, RuntimeOptions};
 use std::collections::HashMap;
@@ -123,7 +124,7 @@ pub struct AuditOutcome {
 }
 
 /// Runs the plan on `data`. `progress` receives one line per step worth telling.
-pub fn run_audit(plan: &AuditPlan, data: &Dataset, progress: &mut dyn FnMut(&str)) -> Result<AuditOutcome> {
+pub fn run_audit(plan: &AuditPlan, data: &Dataset, progress: &mut dyn Progress) -> Result<AuditOutcome> {
     if data.is_empty() {
         return Err(Error::Usage(format!("the dataset {} has no samples to audit", data.name)));
     }
@@ -133,7 +134,7 @@ pub fn run_audit(plan: &AuditPlan, data: &Dataset, progress: &mut dyn FnMut(&str
     for path in &plan.models {
         let (model, graph) = prepare(plan, path, data)?;
         let mut classifier = runtime::open(&graph, data.image_shape, plan.runtime)?;
-        progress(&format!("{}: {} backend on {}", model.display_name(), classifier.backend_name(), classifier.device().as_str()));
+        progress.line(&format!("{}: {} backend on {}", model.display_name(), classifier.backend_name(), classifier.device().as_str()));
         let model_rows = audit_model(plan, &model, &graph, classifier.as_mut(), data, &transfer_sets, &mut warnings, progress)?;
         rows.extend(model_rows);
     }
@@ -150,7 +151,7 @@ fn prepare(plan: &AuditPlan, path: &std::path::Path, data: &Dataset) -> Result<(
 }
 
 /// Adversarial examples of every transfer attack on every `--source` model.
-fn craft_transfer_sets(plan: &AuditPlan, data: &Dataset, progress: &mut dyn FnMut(&str)) -> Result<Vec<TransferSet>> {
+fn craft_transfer_sets(plan: &AuditPlan, data: &Dataset, progress: &mut dyn Progress) -> Result<Vec<TransferSet>> {
     let transfers: Vec<&AttackSpec> = plan.attacks.iter().filter(|a| a.kind == AttackKind::Transfer).collect();
     let mut sets = Vec::new();
     if transfers.is_empty() {
@@ -161,8 +162,9 @@ fn craft_transfer_sets(plan: &AuditPlan, data: &Dataset, progress: &mut dyn FnMu
         let mut gradients = GradientModels { graph: &graph, model: &model, image_shape: data.image_shape, runtime: plan.runtime, by_loss: HashMap::new() };
         for attack in &transfers {
             let source = gradients.get(attack.loss)?;
-            let set = transfer::craft(&path.display().to_string(), source, attack, data, plan.batch_size, plan.seed)?;
-            progress(&format!("source {}: crafted {} ({:.1}s)", model.display_name(), attack.id, set.seconds));
+            progress.begin(&format!("crafting {} on {}", attack.id, model.display_name()), data.len() as u64);
+            let set = transfer::craft(&path.display().to_string(), source, attack, data, plan.batch_size, plan.seed, progress)?;
+            progress.line(&format!("source {}: crafted {} ({:.1}s)", model.display_name(), attack.id, set.seconds));
             sets.push(set);
         }
     }
@@ -249,6 +251,7 @@ fn gradient_attack(
     data: &Dataset,
     correct: &[bool],
     plan: &AuditPlan,
+    progress: &mut dyn Progress,
 ) -> Result<AttackMeasurement> {
     let pgd = Pgd::from_spec(attack, plan.seed);
     let model = models.get(attack.loss)?;
@@ -257,11 +260,13 @@ fn gradient_attack(
     let mut robust = correct.to_vec();
     let mut norms = Vec::new();
     let mut calls = 0u64;
+    progress.begin(&attack.id, targets.len() as u64);
     for chunk in targets.chunks(plan.batch_size.max(1)) {
         let images: Vec<f32> = chunk.iter().flat_map(|&i| data.pixels_of(i..i + 1).iter().copied()).collect();
         let labels: Vec<i64> = chunk.iter().map(|&i| data.labels[i]).collect();
         let ids: Vec<u64> = chunk.iter().map(|&i| i as u64).collect();
         let out = pgd.run(model, &images, &labels, &ids)?;
+        progress.advance(chunk.len() as u64);
         calls += out.gradient_calls;
         for (j, &i) in chunk.iter().enumerate() {
             if out.fooled[j] {
@@ -285,7 +290,7 @@ fn audit_model(
     data: &Dataset,
     transfer_sets: &[TransferSet],
     warnings: &mut Vec<String>,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn Progress,
 ) -> Result<Vec<ReportRow>> {
     let started = Instant::now();
     let correct = clean_pass(model, classifier, data, plan.batch_size.max(1), warnings)?;
@@ -344,7 +349,7 @@ fn audit_model(
                 row.queries = Some(set.queries);
                 let (mean, max) = perturbation_norms(data, &set.adversarial, &robust, &correct, attack.norm);
                 (row.mean_norm, row.max_norm) = (mean, max);
-                progress(&format!("  {:<24} robust {:.4} (from {})", attack.id, row.robust_acc, set.source));
+                progress.line(&format!("  {:<24} robust {:.4} (from {})", attack.id, row.robust_acc, set.source));
                 rows.push(row);
             }
             continue;
@@ -352,7 +357,7 @@ fn audit_model(
         let row = match attack.kind {
             AttackKind::Clean => base(&attack.id, "clean", &correct, clean_seconds),
             AttackKind::Fgsm | AttackKind::Pgd => {
-                let measured = gradient_attack(attack, &mut gradients, data, &correct, plan)?;
+                let measured = gradient_attack(attack, &mut gradients, data, &correct, plan, progress)?;
                 survivors.iter_mut().zip(&measured.robust).for_each(|(s, r)| *s &= r);
                 let mut row = base(&attack.id, attack.kind.as_str(), &measured.robust, attack_started.elapsed().as_secs_f64());
                 describe_attack(&mut row, attack);
@@ -363,7 +368,7 @@ fn audit_model(
             }
             other => unreachable!("suites are checked runnable before the audit; `{}` is not", other.as_str()),
         };
-        progress(&format!(
+        progress.line(&format!(
             "  {:<24} robust {:.4} ({:.1}s)",
             attack.id,
             row.robust_acc,

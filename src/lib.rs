@@ -21,6 +21,7 @@ pub mod audit;
 pub mod data;
 pub mod error;
 pub mod onnx;
+pub mod progress;
 pub mod report;
 pub mod runtime;
 

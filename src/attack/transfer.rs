@@ -4,6 +4,7 @@
 use super::{AttackKind, AttackSpec, Pgd};
 use crate::data::Dataset;
 use crate::error::Result;
+use crate::progress::Progress;
 use crate::runtime::GradientModel;
 
 /// Adversarial examples crafted on one source model for one attack.
@@ -29,6 +30,7 @@ pub fn craft(
     data: &Dataset,
     batch_size: usize,
     seed: u64,
+    progress: &mut dyn Progress,
 ) -> Result<TransferSet> {
     let started = std::time::Instant::now();
     let as_pgd = AttackSpec { kind: AttackKind::Pgd, ..attack.clone() };
@@ -41,6 +43,7 @@ pub fn craft(
         let out = pgd.run(source, data.pixels_of(start..end), &data.labels[start..end], &ids)?;
         calls += out.gradient_calls;
         adversarial.extend(out.adversarial);
+        progress.advance((end - start) as u64);
     }
     Ok(TransferSet {
         source: source_name.to_string(),
