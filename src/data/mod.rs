@@ -11,7 +11,7 @@ mod npz;
 
 pub use cifar::{load_cifar, CifarVariant};
 pub use idx::load_idx_pair;
-pub use npz::{load_npz, read_npz_f32};
+pub use npz::{load_npz, read_npz_f32, save_npz};
 
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};

@@ -157,6 +157,46 @@ pub fn load_npz(path: &Path) -> Result<Dataset> {
     Dataset::new(name, image_shape, pixels, labels, num_classes, path)
 }
 
+/// An `.npy` member the way numpy writes it (format version 1.0).
+fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let shape_txt = match shape {
+        [one] => format!("({one},)"),
+        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+fn write_members(path: &Path, members: &[(&str, Vec<u8>)]) -> Result<()> {
+    use std::io::Write;
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut zip = zip::ZipWriter::new(file);
+    for (name, bytes) in members {
+        zip.start_file(format!("{name}.npy"), zip::write::SimpleFileOptions::default())
+            .and_then(|_| zip.write_all(bytes).map_err(Into::into))
+            .map_err(|e| Error::data(path, format!("cannot write member {name}: {e}")))?;
+    }
+    zip.finish().map_err(|e| Error::data(path, format!("cannot finish the archive: {e}")))?;
+    Ok(())
+}
+
+/// Saves a dataset as `.npz` (`x` float32 NCHW, `y` int64), the format
+/// `load_npz` reads and numpy's `np.load` opens.
+pub fn save_npz(path: &Path, data: &Dataset) -> Result<()> {
+    let [c, h, w] = data.image_shape;
+    let x = npy_bytes("<f4", &[data.len(), c, h, w], &data.pixels.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
+    let y = npy_bytes("<i8", &[data.len()], &data.labels.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
+    write_members(path, &[("x", x), ("y", y)])
+}
+
 fn scale(values: &[f64], is_uint8: bool) -> Vec<f32> {
     let s = if is_uint8 { 255.0 } else { 1.0 };
     values.iter().map(|&v| (v / s) as f32).collect()
@@ -179,33 +219,9 @@ fn nhwc_to_nchw(src: &[f32], n: usize, h: usize, w: usize, c: usize) -> Vec<f32>
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::io::Write;
 
-    /// Writes an `.npy` member the way numpy does (version 1.0 header).
-    pub(crate) fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
-        let shape_txt = match shape {
-            [one] => format!("({one},)"),
-            _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
-        };
-        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(' ');
-        }
-        header.push('\n');
-        let mut out = b"\x93NUMPY\x01\x00".to_vec();
-        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(data);
-        out
-    }
-
-    pub(crate) fn write_npz(path: &Path, members: &[(&str, Vec<u8>)]) {
-        let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-        for (name, bytes) in members {
-            zip.start_file(format!("{name}.npy"), zip::write::SimpleFileOptions::default()).unwrap();
-            zip.write_all(bytes).unwrap();
-        }
-        zip.finish().unwrap();
+    fn write_npz(path: &Path, members: &[(&str, Vec<u8>)]) {
+        write_members(path, members).unwrap();
     }
 
     #[test]
