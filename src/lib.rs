@@ -24,5 +24,7 @@ pub mod onnx;
 pub mod progress;
 pub mod report;
 pub mod runtime;
+#[cfg(feature = "train")]
+pub mod train;
 
 pub use error::{Error, Result};

@@ -5,5 +5,7 @@
 mod attacks;
 mod backends;
 mod cli;
+#[cfg(feature = "train")]
+mod export;
 mod grad;
 mod util;

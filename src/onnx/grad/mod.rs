@@ -16,7 +16,7 @@
 //! shape input, ...) stays forward-only. Each op's rule is one function in
 //! `rules/`, looked up by op type.
 
-mod emit;
+pub(crate) mod emit;
 mod loss;
 mod rules;
 mod shapes;

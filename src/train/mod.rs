@@ -1,0 +1,7 @@
+//! Training with libtorch (feature `train`): the network and, as they land,
+//! UPAT and SimCLR pre-training, fine-tuning and supervised baselines
+//! (DESIGN §5). `export` turns a trained network into the ONNX file
+//! `upat-audit` reads.
+
+pub mod export;
+pub mod model;
