@@ -11,8 +11,14 @@ use upat::runtime::{BackendChoice, Device, GradientModel, RuntimeOptions};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    anyhow::ensure!(args.len() >= 4, "usage: bench_grad MODEL.onnx C,H,W BATCH ITERATIONS [ort|tract]");
-    let dims: Vec<usize> = args[1].split(',').map(str::parse).collect::<Result<_, _>>()?;
+    anyhow::ensure!(
+        args.len() >= 4,
+        "usage: bench_grad MODEL.onnx C,H,W BATCH ITERATIONS [ort|tract]"
+    );
+    let dims: Vec<usize> = args[1]
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
     let image_shape = [dims[0], dims[1], dims[2]];
     let (batch, iterations): (usize, usize) = (args[2].parse()?, args[3].parse()?);
     let backend = match args.get(4).map(String::as_str) {
@@ -22,15 +28,29 @@ fn main() -> anyhow::Result<()> {
     let model = OnnxModel::load(std::path::Path::new(&args[0]))?;
     let graph = ClassifierGraph::prepare(&model, None, None, None)?;
     let gradient = grad::build(&graph, image_shape, Loss::Ce)?;
-    let mut session = GradientModel::open(&gradient, image_shape, RuntimeOptions { backend, device: Device::Cpu })?;
-    let images: Vec<f32> = (0..batch * dims.iter().product::<usize>()).map(|i| (i % 251) as f32 / 251.0).collect();
-    let labels: Vec<i64> = (0..batch as i64).map(|i| i % gradient.classes as i64).collect();
+    let mut session = GradientModel::open(
+        &gradient,
+        image_shape,
+        RuntimeOptions {
+            backend,
+            device: Device::Cpu,
+        },
+    )?;
+    let images: Vec<f32> = (0..batch * dims.iter().product::<usize>())
+        .map(|i| (i % 251) as f32 / 251.0)
+        .collect();
+    let labels: Vec<i64> = (0..batch as i64)
+        .map(|i| i % gradient.classes as i64)
+        .collect();
     session.loss_and_grad(&images, &labels, None, batch)?; // warm-up
     let started = Instant::now();
     for _ in 0..iterations {
         session.loss_and_grad(&images, &labels, None, batch)?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    println!("images_per_second={}", (batch * iterations) as f64 / seconds);
+    println!(
+        "images_per_second={}",
+        (batch * iterations) as f64 / seconds
+    );
     Ok(())
 }

@@ -29,13 +29,21 @@ impl std::str::FromStr for Gate {
 
     /// `ATTACK_ID=ACC`, ACC a fraction in `[0, 1]`.
     fn from_str(s: &str) -> Result<Self> {
-        let bad = |why: &str| Error::Usage(format!("--fail-under {s}: {why}; expected ATTACK_ID=ACC, e.g. pgd20-linf-8=0.40"));
+        let bad = |why: &str| {
+            Error::Usage(format!(
+                "--fail-under {s}: {why}; expected ATTACK_ID=ACC, e.g. pgd20-linf-8=0.40"
+            ))
+        };
         let (id, acc) = s.rsplit_once('=').ok_or_else(|| bad("missing `=`"))?;
         let acc: f64 = acc.trim().parse().map_err(|_| bad("ACC is not a number"))?;
         if !(0.0..=1.0).contains(&acc) {
             return Err(bad("ACC must be a fraction in [0, 1] (0.40, not 40)"));
         }
-        Ok(Gate { attack_id: id.trim().to_string(), min_robust_acc: acc, origin: "--fail-under".into() })
+        Ok(Gate {
+            attack_id: id.trim().to_string(),
+            min_robust_acc: acc,
+            origin: "--fail-under".into(),
+        })
     }
 }
 
@@ -52,7 +60,11 @@ impl std::fmt::Display for GateFailure {
         write!(
             f,
             "{}: robust accuracy under `{}` is {:.4}, below the required {:.4} (set by {})",
-            self.model, self.gate.attack_id, self.measured, self.gate.min_robust_acc, self.gate.origin
+            self.model,
+            self.gate.attack_id,
+            self.measured,
+            self.gate.min_robust_acc,
+            self.gate.origin
         )
     }
 }
@@ -76,7 +88,10 @@ pub struct AuditPlan {
 impl AuditPlan {
     /// Merges suites (an id used twice must mean the same attack), and checks
     /// that every gate names an attack of the audit.
-    pub fn attacks_from_suites(suites: &[Suite], mut gates: Vec<Gate>) -> Result<(Vec<AttackSpec>, Vec<Gate>)> {
+    pub fn attacks_from_suites(
+        suites: &[Suite],
+        mut gates: Vec<Gate>,
+    ) -> Result<(Vec<AttackSpec>, Vec<Gate>)> {
         let mut attacks: Vec<AttackSpec> = Vec::new();
         for suite in suites {
             suite.check_runnable()?;
@@ -94,14 +109,24 @@ impl AuditPlan {
                     None => attacks.push(attack.clone()),
                 }
                 if let Some(acc) = attack.min_robust_acc {
-                    gates.push(Gate { attack_id: attack.id.clone(), min_robust_acc: f64::from(acc), origin: suite.origin.clone() });
+                    gates.push(Gate {
+                        attack_id: attack.id.clone(),
+                        min_robust_acc: f64::from(acc),
+                        origin: suite.origin.clone(),
+                    });
                 }
             }
         }
         for gate in &gates {
-            let known = gate.attack_id == WORST_CASE_ID || gate.attack_id == "clean" || attacks.iter().any(|a| a.id == gate.attack_id);
+            let known = gate.attack_id == WORST_CASE_ID
+                || gate.attack_id == "clean"
+                || attacks.iter().any(|a| a.id == gate.attack_id);
             if !known {
-                let ids: Vec<_> = attacks.iter().map(|a| a.id.as_str()).chain(["clean", WORST_CASE_ID]).collect();
+                let ids: Vec<_> = attacks
+                    .iter()
+                    .map(|a| a.id.as_str())
+                    .chain(["clean", WORST_CASE_ID])
+                    .collect();
                 return Err(Error::Usage(format!(
                     "{} names attack `{}`, which this audit does not run; its attack ids are {}",
                     gate.origin,
@@ -124,9 +149,16 @@ pub struct AuditOutcome {
 }
 
 /// Runs the plan on `data`. `progress` receives one line per step worth telling.
-pub fn run_audit(plan: &AuditPlan, data: &Dataset, progress: &mut dyn Progress) -> Result<AuditOutcome> {
+pub fn run_audit(
+    plan: &AuditPlan,
+    data: &Dataset,
+    progress: &mut dyn Progress,
+) -> Result<AuditOutcome> {
     if data.is_empty() {
-        return Err(Error::Usage(format!("the dataset {} has no samples to audit", data.name)));
+        return Err(Error::Usage(format!(
+            "the dataset {} has no samples to audit",
+            data.name
+        )));
     }
     let mut rows = Vec::new();
     let mut warnings = Vec::new();
@@ -134,37 +166,94 @@ pub fn run_audit(plan: &AuditPlan, data: &Dataset, progress: &mut dyn Progress) 
     for path in &plan.models {
         let (model, graph) = prepare(plan, path, data)?;
         let mut classifier = runtime::open(&graph, data.image_shape, plan.runtime)?;
-        progress.line(&format!("{}: {} backend on {}", model.display_name(), classifier.backend_name(), classifier.device().as_str()));
-        let model_rows = audit_model(plan, &model, &graph, classifier.as_mut(), data, &transfer_sets, &mut warnings, progress)?;
+        progress.line(&format!(
+            "{}: {} backend on {}",
+            model.display_name(),
+            classifier.backend_name(),
+            classifier.device().as_str()
+        ));
+        let model_rows = audit_model(
+            plan,
+            &model,
+            &graph,
+            classifier.as_mut(),
+            data,
+            &transfer_sets,
+            &mut warnings,
+            progress,
+        )?;
         rows.extend(model_rows);
     }
     let gate_failures = evaluate_gates(&plan.gates, &rows);
-    Ok(AuditOutcome { rows, gate_failures, warnings })
+    Ok(AuditOutcome {
+        rows,
+        gate_failures,
+        warnings,
+    })
 }
 
 /// Opens a model given on the command line as a classifier graph for `data`.
-fn prepare(plan: &AuditPlan, path: &std::path::Path, data: &Dataset) -> Result<(OnnxModel, ClassifierGraph)> {
+fn prepare(
+    plan: &AuditPlan,
+    path: &std::path::Path,
+    data: &Dataset,
+) -> Result<(OnnxModel, ClassifierGraph)> {
     let model = OnnxModel::load(path)?;
-    let graph = ClassifierGraph::prepare(&model, plan.input.as_deref(), plan.output.as_deref(), plan.normalization.as_ref())?;
+    let graph = ClassifierGraph::prepare(
+        &model,
+        plan.input.as_deref(),
+        plan.output.as_deref(),
+        plan.normalization.as_ref(),
+    )?;
     graph.check_image_shape(&model, data.image_shape)?;
     Ok((model, graph))
 }
 
 /// Adversarial examples of every transfer attack on every `--source` model.
-fn craft_transfer_sets(plan: &AuditPlan, data: &Dataset, progress: &mut dyn Progress) -> Result<Vec<TransferSet>> {
-    let transfers: Vec<&AttackSpec> = plan.attacks.iter().filter(|a| a.kind == AttackKind::Transfer).collect();
+fn craft_transfer_sets(
+    plan: &AuditPlan,
+    data: &Dataset,
+    progress: &mut dyn Progress,
+) -> Result<Vec<TransferSet>> {
+    let transfers: Vec<&AttackSpec> = plan
+        .attacks
+        .iter()
+        .filter(|a| a.kind == AttackKind::Transfer)
+        .collect();
     let mut sets = Vec::new();
     if transfers.is_empty() {
         return Ok(sets);
     }
     for path in &plan.sources {
         let (model, graph) = prepare(plan, path, data)?;
-        let mut gradients = GradientModels { graph: &graph, model: &model, image_shape: data.image_shape, runtime: plan.runtime, by_loss: HashMap::new() };
+        let mut gradients = GradientModels {
+            graph: &graph,
+            model: &model,
+            image_shape: data.image_shape,
+            runtime: plan.runtime,
+            by_loss: HashMap::new(),
+        };
         for attack in &transfers {
             let source = gradients.get(attack.loss)?;
-            progress.begin(&format!("crafting {} on {}", attack.id, model.display_name()), data.len() as u64);
-            let set = transfer::craft(&path.display().to_string(), source, attack, data, plan.batch_size, plan.seed, progress)?;
-            progress.line(&format!("source {}: crafted {} ({:.1}s)", model.display_name(), attack.id, set.seconds));
+            progress.begin(
+                &format!("crafting {} on {}", attack.id, model.display_name()),
+                data.len() as u64,
+            );
+            let set = transfer::craft(
+                &path.display().to_string(),
+                source,
+                attack,
+                data,
+                plan.batch_size,
+                plan.seed,
+                progress,
+            )?;
+            progress.line(&format!(
+                "source {}: crafted {} ({:.1}s)",
+                model.display_name(),
+                attack.id,
+                set.seconds
+            ));
             sets.push(set);
         }
     }
@@ -196,16 +285,23 @@ fn clean_pass(
                 ));
             }
         }
-        for (row, (pred, &label)) in logits.rows().zip(logits.argmax().into_iter().zip(&data.labels[start..end])) {
+        for (row, (pred, &label)) in logits
+            .rows()
+            .zip(logits.argmax().into_iter().zip(&data.labels[start..end]))
+        {
             let finite = row.iter().all(|v| v.is_finite());
             non_finite += usize::from(!finite);
             correct.push(finite && pred as i64 == label);
             let sum: f32 = row.iter().sum();
-            looks_like_probabilities &= row.iter().all(|v| (0.0..=1.0).contains(v)) && (sum - 1.0).abs() < 1e-3;
+            looks_like_probabilities &=
+                row.iter().all(|v| (0.0..=1.0).contains(v)) && (sum - 1.0).abs() < 1e-3;
         }
     }
     if non_finite > 0 {
-        warnings.push(format!("{}: {non_finite} sample(s) gave non-finite logits; they count as misclassified", model.display_name()));
+        warnings.push(format!(
+            "{}: {non_finite} sample(s) gave non-finite logits; they count as misclassified",
+            model.display_name()
+        ));
     }
     if looks_like_probabilities {
         warnings.push(format!(
@@ -237,8 +333,12 @@ struct GradientModels<'a> {
 impl GradientModels<'_> {
     fn get(&mut self, loss: Loss) -> Result<&mut GradientModel> {
         if !self.by_loss.contains_key(&loss) {
-            let gradient = grad::build(self.graph, self.image_shape, loss).map_err(|e| e.with_model_path(&self.model.path))?;
-            self.by_loss.insert(loss, GradientModel::open(&gradient, self.image_shape, self.runtime)?);
+            let gradient = grad::build(self.graph, self.image_shape, loss)
+                .map_err(|e| e.with_model_path(&self.model.path))?;
+            self.by_loss.insert(
+                loss,
+                GradientModel::open(&gradient, self.image_shape, self.runtime)?,
+            );
         }
         Ok(self.by_loss.get_mut(&loss).expect("inserted above"))
     }
@@ -262,7 +362,10 @@ fn gradient_attack(
     let mut calls = 0u64;
     progress.begin(&attack.id, targets.len() as u64);
     for chunk in targets.chunks(plan.batch_size.max(1)) {
-        let images: Vec<f32> = chunk.iter().flat_map(|&i| data.pixels_of(i..i + 1).iter().copied()).collect();
+        let images: Vec<f32> = chunk
+            .iter()
+            .flat_map(|&i| data.pixels_of(i..i + 1).iter().copied())
+            .collect();
         let labels: Vec<i64> = chunk.iter().map(|&i| data.labels[i]).collect();
         let ids: Vec<u64> = chunk.iter().map(|&i| i as u64).collect();
         let out = pgd.run(model, &images, &labels, &ids)?;
@@ -271,7 +374,10 @@ fn gradient_attack(
         for (j, &i) in chunk.iter().enumerate() {
             if out.fooled[j] {
                 robust[i] = false;
-                let delta = out.adversarial[j * len..(j + 1) * len].iter().zip(&images[j * len..(j + 1) * len]).map(|(a, b)| a - b);
+                let delta = out.adversarial[j * len..(j + 1) * len]
+                    .iter()
+                    .zip(&images[j * len..(j + 1) * len])
+                    .map(|(a, b)| a - b);
                 norms.push(f64::from(norm_of(delta, attack.norm)));
             }
         }
@@ -279,7 +385,12 @@ fn gradient_attack(
     let mean_norm = (!norms.is_empty()).then(|| norms.iter().sum::<f64>() / norms.len() as f64);
     let max_norm = norms.iter().copied().reduce(f64::max);
     let queries = (!targets.is_empty()).then(|| calls as f64 / targets.len() as f64);
-    Ok(AttackMeasurement { robust, mean_norm, max_norm, queries })
+    Ok(AttackMeasurement {
+        robust,
+        mean_norm,
+        max_norm,
+        queries,
+    })
 }
 
 fn audit_model(
@@ -314,7 +425,10 @@ fn audit_model(
         source: None,
         clean_acc,
         robust_acc: fraction(robust),
-        robust_acc_ci95: wilson_ci95_half_width(robust.iter().filter(|&&b| b).count(), robust.len()),
+        robust_acc_ci95: wilson_ci95_half_width(
+            robust.iter().filter(|&&b| b).count(),
+            robust.len(),
+        ),
         attack_success_rate: (correct_count > 0)
             .then(|| 1.0 - robust.iter().filter(|&&b| b).count() as f64 / correct_count as f64),
         mean_norm: None,
@@ -343,13 +457,22 @@ fn audit_model(
             for set in transfer_sets.iter().filter(|s| s.attack_id == attack.id) {
                 let robust = transfer_robustness(classifier, data, &correct, set, plan.batch_size)?;
                 survivors.iter_mut().zip(&robust).for_each(|(s, r)| *s &= r);
-                let mut row = base(&attack.id, attack.kind.as_str(), &robust, set.seconds + attack_started.elapsed().as_secs_f64());
+                let mut row = base(
+                    &attack.id,
+                    attack.kind.as_str(),
+                    &robust,
+                    set.seconds + attack_started.elapsed().as_secs_f64(),
+                );
                 describe_attack(&mut row, attack);
                 row.source = Some(set.source.clone());
                 row.queries = Some(set.queries);
-                let (mean, max) = perturbation_norms(data, &set.adversarial, &robust, &correct, attack.norm);
+                let (mean, max) =
+                    perturbation_norms(data, &set.adversarial, &robust, &correct, attack.norm);
                 (row.mean_norm, row.max_norm) = (mean, max);
-                progress.line(&format!("  {:<24} robust {:.4} (from {})", attack.id, row.robust_acc, set.source));
+                progress.line(&format!(
+                    "  {:<24} robust {:.4} (from {})",
+                    attack.id, row.robust_acc, set.source
+                ));
                 rows.push(row);
             }
             continue;
@@ -357,16 +480,28 @@ fn audit_model(
         let row = match attack.kind {
             AttackKind::Clean => base(&attack.id, "clean", &correct, clean_seconds),
             AttackKind::Fgsm | AttackKind::Pgd => {
-                let measured = gradient_attack(attack, &mut gradients, data, &correct, plan, progress)?;
-                survivors.iter_mut().zip(&measured.robust).for_each(|(s, r)| *s &= r);
-                let mut row = base(&attack.id, attack.kind.as_str(), &measured.robust, attack_started.elapsed().as_secs_f64());
+                let measured =
+                    gradient_attack(attack, &mut gradients, data, &correct, plan, progress)?;
+                survivors
+                    .iter_mut()
+                    .zip(&measured.robust)
+                    .for_each(|(s, r)| *s &= r);
+                let mut row = base(
+                    &attack.id,
+                    attack.kind.as_str(),
+                    &measured.robust,
+                    attack_started.elapsed().as_secs_f64(),
+                );
                 describe_attack(&mut row, attack);
                 row.mean_norm = measured.mean_norm;
                 row.max_norm = measured.max_norm;
                 row.queries = measured.queries;
                 row
             }
-            other => unreachable!("suites are checked runnable before the audit; `{}` is not", other.as_str()),
+            other => unreachable!(
+                "suites are checked runnable before the audit; `{}` is not",
+                other.as_str()
+            ),
         };
         progress.line(&format!(
             "  {:<24} robust {:.4} ({:.1}s)",
@@ -376,7 +511,12 @@ fn audit_model(
         ));
         rows.push(row);
     }
-    let worst = base(WORST_CASE_ID, WORST_CASE_ID, &survivors, started.elapsed().as_secs_f64());
+    let worst = base(
+        WORST_CASE_ID,
+        WORST_CASE_ID,
+        &survivors,
+        started.elapsed().as_secs_f64(),
+    );
     rows.push(worst);
     Ok(rows)
 }
@@ -386,13 +526,23 @@ fn describe_attack(row: &mut ReportRow, attack: &AttackSpec) {
     row.norm = Some(attack.norm.as_str().into());
     row.eps = Some(attack.eps);
     row.steps = Some(attack.steps.max(1));
-    row.step_size = Some(if attack.kind == AttackKind::Fgsm { attack.eps } else { attack.step_size });
+    row.step_size = Some(if attack.kind == AttackKind::Fgsm {
+        attack.eps
+    } else {
+        attack.step_size
+    });
     row.restarts = Some(attack.restarts);
     row.loss = Some(attack.loss.as_str().into());
 }
 
 /// Per sample: correct on clean data and on the transferred example.
-fn transfer_robustness(classifier: &mut dyn Classifier, data: &Dataset, correct: &[bool], set: &TransferSet, batch_size: usize) -> Result<Vec<bool>> {
+fn transfer_robustness(
+    classifier: &mut dyn Classifier,
+    data: &Dataset,
+    correct: &[bool],
+    set: &TransferSet,
+    batch_size: usize,
+) -> Result<Vec<bool>> {
     let len = data.image_len();
     let mut robust = Vec::with_capacity(data.len());
     for start in (0..data.len()).step_by(batch_size.max(1)) {
@@ -400,18 +550,36 @@ fn transfer_robustness(classifier: &mut dyn Classifier, data: &Dataset, correct:
         let logits = classifier.logits(&set.adversarial[start * len..end * len], end - start)?;
         for (k, (row, prediction)) in logits.rows().zip(logits.argmax()).enumerate() {
             let i = start + k;
-            robust.push(correct[i] && prediction as i64 == data.labels[i] && row.iter().all(|v| v.is_finite()));
+            robust.push(
+                correct[i]
+                    && prediction as i64 == data.labels[i]
+                    && row.iter().all(|v| v.is_finite()),
+            );
         }
     }
     Ok(robust)
 }
 
 /// Mean and max perturbation size of the examples that fooled the model.
-fn perturbation_norms(data: &Dataset, adversarial: &[f32], robust: &[bool], correct: &[bool], norm: crate::attack::Norm) -> (Option<f64>, Option<f64>) {
+fn perturbation_norms(
+    data: &Dataset,
+    adversarial: &[f32],
+    robust: &[bool],
+    correct: &[bool],
+    norm: crate::attack::Norm,
+) -> (Option<f64>, Option<f64>) {
     let len = data.image_len();
     let norms: Vec<f64> = (0..data.len())
         .filter(|&i| correct[i] && !robust[i])
-        .map(|i| f64::from(norm_of(adversarial[i * len..(i + 1) * len].iter().zip(data.pixels_of(i..i + 1)).map(|(a, b)| a - b), norm)))
+        .map(|i| {
+            f64::from(norm_of(
+                adversarial[i * len..(i + 1) * len]
+                    .iter()
+                    .zip(data.pixels_of(i..i + 1))
+                    .map(|(a, b)| a - b),
+                norm,
+            ))
+        })
         .collect();
     let mean = (!norms.is_empty()).then(|| norms.iter().sum::<f64>() / norms.len() as f64);
     (mean, norms.iter().copied().reduce(f64::max))
@@ -422,7 +590,11 @@ fn evaluate_gates(gates: &[Gate], rows: &[ReportRow]) -> Vec<GateFailure> {
     for gate in gates {
         for row in rows.iter().filter(|r| r.attack_id == gate.attack_id) {
             if row.robust_acc < gate.min_robust_acc {
-                failures.push(GateFailure { model: row.model.clone(), gate: gate.clone(), measured: row.robust_acc });
+                failures.push(GateFailure {
+                    model: row.model.clone(),
+                    gate: gate.clone(),
+                    measured: row.robust_acc,
+                });
             }
         }
     }
@@ -436,7 +608,10 @@ mod tests {
     #[test]
     fn gates_parse_and_reject() {
         let g: Gate = "pgd20-linf-8=0.4".parse().unwrap();
-        assert_eq!((g.attack_id.as_str(), g.min_robust_acc), ("pgd20-linf-8", 0.4));
+        assert_eq!(
+            (g.attack_id.as_str(), g.min_robust_acc),
+            ("pgd20-linf-8", 0.4)
+        );
         assert!("pgd=40".parse::<Gate>().is_err());
         assert!("pgd".parse::<Gate>().is_err());
         assert!("pgd=x".parse::<Gate>().is_err());
@@ -445,16 +620,30 @@ mod tests {
     #[test]
     fn gates_must_name_an_attack_of_the_audit() {
         let smoke = Suite::resolve("smoke").unwrap();
-        let ok = AuditPlan::attacks_from_suites(&[smoke.clone()], vec!["worst_case=0.1".parse().unwrap()]);
+        let ok = AuditPlan::attacks_from_suites(
+            &[smoke.clone()],
+            vec!["worst_case=0.1".parse().unwrap()],
+        );
         assert!(ok.is_ok());
-        let err = AuditPlan::attacks_from_suites(&[smoke], vec!["pgd20-linf-8=0.1".parse().unwrap()]).unwrap_err();
+        let err =
+            AuditPlan::attacks_from_suites(&[smoke], vec!["pgd20-linf-8=0.1".parse().unwrap()])
+                .unwrap_err();
         assert!(err.to_string().contains("pgd20-linf-8"), "{err}");
     }
 
     #[test]
     fn suites_with_unavailable_attacks_are_refused_before_running() {
-        let later = Suite::parse("[[attack]]\nid = 'sq'\nkind = 'square'\neps = 0.03\n", "later.toml").unwrap();
-        let err = AuditPlan::attacks_from_suites(&[later], vec![]).unwrap_err().to_string();
-        assert!(err.contains("not available") && err.contains("`sq`"), "{err}");
+        let later = Suite::parse(
+            "[[attack]]\nid = 'sq'\nkind = 'square'\neps = 0.03\n",
+            "later.toml",
+        )
+        .unwrap();
+        let err = AuditPlan::attacks_from_suites(&[later], vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not available") && err.contains("`sq`"),
+            "{err}"
+        );
     }
 }

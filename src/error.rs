@@ -11,7 +11,10 @@ pub enum Error {
     // The io::Error is part of the message rather than a `source`, so that
     // printing the error chain does not repeat it.
     #[error("{}: {error}", path.display())]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 
     /// A data file exists but is not what its format promises.
     #[error("{}: {message}", path.display())]
@@ -34,7 +37,10 @@ pub enum Error {
 
     /// An inference backend failed to load or to run.
     #[error("{backend} backend: {message}")]
-    Backend { backend: &'static str, message: String },
+    Backend {
+        backend: &'static str,
+        message: String,
+    },
 
     /// A command-line value or combination of values that cannot work.
     #[error("{0}")]
@@ -43,23 +49,35 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), error: source }
+        Error::Io {
+            path: path.into(),
+            error: source,
+        }
     }
 
     pub(crate) fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Error::Data { path: path.into(), message: message.into() }
+        Error::Data {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 
     /// Fills in the model path of a model error raised without one.
     pub fn with_model_path(self, model: &std::path::Path) -> Self {
         match self {
-            Error::Model { path, message } if path.as_os_str().is_empty() => Error::Model { path: model.to_path_buf(), message },
+            Error::Model { path, message } if path.as_os_str().is_empty() => Error::Model {
+                path: model.to_path_buf(),
+                message,
+            },
             other => other,
         }
     }
 
     pub(crate) fn model(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Error::Model { path: path.into(), message: message.into() }
+        Error::Model {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 

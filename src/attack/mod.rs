@@ -60,7 +60,10 @@ impl AttackKind {
 
     /// Whether this build can run the attack.
     pub fn is_available(self) -> bool {
-        matches!(self, AttackKind::Clean | AttackKind::Fgsm | AttackKind::Pgd | AttackKind::Transfer)
+        matches!(
+            self,
+            AttackKind::Clean | AttackKind::Fgsm | AttackKind::Pgd | AttackKind::Transfer
+        )
     }
 
     /// Whether the attack perturbs inputs (and so has a norm and budget).
@@ -87,7 +90,9 @@ impl Norm {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Norm::Linf, Norm::L2, Norm::L1].into_iter().find(|n| n.as_str() == s)
+        [Norm::Linf, Norm::L2, Norm::L1]
+            .into_iter()
+            .find(|n| n.as_str() == s)
     }
 }
 
@@ -114,6 +119,8 @@ impl Loss {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Loss::Ce, Loss::Margin, Loss::Dlr, Loss::DlrTargeted].into_iter().find(|l| l.as_str() == s)
+        [Loss::Ce, Loss::Margin, Loss::Dlr, Loss::DlrTargeted]
+            .into_iter()
+            .find(|l| l.as_str() == s)
     }
 }

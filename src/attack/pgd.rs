@@ -71,7 +71,13 @@ impl Pgd {
 
     /// Attacks `images` (NCHW, `[0, 1]`) with true `labels`; `ids` are the
     /// samples' indices in the dataset, which key their random streams.
-    pub fn run(&self, model: &mut GradientModel, images: &[f32], labels: &[i64], ids: &[u64]) -> Result<Perturbed> {
+    pub fn run(
+        &self,
+        model: &mut GradientModel,
+        images: &[f32],
+        labels: &[i64],
+        ids: &[u64],
+    ) -> Result<Perturbed> {
         let n = labels.len();
         let len = images.len() / n.max(1);
         let mut adversarial = images.to_vec();
@@ -82,12 +88,21 @@ impl Pgd {
             if active.is_empty() {
                 break;
             }
-            let mut rngs: Vec<SampleRng> =
-                active.iter().map(|&i| SampleRng::new(self.seed, self.settings_hash, ids[i], u64::from(restart))).collect();
-            let mut x: Vec<f32> = active.iter().flat_map(|&i| images[i * len..(i + 1) * len].iter().copied()).collect();
+            let mut rngs: Vec<SampleRng> = active
+                .iter()
+                .map(|&i| SampleRng::new(self.seed, self.settings_hash, ids[i], u64::from(restart)))
+                .collect();
+            let mut x: Vec<f32> = active
+                .iter()
+                .flat_map(|&i| images[i * len..(i + 1) * len].iter().copied())
+                .collect();
             if self.random_start {
                 for (j, &i) in active.iter().enumerate() {
-                    self.random_init(&mut x[j * len..(j + 1) * len], &images[i * len..(i + 1) * len], &mut rngs[j]);
+                    self.random_init(
+                        &mut x[j * len..(j + 1) * len],
+                        &images[i * len..(i + 1) * len],
+                        &mut rngs[j],
+                    );
                 }
             }
             let mut dir = vec![0.0f32; len];
@@ -105,7 +120,8 @@ impl Pgd {
                     .collect();
                 for (j, &i) in active.iter().enumerate() {
                     if wrong[j] || restart + 1 == self.restarts {
-                        adversarial[i * len..(i + 1) * len].copy_from_slice(&x[j * len..(j + 1) * len]);
+                        adversarial[i * len..(i + 1) * len]
+                            .copy_from_slice(&x[j * len..(j + 1) * len]);
                     }
                     fooled[i] |= wrong[j];
                 }
@@ -123,8 +139,18 @@ impl Pgd {
                 for &j in &keep {
                     let i = active[j];
                     let xj = &mut x[j * len..(j + 1) * len];
-                    let k = if self.norm == Norm::L1 { rngs[j].integer(L1_K.0, L1_K.1) } else { 0 };
-                    direction(&out.input_grad[j * len..(j + 1) * len], xj, self.norm, k, &mut dir);
+                    let k = if self.norm == Norm::L1 {
+                        rngs[j].integer(L1_K.0, L1_K.1)
+                    } else {
+                        0
+                    };
+                    direction(
+                        &out.input_grad[j * len..(j + 1) * len],
+                        xj,
+                        self.norm,
+                        k,
+                        &mut dir,
+                    );
                     for (v, d) in xj.iter_mut().zip(&dir) {
                         *v += self.step_size * d;
                     }
@@ -138,7 +164,11 @@ impl Pgd {
                 rngs = next_rngs;
             }
         }
-        Ok(Perturbed { adversarial, fooled, gradient_calls })
+        Ok(Perturbed {
+            adversarial,
+            fooled,
+            gradient_calls,
+        })
     }
 
     /// A uniformly random point of the ε-ball (ℓ∞), or a random direction at a
@@ -149,11 +179,15 @@ impl Pgd {
             Norm::L2 | Norm::L1 => {
                 let raw: Vec<f32> = match self.norm {
                     Norm::L2 => (0..x.len()).map(|_| rng.normal()).collect(),
-                    _ => (0..x.len()).map(|_| -rng.uniform().max(1e-12).ln() * rng.symmetric().signum()).collect(),
+                    _ => (0..x.len())
+                        .map(|_| -rng.uniform().max(1e-12).ln() * rng.symmetric().signum())
+                        .collect(),
                 };
                 let length = super::project::norm_of(raw.iter().copied(), self.norm).max(1e-12);
                 let radius = self.eps * rng.uniform();
-                x.iter_mut().zip(&raw).for_each(|(v, r)| *v += radius * r / length);
+                x.iter_mut()
+                    .zip(&raw)
+                    .for_each(|(v, r)| *v += radius * r / length);
             }
         }
         project(x, x0, self.eps, self.norm);

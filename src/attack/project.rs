@@ -48,7 +48,11 @@ fn project_l1_box(x: &mut [f32], x0: &[f32], eps: f32) {
     for _ in 0..4 {
         x.copy_from_slice(&original);
         project_l1_box_once(x, x0, radius);
-        let achieved: f64 = x.iter().zip(x0).map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs()).sum();
+        let achieved: f64 = x
+            .iter()
+            .zip(x0)
+            .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+            .sum();
         if achieved <= target {
             return;
         }
@@ -57,9 +61,28 @@ fn project_l1_box(x: &mut [f32], x0: &[f32], eps: f32) {
 }
 
 fn project_l1_box_once(x: &mut [f32], x0: &[f32], eps: f64) {
-    let z: Vec<f64> = x.iter().zip(x0).map(|(a, b)| f64::from(*a) - f64::from(*b)).collect();
-    let room: Vec<f64> = z.iter().zip(x0).map(|(&d, &c)| if d >= 0.0 { 1.0 - f64::from(c) } else { f64::from(c) }).collect();
-    let mass = |lambda: f64| -> f64 { z.iter().zip(&room).map(|(d, u)| (d.abs() - lambda).clamp(0.0, *u)).sum() };
+    let z: Vec<f64> = x
+        .iter()
+        .zip(x0)
+        .map(|(a, b)| f64::from(*a) - f64::from(*b))
+        .collect();
+    let room: Vec<f64> = z
+        .iter()
+        .zip(x0)
+        .map(|(&d, &c)| {
+            if d >= 0.0 {
+                1.0 - f64::from(c)
+            } else {
+                f64::from(c)
+            }
+        })
+        .collect();
+    let mass = |lambda: f64| -> f64 {
+        z.iter()
+            .zip(&room)
+            .map(|(d, u)| (d.abs() - lambda).clamp(0.0, *u))
+            .sum()
+    };
     let lambda = if mass(0.0) <= eps {
         0.0
     } else {
@@ -106,7 +129,11 @@ pub fn direction(grad: &[f32], x: &[f32], norm: Norm, k: usize, dir: &mut [f32])
         Norm::L1 => {
             dir.iter_mut().for_each(|d| *d = 0.0);
             let mut movable: Vec<usize> = (0..grad.len())
-                .filter(|&i| grad[i] != 0.0 && !(grad[i] > 0.0 && x[i] >= 1.0) && !(grad[i] < 0.0 && x[i] <= 0.0))
+                .filter(|&i| {
+                    grad[i] != 0.0
+                        && !(grad[i] > 0.0 && x[i] >= 1.0)
+                        && !(grad[i] < 0.0 && x[i] <= 0.0)
+                })
                 .collect();
             let k = k.min(movable.len());
             if k == 0 {

@@ -14,13 +14,19 @@ fn mix(mut z: u64) -> u64 {
 
 /// A stable 64-bit hash of a string (FNV-1a), for attack ids.
 pub fn hash_str(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl SampleRng {
     /// The stream of one sample of one restart of one attack.
     pub fn new(seed: u64, attack: u64, sample: u64, restart: u64) -> Self {
-        SampleRng(mix(mix(mix(seed ^ 0x9e37_79b9_7f4a_7c15) ^ attack) ^ sample.wrapping_mul(0x2545_f491_4f6c_dd1d)) ^ restart)
+        SampleRng(
+            mix(mix(mix(seed ^ 0x9e37_79b9_7f4a_7c15) ^ attack)
+                ^ sample.wrapping_mul(0x2545_f491_4f6c_dd1d))
+                ^ restart,
+        )
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -57,10 +63,18 @@ mod tests {
 
     #[test]
     fn streams_are_reproducible_and_distinct() {
-        let a: Vec<u64> = (0..4).map(|_| SampleRng::new(1, 2, 3, 0).next_u64()).collect();
+        let a: Vec<u64> = (0..4)
+            .map(|_| SampleRng::new(1, 2, 3, 0).next_u64())
+            .collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
-        assert_ne!(SampleRng::new(1, 2, 3, 0).next_u64(), SampleRng::new(1, 2, 4, 0).next_u64());
-        assert_ne!(SampleRng::new(1, 2, 3, 0).next_u64(), SampleRng::new(1, 2, 3, 1).next_u64());
+        assert_ne!(
+            SampleRng::new(1, 2, 3, 0).next_u64(),
+            SampleRng::new(1, 2, 4, 0).next_u64()
+        );
+        assert_ne!(
+            SampleRng::new(1, 2, 3, 0).next_u64(),
+            SampleRng::new(1, 2, 3, 1).next_u64()
+        );
         let mut r = SampleRng::new(7, 0, 0, 0);
         let mean: f32 = (0..10_000).map(|_| r.uniform()).sum::<f32>() / 10_000.0;
         assert!((mean - 0.5).abs() < 0.02);

@@ -13,7 +13,10 @@ pub const BUILTIN_SUITES: &[(&str, &str)] = &[
     ("whitebox", include_str!("../../audits/whitebox.toml")),
     ("unseen", include_str!("../../audits/unseen.toml")),
     ("blackbox", include_str!("../../audits/blackbox.toml")),
-    ("fashion-mnist", include_str!("../../audits/fashion-mnist.toml")),
+    (
+        "fashion-mnist",
+        include_str!("../../audits/fashion-mnist.toml"),
+    ),
 ];
 
 /// One attack of a suite, validated.
@@ -49,13 +52,26 @@ pub struct Suite {
 }
 
 const ATTACK_FIELDS: &[&str] = &[
-    "id", "kind", "norm", "eps", "steps", "step_size", "restarts", "random_start", "loss", "queries", "targets",
+    "id",
+    "kind",
+    "norm",
+    "eps",
+    "steps",
+    "step_size",
+    "restarts",
+    "random_start",
+    "loss",
+    "queries",
+    "targets",
     "min_robust_acc",
 ];
 
 /// Resolves `--suite NAME|FILE.toml`.
 pub fn builtin_suite(name: &str) -> Option<&'static str> {
-    BUILTIN_SUITES.iter().find(|(n, _)| *n == name).map(|(_, text)| *text)
+    BUILTIN_SUITES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, text)| *text)
 }
 
 impl Suite {
@@ -84,10 +100,17 @@ impl Suite {
             field: field.map(str::to_string),
             message,
         };
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(None, None, format!("not valid TOML: {e}")))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| err(None, None, format!("not valid TOML: {e}")))?;
         for key in table.keys() {
             if !["name", "description", "attack"].contains(&key.as_str()) {
-                return Err(err(None, Some(key), "unknown top-level field; expected name, description and [[attack]] tables".into()));
+                return Err(err(
+                    None,
+                    Some(key),
+                    "unknown top-level field; expected name, description and [[attack]] tables"
+                        .into(),
+                ));
             }
         }
         let text_field = |key: &str| -> Result<String> {
@@ -101,20 +124,39 @@ impl Suite {
         let description = text_field("description")?;
         let entries = match table.get("attack") {
             Some(toml::Value::Array(a)) if !a.is_empty() => a,
-            _ => return Err(err(None, Some("attack"), "a suite needs at least one [[attack]] table".into())),
+            _ => {
+                return Err(err(
+                    None,
+                    Some("attack"),
+                    "a suite needs at least one [[attack]] table".into(),
+                ))
+            }
         };
         let mut attacks: Vec<AttackSpec> = Vec::new();
         for (index, entry) in entries.iter().enumerate() {
             let toml::Value::Table(entry) = entry else {
-                return Err(err(None, Some("attack"), format!("entry {} is not a table; use [[attack]]", index + 1)));
+                return Err(err(
+                    None,
+                    Some("attack"),
+                    format!("entry {} is not a table; use [[attack]]", index + 1),
+                ));
             };
             let spec = parse_attack(entry, index, &err)?;
             if attacks.iter().any(|a| a.id == spec.id) {
-                return Err(err(Some(&spec.id), Some("id"), "is used by another attack of this suite; ids must be unique".into()));
+                return Err(err(
+                    Some(&spec.id),
+                    Some("id"),
+                    "is used by another attack of this suite; ids must be unique".into(),
+                ));
             }
             attacks.push(spec);
         }
-        Ok(Suite { name, description, origin: origin.to_string(), attacks })
+        Ok(Suite {
+            name,
+            description,
+            origin: origin.to_string(),
+            attacks,
+        })
     }
 
     /// Refuses suites naming attacks this build cannot run.
@@ -139,13 +181,36 @@ type ErrFn<'a> = dyn Fn(Option<&str>, Option<&str>, String) -> Error + 'a;
 
 fn parse_attack(entry: &toml::Table, index: usize, err: &ErrFn) -> Result<AttackSpec> {
     let id = match entry.get("id") {
-        Some(toml::Value::String(s)) if !s.trim().is_empty() && !s.contains(['=', ',', '\n']) => s.clone(),
-        Some(_) => return Err(err(None, Some("id"), format!("attack {} has an id that is not a non-empty string without `=` or `,`", index + 1))),
-        None => return Err(err(None, Some("id"), format!("attack {} has no id", index + 1))),
+        Some(toml::Value::String(s)) if !s.trim().is_empty() && !s.contains(['=', ',', '\n']) => {
+            s.clone()
+        }
+        Some(_) => {
+            return Err(err(
+                None,
+                Some("id"),
+                format!(
+                    "attack {} has an id that is not a non-empty string without `=` or `,`",
+                    index + 1
+                ),
+            ))
+        }
+        None => {
+            return Err(err(
+                None,
+                Some("id"),
+                format!("attack {} has no id", index + 1),
+            ))
+        }
     };
     let fail = |field: &str, message: String| err(Some(&id), Some(field), message);
     if let Some(key) = entry.keys().find(|k| !ATTACK_FIELDS.contains(&k.as_str())) {
-        return Err(fail(key, format!("unknown field; known fields are {}", ATTACK_FIELDS.join(", "))));
+        return Err(fail(
+            key,
+            format!(
+                "unknown field; known fields are {}",
+                ATTACK_FIELDS.join(", ")
+            ),
+        ));
     }
     let string = |field: &str| -> Result<Option<&str>> {
         match entry.get(field) {
@@ -156,15 +221,27 @@ fn parse_attack(entry: &toml::Table, index: usize, err: &ErrFn) -> Result<Attack
     };
     let kind_text = string("kind")?.ok_or_else(|| fail("kind", "is missing".into()))?;
     let kind = AttackKind::parse(kind_text).ok_or_else(|| {
-        fail("kind", format!("`{kind_text}` is not an attack kind; use one of {}", AttackKind::ALL.map(|k| k.as_str()).join(", ")))
+        fail(
+            "kind",
+            format!(
+                "`{kind_text}` is not an attack kind; use one of {}",
+                AttackKind::ALL.map(|k| k.as_str()).join(", ")
+            ),
+        )
     })?;
     let norm = match string("norm")? {
         None => Norm::Linf,
-        Some(n) => Norm::parse(n).ok_or_else(|| fail("norm", format!("`{n}` is not a norm; use linf, l2 or l1")))?,
+        Some(n) => Norm::parse(n)
+            .ok_or_else(|| fail("norm", format!("`{n}` is not a norm; use linf, l2 or l1")))?,
     };
     let loss = match string("loss")? {
         None => Loss::Ce,
-        Some(l) => Loss::parse(l).ok_or_else(|| fail("loss", format!("`{l}` is not a loss; use ce, margin, dlr or dlr-targeted")))?,
+        Some(l) => Loss::parse(l).ok_or_else(|| {
+            fail(
+                "loss",
+                format!("`{l}` is not a loss; use ce, margin, dlr or dlr-targeted"),
+            )
+        })?,
     };
     let number = |field: &str| -> Result<Option<f32>> {
         match entry.get(field) {
@@ -175,7 +252,9 @@ fn parse_attack(entry: &toml::Table, index: usize, err: &ErrFn) -> Result<Attack
     let count = |field: &str| -> Result<Option<u32>> {
         match entry.get(field) {
             None => Ok(None),
-            Some(toml::Value::Integer(i)) if *i >= 0 && *i <= i64::from(u32::MAX) => Ok(Some(*i as u32)),
+            Some(toml::Value::Integer(i)) if *i >= 0 && *i <= i64::from(u32::MAX) => {
+                Ok(Some(*i as u32))
+            }
             Some(_) => Err(fail(field, "must be a non-negative integer".into())),
         }
     };
@@ -191,31 +270,47 @@ fn parse_attack(entry: &toml::Table, index: usize, err: &ErrFn) -> Result<Attack
     let min_robust_acc = number("min_robust_acc")?;
 
     if kind.perturbs() {
-        let eps = eps.ok_or_else(|| fail("eps", format!("is required for kind `{}`", kind.as_str())))?;
+        let eps =
+            eps.ok_or_else(|| fail("eps", format!("is required for kind `{}`", kind.as_str())))?;
         if eps < 0.0 {
             return Err(fail("eps", format!("{eps} is negative")));
         }
         if norm == Norm::Linf && eps > 1.0 {
-            return Err(fail("eps", format!("{eps} exceeds 1: budgets are in [0,1] pixel units (write 8/255, not 8)")));
+            return Err(fail(
+                "eps",
+                format!("{eps} exceeds 1: budgets are in [0,1] pixel units (write 8/255, not 8)"),
+            ));
         }
     }
     if matches!(kind, AttackKind::Pgd | AttackKind::Transfer) {
         if steps.unwrap_or(0) == 0 {
-            return Err(fail("steps", format!("kind `{}` needs steps >= 1", kind.as_str())));
+            return Err(fail(
+                "steps",
+                format!("kind `{}` needs steps >= 1", kind.as_str()),
+            ));
         }
         if step_size.is_none_or(|s| s <= 0.0) {
-            return Err(fail("step_size", format!("kind `{}` needs a positive step_size", kind.as_str())));
+            return Err(fail(
+                "step_size",
+                format!("kind `{}` needs a positive step_size", kind.as_str()),
+            ));
         }
     }
     if kind == AttackKind::Fgsm && steps.is_some_and(|s| s != 1) {
-        return Err(fail("steps", "FGSM is a single step; use kind = \"pgd\" for more".into()));
+        return Err(fail(
+            "steps",
+            "FGSM is a single step; use kind = \"pgd\" for more".into(),
+        ));
     }
     if restarts == 0 {
         return Err(fail("restarts", "must be at least 1".into()));
     }
     if let Some(acc) = min_robust_acc {
         if !(0.0..=1.0).contains(&acc) {
-            return Err(fail("min_robust_acc", format!("{acc} is not a fraction in [0, 1]")));
+            return Err(fail(
+                "min_robust_acc",
+                format!("{acc} is not a fraction in [0, 1]"),
+            ));
         }
     }
     let queries = count("queries")?;
@@ -226,7 +321,9 @@ fn parse_attack(entry: &toml::Table, index: usize, err: &ErrFn) -> Result<Attack
         norm,
         eps: eps.unwrap_or(0.0),
         steps: steps.unwrap_or(if kind == AttackKind::Fgsm { 1 } else { 0 }),
-        step_size: step_size.or(if kind == AttackKind::Fgsm { eps } else { None }).unwrap_or(0.0),
+        step_size: step_size
+            .or(if kind == AttackKind::Fgsm { eps } else { None })
+            .unwrap_or(0.0),
         restarts,
         random_start,
         loss,
@@ -246,14 +343,19 @@ pub fn parse_number(value: &toml::Value) -> std::result::Result<f32, String> {
     };
     match parsed {
         Some(v) if v.is_finite() => Ok(v as f32),
-        _ => Err(format!("`{value}` is not a number; write 0.03, 8, or a fraction like \"8/255\"")),
+        _ => Err(format!(
+            "`{value}` is not a number; write 0.03, 8, or a fraction like \"8/255\""
+        )),
     }
 }
 
 fn parse_fraction(s: &str) -> Option<f64> {
     match s.split_once('/') {
         Some((num, den)) => {
-            let (num, den) = (num.trim().parse::<f64>().ok()?, den.trim().parse::<f64>().ok()?);
+            let (num, den) = (
+                num.trim().parse::<f64>().ok()?,
+                den.trim().parse::<f64>().ok()?,
+            );
             (den != 0.0).then(|| num / den)
         }
         None => s.trim().parse().ok(),
@@ -276,19 +378,55 @@ mod tests {
     #[test]
     fn builtin_ids_follow_the_contract() {
         let ids = |name: &str| -> Vec<String> {
-            Suite::resolve(name).unwrap().attacks.into_iter().map(|a| a.id).collect()
+            Suite::resolve(name)
+                .unwrap()
+                .attacks
+                .into_iter()
+                .map(|a| a.id)
+                .collect()
         };
-        assert_eq!(ids("whitebox"), ["clean", "fgsm-linf-8", "pgd20-linf-8", "pgd20-linf-16", "pgd100-linf-8", "cw20-linf-8"]);
-        assert_eq!(ids("unseen"), ["pgd20-linf-8", "pgd-l2-0.5", "pgd-l2-1.0", "pgd-l1-12", "pgd-l1-24"]);
-        assert_eq!(ids("blackbox"), ["transfer-pgd20-linf-8", "transfer-pgd20-linf-16"]);
+        assert_eq!(
+            ids("whitebox"),
+            [
+                "clean",
+                "fgsm-linf-8",
+                "pgd20-linf-8",
+                "pgd20-linf-16",
+                "pgd100-linf-8",
+                "cw20-linf-8"
+            ]
+        );
+        assert_eq!(
+            ids("unseen"),
+            [
+                "pgd20-linf-8",
+                "pgd-l2-0.5",
+                "pgd-l2-1.0",
+                "pgd-l1-12",
+                "pgd-l1-24"
+            ]
+        );
+        assert_eq!(
+            ids("blackbox"),
+            ["transfer-pgd20-linf-8", "transfer-pgd20-linf-16"]
+        );
         let pgd = &Suite::resolve("whitebox").unwrap().attacks[2];
-        assert_eq!((pgd.eps, pgd.step_size, pgd.steps), (8.0 / 255.0, 2.0 / 256.0, 20));
-        assert_eq!(Suite::resolve("whitebox").unwrap().attacks[5].loss, Loss::Margin);
+        assert_eq!(
+            (pgd.eps, pgd.step_size, pgd.steps),
+            (8.0 / 255.0, 2.0 / 256.0, 20)
+        );
+        assert_eq!(
+            Suite::resolve("whitebox").unwrap().attacks[5].loss,
+            Loss::Margin
+        );
     }
 
     #[test]
     fn fractions_and_numbers() {
-        assert_eq!(parse_number(&toml::Value::String("8/255".into())).unwrap(), 8.0 / 255.0);
+        assert_eq!(
+            parse_number(&toml::Value::String("8/255".into())).unwrap(),
+            8.0 / 255.0
+        );
         assert_eq!(parse_number(&toml::Value::Integer(3)).unwrap(), 3.0);
         assert_eq!(parse_number(&toml::Value::Float(0.5)).unwrap(), 0.5);
         assert!(parse_number(&toml::Value::String("8/0".into())).is_err());
@@ -302,14 +440,22 @@ mod tests {
 
     #[test]
     fn errors_name_file_attack_and_field() {
-        let msg = error_of("name='s'\n[[attack]]\nid='a1'\nkind='pgd'\neps='8/25x'\nsteps=10\nstep_size=0.01\n");
-        assert!(msg.contains("my.toml") && msg.contains("`a1`") && msg.contains("`eps`"), "{msg}");
+        let msg = error_of(
+            "name='s'\n[[attack]]\nid='a1'\nkind='pgd'\neps='8/25x'\nsteps=10\nstep_size=0.01\n",
+        );
+        assert!(
+            msg.contains("my.toml") && msg.contains("`a1`") && msg.contains("`eps`"),
+            "{msg}"
+        );
         let msg = error_of("[[attack]]\nid='a1'\nkind='pgd'\neps=8\nsteps=10\nstep_size=0.01\n");
         assert!(msg.contains("exceeds 1"), "{msg}");
         let msg = error_of("[[attack]]\nid='a1'\nkind='pgd'\neps=0.03\nstep_size=0.01\n");
         assert!(msg.contains("`steps`"), "{msg}");
         let msg = error_of("[[attack]]\nid='a1'\nkind='clean'\nepsilon=0.03\n");
-        assert!(msg.contains("`epsilon`") && msg.contains("unknown field"), "{msg}");
+        assert!(
+            msg.contains("`epsilon`") && msg.contains("unknown field"),
+            "{msg}"
+        );
         let msg = error_of("[[attack]]\nid='a'\nkind='clean'\n[[attack]]\nid='a'\nkind='clean'\n");
         assert!(msg.contains("unique"), "{msg}");
         let msg = error_of("[[attack]]\nid='a'\nkind='deepfool'\n");

@@ -33,14 +33,22 @@ pub fn craft(
     progress: &mut dyn Progress,
 ) -> Result<TransferSet> {
     let started = std::time::Instant::now();
-    let as_pgd = AttackSpec { kind: AttackKind::Pgd, ..attack.clone() };
+    let as_pgd = AttackSpec {
+        kind: AttackKind::Pgd,
+        ..attack.clone()
+    };
     let pgd = Pgd::from_spec(&as_pgd, seed);
     let mut adversarial = Vec::with_capacity(data.pixels.len());
     let mut calls = 0u64;
     for start in (0..data.len()).step_by(batch_size.max(1)) {
         let end = (start + batch_size.max(1)).min(data.len());
         let ids: Vec<u64> = (start as u64..end as u64).collect();
-        let out = pgd.run(source, data.pixels_of(start..end), &data.labels[start..end], &ids)?;
+        let out = pgd.run(
+            source,
+            data.pixels_of(start..end),
+            &data.labels[start..end],
+            &ids,
+        )?;
         calls += out.gradient_calls;
         adversarial.extend(out.adversarial);
         progress.advance((end - start) as u64);

@@ -13,7 +13,11 @@ use upat::onnx::{ClassifierGraph, Normalization, OnnxModel};
 use upat::runtime::{resolve_backend, BackendChoice, Device, RuntimeOptions};
 
 #[derive(Debug, Parser)]
-#[command(name = "upat-audit", version, about = "Audit ONNX image classifiers against adversarial attacks")]
+#[command(
+    name = "upat-audit",
+    version,
+    about = "Audit ONNX image classifiers against adversarial attacks"
+)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct Cli {
     #[command(subcommand)]
@@ -137,7 +141,9 @@ impl TryFrom<AuditArgs> for AuditConfig {
 
     fn try_from(args: AuditArgs) -> upat::Result<Self> {
         if args.models.is_empty() {
-            return Err(upat::Error::Usage("no model given: upat-audit MODEL.onnx... --data SPEC (see --help)".into()));
+            return Err(upat::Error::Usage(
+                "no model given: upat-audit MODEL.onnx... --data SPEC (see --help)".into(),
+            ));
         }
         let data = args.data.as_deref().ok_or_else(|| {
             upat::Error::Usage("--data SPEC is required: cifar10:DIR, cifar100:DIR, fashion-mnist[:DIR], mnist:DIR or npz:FILE".into())
@@ -149,11 +155,25 @@ impl TryFrom<AuditArgs> for AuditConfig {
         if args.samples == Some(0) {
             return Err(upat::Error::Usage("--samples must be at least 1".into()));
         }
-        let suites = args.suites.iter().map(|s| Suite::resolve(s)).collect::<upat::Result<Vec<_>>>()?;
-        let gates = args.fail_under.iter().map(|g| g.parse::<Gate>()).collect::<upat::Result<Vec<_>>>()?;
+        let suites = args
+            .suites
+            .iter()
+            .map(|s| Suite::resolve(s))
+            .collect::<upat::Result<Vec<_>>>()?;
+        let gates = args
+            .fail_under
+            .iter()
+            .map(|g| g.parse::<Gate>())
+            .collect::<upat::Result<Vec<_>>>()?;
         let (attacks, gates) = AuditPlan::attacks_from_suites(&suites, gates)?;
-        let normalization = args.normalize.as_deref().map(str::parse::<Normalization>).transpose()?;
-        let has_transfer = attacks.iter().any(|a| a.kind == upat::attack::AttackKind::Transfer);
+        let normalization = args
+            .normalize
+            .as_deref()
+            .map(str::parse::<Normalization>)
+            .transpose()?;
+        let has_transfer = attacks
+            .iter()
+            .any(|a| a.kind == upat::attack::AttackKind::Transfer);
         if has_transfer && args.sources.is_empty() {
             return Err(upat::Error::Usage(
                 "the transfer attacks of this suite need at least one --source MODEL.onnx to craft adversarial examples on".into(),
@@ -167,14 +187,22 @@ impl TryFrom<AuditArgs> for AuditConfig {
             sources: args.sources,
             attacks,
             gates,
-            runtime: RuntimeOptions { backend: args.backend, device: args.device },
+            runtime: RuntimeOptions {
+                backend: args.backend,
+                device: args.device,
+            },
             normalization,
             input: args.input,
             output: args.output,
             batch_size: args.batch_size,
             seed: args.seed,
         };
-        Ok(AuditConfig { plan, data, samples: args.samples, out: args.out })
+        Ok(AuditConfig {
+            plan,
+            data,
+            samples: args.samples,
+            out: args.out,
+        })
     }
 }
 
@@ -182,19 +210,32 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
     let config = AuditConfig::try_from(args)?;
     let backend = resolve_backend(config.plan.runtime);
     match (config.plan.runtime.backend, &backend) {
-        (BackendChoice::Auto, Ok("tract")) => eprintln!("backend: tract (ONNX Runtime's library was not found; see --backend)"),
+        (BackendChoice::Auto, Ok("tract")) => {
+            eprintln!("backend: tract (ONNX Runtime's library was not found; see --backend)")
+        }
         (_, Ok(name)) => eprintln!("backend: {name}"),
         (_, Err(_)) => {}
     }
     backend?;
-    let mut data = config.data.load(Split::Test).context("cannot load the test data")?;
+    let mut data = config
+        .data
+        .load(Split::Test)
+        .context("cannot load the test data")?;
     if let Some(n) = config.samples {
         if n > data.len() {
-            eprintln!("--samples {n}: the test split has only {} samples; auditing all of them", data.len());
+            eprintln!(
+                "--samples {n}: the test split has only {} samples; auditing all of them",
+                data.len()
+            );
         }
         data.truncate(n);
     }
-    eprintln!("data: {} test split, {} samples of {:?}", data.name, data.len(), data.image_shape);
+    eprintln!(
+        "data: {} test split, {} samples of {:?}",
+        data.name,
+        data.len(),
+        data.image_shape
+    );
     let outcome = run_audit(&config.plan, &data, &mut TerminalProgress::new())?;
     upat::report::write_reports(&config.out, &outcome.rows, &outcome.warnings)?;
     for warning in &outcome.warnings {
@@ -219,7 +260,10 @@ struct TerminalProgress {
 
 impl TerminalProgress {
     fn new() -> Self {
-        TerminalProgress { bar: None, tty: std::io::IsTerminal::is_terminal(&std::io::stderr()) }
+        TerminalProgress {
+            bar: None,
+            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
     }
 }
 
@@ -237,8 +281,10 @@ impl upat::progress::Progress for TerminalProgress {
         }
         if self.tty {
             let bar = indicatif::ProgressBar::new(total);
-            let style = indicatif::ProgressStyle::with_template("  {msg:<24} [{bar:30}] {pos}/{len} samples, {eta} left")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            let style = indicatif::ProgressStyle::with_template(
+                "  {msg:<24} [{bar:30}] {pos}/{len} samples, {eta} left",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
             bar.set_style(style.progress_chars("=> "));
             bar.set_message(label.to_string());
             self.bar = Some(bar);
@@ -253,9 +299,15 @@ impl upat::progress::Progress for TerminalProgress {
 }
 
 fn print_summary(rows: &[upat::report::ReportRow]) {
-    println!("{:<40} {:<24} {:>10} {:>10}", "model", "attack", "robust_acc", "±ci95");
+    println!(
+        "{:<40} {:<24} {:>10} {:>10}",
+        "model", "attack", "robust_acc", "±ci95"
+    );
     for r in rows {
-        println!("{:<40} {:<24} {:>10.4} {:>10.4}", r.model, r.attack_id, r.robust_acc, r.robust_acc_ci95);
+        println!(
+            "{:<40} {:<24} {:>10.4} {:>10.4}",
+            r.model, r.attack_id, r.robust_acc, r.robust_acc_ci95
+        );
     }
 }
 
@@ -264,7 +316,11 @@ fn inspect(model_path: PathBuf, input: Option<String>, output: Option<String>) -
     let p = &model.proto;
     println!("model: {}", model.path.display());
     println!("sha256: {}", model.sha256);
-    println!("ir_version: {}  opset: {}", p.ir_version, model.opset().map_or("?".into(), |v| v.to_string()));
+    println!(
+        "ir_version: {}  opset: {}",
+        p.ir_version,
+        model.opset().map_or("?".into(), |v| v.to_string())
+    );
     println!("producer: {} {}", p.producer_name, p.producer_version);
     println!("inputs:");
     for t in model.inputs() {
@@ -288,13 +344,19 @@ fn inspect(model_path: PathBuf, input: Option<String>, output: Option<String>) -
     }
     match ClassifierGraph::prepare(&model, input.as_deref(), output.as_deref(), None) {
         Ok(g) => {
-            println!("classifier contract: ok (image input `{}`, logits output `{}`)", g.input.name, g.output_name);
+            println!(
+                "classifier contract: ok (image input `{}`, logits output `{}`)",
+                g.input.name, g.output_name
+            );
             let verdict = match image_shape_of(&g, None) {
                 Ok(shape) => match upat::onnx::grad::build(&g, shape, Loss::Ce) {
                     Ok(_) => "yes: white-box attacks can run".to_string(),
                     Err(e) => format!("no: {e}"),
                 },
-                Err(_) => "unknown until the image size is known (upat-audit grad --image-shape C,H,W)".to_string(),
+                Err(_) => {
+                    "unknown until the image size is known (upat-audit grad --image-shape C,H,W)"
+                        .to_string()
+                }
             };
             println!("differentiable: {verdict}");
         }
@@ -306,31 +368,66 @@ fn inspect(model_path: PathBuf, input: Option<String>, output: Option<String>) -
 /// `C,H,W` from the flag, else from the model's declared input.
 fn image_shape_of(graph: &ClassifierGraph, flag: Option<&str>) -> upat::Result<[usize; 3]> {
     if let Some(text) = flag {
-        let dims: Vec<usize> = text.split(',').filter_map(|d| d.trim().parse().ok()).collect();
-        return <[usize; 3]>::try_from(dims)
-            .map_err(|_| upat::Error::Usage(format!("--image-shape {text}: expected three positive integers C,H,W")));
+        let dims: Vec<usize> = text
+            .split(',')
+            .filter_map(|d| d.trim().parse().ok())
+            .collect();
+        return <[usize; 3]>::try_from(dims).map_err(|_| {
+            upat::Error::Usage(format!(
+                "--image-shape {text}: expected three positive integers C,H,W"
+            ))
+        });
     }
     match graph.input.chw {
         [Some(c), Some(h), Some(w)] => Ok([c, h, w]),
-        _ => Err(upat::Error::Usage("the model does not declare its image size; give it with --image-shape C,H,W".into())),
+        _ => Err(upat::Error::Usage(
+            "the model does not declare its image size; give it with --image-shape C,H,W".into(),
+        )),
     }
 }
 
-fn grad(model: PathBuf, loss: Loss, out: PathBuf, image_shape: Option<String>, input: Option<String>, output: Option<String>) -> Result<ExitCode> {
+fn grad(
+    model: PathBuf,
+    loss: Loss,
+    out: PathBuf,
+    image_shape: Option<String>,
+    input: Option<String>,
+    output: Option<String>,
+) -> Result<ExitCode> {
     let model = OnnxModel::load(&model)?;
     let graph = ClassifierGraph::prepare(&model, input.as_deref(), output.as_deref(), None)?;
     let shape = image_shape_of(&graph, image_shape.as_deref())?;
-    let gradient = upat::onnx::grad::build(&graph, shape, loss).map_err(|e| e.with_model_path(&model.path))?;
+    let gradient =
+        upat::onnx::grad::build(&graph, shape, loss).map_err(|e| e.with_model_path(&model.path))?;
     upat::atomic::write_atomic(&out, &upat::onnx::encode(&gradient.proto))?;
-    println!("wrote {} ({} loss, input [N,{},{},{}], {} classes)", out.display(), loss.as_str(), shape[0], shape[1], shape[2], gradient.classes);
+    println!(
+        "wrote {} ({} loss, input [N,{},{},{}], {} classes)",
+        out.display(),
+        loss.as_str(),
+        shape[0],
+        shape[1],
+        shape[2],
+        gradient.classes
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::Inspect { model, input, output }) => inspect(model, input, output),
-        Some(Command::Grad { model, loss, out, image_shape, input, output }) => grad(model, loss.into(), out, image_shape, input, output),
+        Some(Command::Inspect {
+            model,
+            input,
+            output,
+        }) => inspect(model, input, output),
+        Some(Command::Grad {
+            model,
+            loss,
+            out,
+            image_shape,
+            input,
+            output,
+        }) => grad(model, loss.into(), out, image_shape, input, output),
         None => audit(cli.audit),
     };
     result.unwrap_or_else(|e| {
@@ -353,10 +450,21 @@ mod tests {
     fn inspect_subcommand_and_audit_args_both_parse() {
         let cli = Cli::try_parse_from(["upat-audit", "inspect", "m.onnx"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Inspect { .. })));
-        let cli = Cli::try_parse_from(["upat-audit", "a.onnx", "b.onnx", "--data", "npz:x.npz", "--suite", "smoke"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "upat-audit",
+            "a.onnx",
+            "b.onnx",
+            "--data",
+            "npz:x.npz",
+            "--suite",
+            "smoke",
+        ])
+        .unwrap();
         assert_eq!(cli.audit.models.len(), 2);
         let cli = Cli::try_parse_from(["upat-audit", "a.onnx"]).unwrap();
-        let err = AuditConfig::try_from(cli.audit).err().expect("--data is required");
+        let err = AuditConfig::try_from(cli.audit)
+            .err()
+            .expect("--data is required");
         assert!(err.to_string().contains("--data"), "{err}");
     }
 }

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "upat-train", version, about = "Train robust image classifiers with libtorch and export them to ONNX")]
+#[command(
+    name = "upat-train",
+    version,
+    about = "Train robust image classifiers with libtorch and export them to ONNX"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,7 +28,9 @@ fn main() -> ExitCode {
             println!("libtorch threads: {}", tch::get_num_threads());
             println!("cuda available: {}", tch::Cuda::is_available());
             println!("cuda devices: {}", tch::Cuda::device_count());
-            let probe = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]).sum(tch::Kind::Float).double_value(&[]);
+            let probe = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0])
+                .sum(tch::Kind::Float)
+                .double_value(&[]);
             println!("tensor check: sum([1,2,3]) = {probe}");
             ExitCode::SUCCESS
         }

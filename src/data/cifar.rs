@@ -52,7 +52,9 @@ impl CifarVariant {
 
     fn files(self, split: Split) -> Vec<String> {
         match (self, split) {
-            (CifarVariant::Cifar10, Split::Train) => (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
+            (CifarVariant::Cifar10, Split::Train) => {
+                (1..=5).map(|i| format!("data_batch_{i}.bin")).collect()
+            }
             (CifarVariant::Cifar10, Split::Test) => vec!["test_batch.bin".into()],
             (CifarVariant::Cifar100, Split::Train) => vec!["train.bin".into()],
             (CifarVariant::Cifar100, Split::Test) => vec!["test.bin".into()],
@@ -67,7 +69,15 @@ pub fn load_cifar(dir: &Path, variant: CifarVariant, split: Split) -> Result<Dat
         .into_iter()
         .find(|d| d.join(&files[0]).is_file())
         .ok_or_else(|| {
-            Error::data(dir, format!("no {} here nor in {}/ (expected the binary version of {})", files[0], variant.archive_dir(), variant.name()))
+            Error::data(
+                dir,
+                format!(
+                    "no {} here nor in {}/ (expected the binary version of {})",
+                    files[0],
+                    variant.archive_dir(),
+                    variant.name()
+                ),
+            )
         })?;
     let record_len = variant.label_bytes() + PIXELS_PER_IMAGE;
     let mut pixels = Vec::new();
@@ -92,11 +102,22 @@ pub fn load_cifar(dir: &Path, variant: CifarVariant, split: Split) -> Result<Dat
         for record in bytes.chunks_exact(record_len) {
             // CIFAR-100 keeps the fine label second.
             labels.push(i64::from(record[variant.label_bytes() - 1]));
-            pixels.extend(record[variant.label_bytes()..].iter().map(|&b| f32::from(b) / 255.0));
+            pixels.extend(
+                record[variant.label_bytes()..]
+                    .iter()
+                    .map(|&b| f32::from(b) / 255.0),
+            );
         }
         last_path = path;
     }
-    Dataset::new(variant.name(), [3, 32, 32], pixels, labels, variant.num_classes(), &last_path)
+    Dataset::new(
+        variant.name(),
+        [3, 32, 32],
+        pixels,
+        labels,
+        variant.num_classes(),
+        &last_path,
+    )
 }
 
 fn official_records(variant: CifarVariant, split: Split) -> usize {
@@ -151,7 +172,12 @@ mod tests {
         let mut bytes = record(&[1], 0);
         bytes.truncate(3000);
         std::fs::write(dir.path().join("test_batch.bin"), bytes).unwrap();
-        let msg = load_cifar(dir.path(), CifarVariant::Cifar10, Split::Test).unwrap_err().to_string();
-        assert!(msg.contains("test_batch.bin") && msg.contains("30730000"), "{msg}");
+        let msg = load_cifar(dir.path(), CifarVariant::Cifar10, Split::Test)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("test_batch.bin") && msg.contains("30730000"),
+            "{msg}"
+        );
     }
 }

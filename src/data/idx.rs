@@ -15,15 +15,30 @@ struct IdxArray {
 
 fn parse_idx(path: &Path, buf: Vec<u8>) -> Result<IdxArray> {
     if buf.len() < 4 || buf[0] != 0 || buf[1] != 0 {
-        return Err(Error::data(path, "not an IDX file (it must start with two zero bytes)"));
+        return Err(Error::data(
+            path,
+            "not an IDX file (it must start with two zero bytes)",
+        ));
     }
     if buf[2] != IDX_UBYTE {
-        return Err(Error::data(path, format!("IDX element type 0x{:02x} is not supported (expected 0x08, ubyte)", buf[2])));
+        return Err(Error::data(
+            path,
+            format!(
+                "IDX element type 0x{:02x} is not supported (expected 0x08, ubyte)",
+                buf[2]
+            ),
+        ));
     }
     let ndim = buf[3] as usize;
     let header_len = 4 + 4 * ndim;
     if buf.len() < header_len {
-        return Err(Error::data(path, format!("truncated IDX header: {} bytes, expected at least {header_len}", buf.len())));
+        return Err(Error::data(
+            path,
+            format!(
+                "truncated IDX header: {} bytes, expected at least {header_len}",
+                buf.len()
+            ),
+        ));
     }
     let dims: Vec<usize> = (0..ndim)
         .map(|d| u32::from_be_bytes(buf[4 + 4 * d..8 + 4 * d].try_into().unwrap()) as usize)
@@ -41,21 +56,39 @@ fn parse_idx(path: &Path, buf: Vec<u8>) -> Result<IdxArray> {
 }
 
 /// Loads an images file (`[N, H, W]` or `[N, C, H, W]`) and its labels file.
-pub fn load_idx_pair(images: &Path, labels: &Path, name: &str, num_classes: usize) -> Result<Dataset> {
+pub fn load_idx_pair(
+    images: &Path,
+    labels: &Path,
+    name: &str,
+    num_classes: usize,
+) -> Result<Dataset> {
     let img = parse_idx(images, read_maybe_gz(images)?)?;
     let lab = parse_idx(labels, read_maybe_gz(labels)?)?;
     let image_shape = match img.dims[..] {
         [_, h, w] => [1, h, w],
         [_, c, h, w] => [c, h, w],
-        _ => return Err(Error::data(images, format!("IDX images must have 3 or 4 dims, found {:?}", img.dims))),
+        _ => {
+            return Err(Error::data(
+                images,
+                format!("IDX images must have 3 or 4 dims, found {:?}", img.dims),
+            ))
+        }
     };
     if lab.dims.len() != 1 {
-        return Err(Error::data(labels, format!("IDX labels must have 1 dim, found {:?}", lab.dims)));
+        return Err(Error::data(
+            labels,
+            format!("IDX labels must have 1 dim, found {:?}", lab.dims),
+        ));
     }
     if lab.dims[0] != img.dims[0] {
         return Err(Error::data(
             labels,
-            format!("{} labels for {} images in {}", lab.dims[0], img.dims[0], images.display()),
+            format!(
+                "{} labels for {} images in {}",
+                lab.dims[0],
+                img.dims[0],
+                images.display()
+            ),
         ));
     }
     let pixels = img.bytes.iter().map(|&b| f32::from(b) / 255.0).collect();
@@ -65,7 +98,10 @@ pub fn load_idx_pair(images: &Path, labels: &Path, name: &str, num_classes: usiz
 
 /// Finds `{prefix}-{kind}-idx{n}-ubyte[.gz]` (or the `.idxN-ubyte` spelling) in `dir`.
 fn find_idx_file(dir: &Path, prefix: &str, kind: &str, ndim: u8) -> Result<PathBuf> {
-    let stems = [format!("{prefix}-{kind}-idx{ndim}-ubyte"), format!("{prefix}-{kind}.idx{ndim}-ubyte")];
+    let stems = [
+        format!("{prefix}-{kind}-idx{ndim}-ubyte"),
+        format!("{prefix}-{kind}.idx{ndim}-ubyte"),
+    ];
     for stem in &stems {
         for suffix in ["", ".gz"] {
             let candidate = dir.join(format!("{stem}{suffix}"));
@@ -79,7 +115,10 @@ fn find_idx_file(dir: &Path, prefix: &str, kind: &str, ndim: u8) -> Result<PathB
     } else {
         ""
     };
-    Err(Error::data(dir, format!("no {}[.gz] in this directory{hint}", stems[0])))
+    Err(Error::data(
+        dir,
+        format!("no {}[.gz] in this directory{hint}", stems[0]),
+    ))
 }
 
 /// Loads the train or test split of an MNIST-layout directory.
@@ -114,7 +153,11 @@ mod tests {
         std::fs::write(dir.path().join("t10k-images-idx3-ubyte"), &imgs).unwrap();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &labs).unwrap();
-        std::fs::write(dir.path().join("t10k-labels-idx1-ubyte.gz"), gz.finish().unwrap()).unwrap();
+        std::fs::write(
+            dir.path().join("t10k-labels-idx1-ubyte.gz"),
+            gz.finish().unwrap(),
+        )
+        .unwrap();
         let ds = load_idx_dir(dir.path(), "mnist", Split::Test).unwrap();
         assert_eq!(ds.image_shape, [1, 2, 2]);
         assert_eq!(ds.labels, vec![3, 9]);
@@ -128,8 +171,14 @@ mod tests {
         let imgs = idx_bytes(&[2, 2, 2], &[0, 255, 51]);
         let path = dir.path().join("train-images-idx3-ubyte");
         std::fs::write(&path, &imgs).unwrap();
-        std::fs::write(dir.path().join("train-labels-idx1-ubyte"), idx_bytes(&[2], &[0, 1])).unwrap();
-        let msg = load_idx_dir(dir.path(), "mnist", Split::Train).unwrap_err().to_string();
+        std::fs::write(
+            dir.path().join("train-labels-idx1-ubyte"),
+            idx_bytes(&[2], &[0, 1]),
+        )
+        .unwrap();
+        let msg = load_idx_dir(dir.path(), "mnist", Split::Train)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("train-images-idx3-ubyte"), "{msg}");
         assert!(msg.contains("should be 24 bytes"), "{msg}");
     }
@@ -138,9 +187,19 @@ mod tests {
     fn missing_files_and_label_count_mismatch_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         assert!(load_idx_dir(dir.path(), "mnist", Split::Train).is_err());
-        std::fs::write(dir.path().join("train-images-idx3-ubyte"), idx_bytes(&[2, 1, 1], &[0, 1])).unwrap();
-        std::fs::write(dir.path().join("train-labels-idx1-ubyte"), idx_bytes(&[3], &[0, 1, 2])).unwrap();
-        let msg = load_idx_dir(dir.path(), "mnist", Split::Train).unwrap_err().to_string();
+        std::fs::write(
+            dir.path().join("train-images-idx3-ubyte"),
+            idx_bytes(&[2, 1, 1], &[0, 1]),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("train-labels-idx1-ubyte"),
+            idx_bytes(&[3], &[0, 1, 2]),
+        )
+        .unwrap();
+        let msg = load_idx_dir(dir.path(), "mnist", Split::Train)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("3 labels for 2 images"), "{msg}");
     }
 }

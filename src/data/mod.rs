@@ -76,7 +76,11 @@ impl Dataset {
         if let Some(i) = pixels.iter().position(|p| !p.is_finite()) {
             return Err(Error::data(
                 origin,
-                format!("image {} has a non-finite pixel ({}); clean the data first", i / per_image, pixels[i]),
+                format!(
+                    "image {} has a non-finite pixel ({}); clean the data first",
+                    i / per_image,
+                    pixels[i]
+                ),
             ));
         }
         if let Some(i) = pixels.iter().position(|p| !(0.0..=1.0).contains(p)) {
@@ -90,10 +94,23 @@ impl Dataset {
                 ),
             ));
         }
-        if let Some((i, y)) = labels.iter().enumerate().find(|(_, &y)| y < 0 || y as usize >= num_classes) {
-            return Err(Error::data(origin, format!("label {y} of sample {i} is outside 0..{num_classes}")));
+        if let Some((i, y)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &y)| y < 0 || y as usize >= num_classes)
+        {
+            return Err(Error::data(
+                origin,
+                format!("label {y} of sample {i} is outside 0..{num_classes}"),
+            ));
         }
-        Ok(Dataset { name: name.into(), image_shape, pixels, labels, num_classes })
+        Ok(Dataset {
+            name: name.into(),
+            image_shape,
+            pixels,
+            labels,
+            num_classes,
+        })
     }
 
     /// Number of samples.
@@ -143,7 +160,9 @@ impl std::str::FromStr for DataSpec {
         let path = PathBuf::from(path);
         let need_path = |p: PathBuf| {
             if p.as_os_str().is_empty() {
-                Err(Error::Usage(format!("--data {spec}: `{kind}` needs a path after the colon, e.g. {kind}:DIR")))
+                Err(Error::Usage(format!(
+                    "--data {spec}: `{kind}` needs a path after the colon, e.g. {kind}:DIR"
+                )))
             } else {
                 Ok(p)
             }
@@ -151,9 +170,9 @@ impl std::str::FromStr for DataSpec {
         match kind {
             "cifar10" => Ok(DataSpec::Cifar10(need_path(path)?)),
             "cifar100" => Ok(DataSpec::Cifar100(need_path(path)?)),
-            "fashion-mnist" if path.as_os_str().is_empty() => {
-                Ok(DataSpec::FashionMnist(PathBuf::from(FASHION_MNIST_SYSTEM_DIR)))
-            }
+            "fashion-mnist" if path.as_os_str().is_empty() => Ok(DataSpec::FashionMnist(
+                PathBuf::from(FASHION_MNIST_SYSTEM_DIR),
+            )),
             "fashion-mnist" => Ok(DataSpec::FashionMnist(path)),
             "mnist" => Ok(DataSpec::Mnist(need_path(path)?)),
             "npz" => Ok(DataSpec::Npz(need_path(path)?)),
@@ -187,7 +206,12 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
             .read_to_end(&mut out)
-            .map_err(|e| Error::data(path, format!("not a valid gzip file ({e}); the download may be truncated")))?;
+            .map_err(|e| {
+                Error::data(
+                    path,
+                    format!("not a valid gzip file ({e}); the download may be truncated"),
+                )
+            })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -200,8 +224,14 @@ mod tests {
 
     #[test]
     fn data_spec_parses_every_kind() {
-        assert_eq!("cifar10:/d".parse::<DataSpec>().unwrap(), DataSpec::Cifar10("/d".into()));
-        assert_eq!("npz:x.npz".parse::<DataSpec>().unwrap(), DataSpec::Npz("x.npz".into()));
+        assert_eq!(
+            "cifar10:/d".parse::<DataSpec>().unwrap(),
+            DataSpec::Cifar10("/d".into())
+        );
+        assert_eq!(
+            "npz:x.npz".parse::<DataSpec>().unwrap(),
+            DataSpec::Npz("x.npz".into())
+        );
         assert_eq!(
             "fashion-mnist".parse::<DataSpec>().unwrap(),
             DataSpec::FashionMnist(FASHION_MNIST_SYSTEM_DIR.into())

@@ -24,7 +24,10 @@ fn parse_npy(origin: &Path, member: &str, bytes: &[u8]) -> Result<NpyArray> {
     }
     let (header_len, header_start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            12,
+        ),
         v => return Err(bad(format!("unsupported .npy version {v}"))),
     };
     let header = bytes
@@ -35,9 +38,12 @@ fn parse_npy(origin: &Path, member: &str, bytes: &[u8]) -> Result<NpyArray> {
         .and_then(quoted)
         .ok_or_else(|| bad("header has no descr".into()))?;
     if header_value(header, "fortran_order").is_some_and(|v| v.starts_with("True")) {
-        return Err(bad("Fortran-ordered arrays are not supported; save with np.ascontiguousarray".into()));
+        return Err(bad(
+            "Fortran-ordered arrays are not supported; save with np.ascontiguousarray".into(),
+        ));
     }
-    let shape_text = header_value(header, "shape").ok_or_else(|| bad("header has no shape".into()))?;
+    let shape_text =
+        header_value(header, "shape").ok_or_else(|| bad("header has no shape".into()))?;
     let shape = shape_text
         .trim_start_matches('(')
         .split(')')
@@ -46,13 +52,19 @@ fn parse_npy(origin: &Path, member: &str, bytes: &[u8]) -> Result<NpyArray> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| bad(format!("bad shape {shape_text}"))))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| bad(format!("bad shape {shape_text}")))
+        })
         .collect::<Result<Vec<_>>>()?;
     let data = bytes[header_start + header_len..].to_vec();
     let item = element_size(&descr).ok_or_else(|| bad(format!("unsupported dtype {descr}")))?;
     let expected = shape.iter().product::<usize>() * item;
     if data.len() != expected {
-        return Err(bad(format!("shape {shape:?} of {descr} needs {expected} bytes, found {}; the file is truncated", data.len())));
+        return Err(bad(format!(
+            "shape {shape:?} of {descr} needs {expected} bytes, found {}; the file is truncated",
+            data.len()
+        )));
     }
     Ok(NpyArray { descr, shape, data })
 }
@@ -105,14 +117,25 @@ fn as_f64s(a: &NpyArray) -> Vec<f64> {
         .collect()
 }
 
-fn read_member(path: &Path, archive: &mut zip::ZipArchive<std::fs::File>, name: &str) -> Result<NpyArray> {
+fn read_member(
+    path: &Path,
+    archive: &mut zip::ZipArchive<std::fs::File>,
+    name: &str,
+) -> Result<NpyArray> {
     let member = format!("{name}.npy");
-    let mut file = archive
-        .by_name(&member)
-        .map_err(|_| Error::data(path, format!("no array `{name}` in this .npz (it needs `x` images and `y` labels)")))?;
+    let mut file = archive.by_name(&member).map_err(|_| {
+        Error::data(
+            path,
+            format!("no array `{name}` in this .npz (it needs `x` images and `y` labels)"),
+        )
+    })?;
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .map_err(|e| Error::data(path, format!("member {member} cannot be read ({e}); the archive is corrupt")))?;
+    file.read_to_end(&mut bytes).map_err(|e| {
+        Error::data(
+            path,
+            format!("member {member} cannot be read ({e}); the archive is corrupt"),
+        )
+    })?;
     parse_npy(path, &member, &bytes)
 }
 
@@ -134,11 +157,20 @@ pub fn load_npz(path: &Path) -> Result<Dataset> {
     let x = read_member(path, &mut archive, "x")?;
     let y = read_member(path, &mut archive, "y")?;
     if y.descr.contains('f') {
-        return Err(Error::data(path, format!("labels `y` must be integers, found {}", y.descr)));
+        return Err(Error::data(
+            path,
+            format!("labels `y` must be integers, found {}", y.descr),
+        ));
     }
     let n = *x.shape.first().unwrap_or(&0);
     if y.shape != [n] {
-        return Err(Error::data(path, format!("`y` has shape {:?}, expected [{n}] to match `x` {:?}", y.shape, x.shape)));
+        return Err(Error::data(
+            path,
+            format!(
+                "`y` has shape {:?}, expected [{n}] to match `x` {:?}",
+                y.shape, x.shape
+            ),
+        ));
     }
     let values = as_f64s(&x);
     let is_uint8 = x.descr.ends_with("u1");
@@ -146,14 +178,34 @@ pub fn load_npz(path: &Path) -> Result<Dataset> {
         (&[_, h, w], _) => ([1, h, w], scale(&values, is_uint8)),
         (&[_, c, h, w], false) => ([c, h, w], values.iter().map(|&v| v as f32).collect()),
         (&[_, h, w, c], true) => ([c, h, w], nhwc_to_nchw(&scale(&values, true), n, h, w, c)),
-        _ => return Err(Error::data(path, format!("`x` must have 3 or 4 dims, found {:?}", x.shape))),
+        _ => {
+            return Err(Error::data(
+                path,
+                format!("`x` must have 3 or 4 dims, found {:?}", x.shape),
+            ))
+        }
     };
     if !is_uint8 && !x.descr.contains('f') {
-        return Err(Error::data(path, format!("`x` must be float in [0,1] (NCHW) or uint8 (NHWC), found {}", x.descr)));
+        return Err(Error::data(
+            path,
+            format!(
+                "`x` must be float in [0,1] (NCHW) or uint8 (NHWC), found {}",
+                x.descr
+            ),
+        ));
     }
     let labels: Vec<i64> = as_f64s(&y).into_iter().map(|v| v as i64).collect();
-    let num_classes = labels.iter().copied().max().map_or(0, |m| m.max(0) as usize + 1);
-    let name = format!("npz:{}", path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default());
+    let num_classes = labels
+        .iter()
+        .copied()
+        .max()
+        .map_or(0, |m| m.max(0) as usize + 1);
+    let name = format!(
+        "npz:{}",
+        path.file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default()
+    );
     Dataset::new(name, image_shape, pixels, labels, num_classes, path)
 }
 
@@ -161,9 +213,17 @@ pub fn load_npz(path: &Path) -> Result<Dataset> {
 fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
     let shape_txt = match shape {
         [one] => format!("({one},)"),
-        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -180,11 +240,15 @@ fn write_members(path: &Path, members: &[(&str, Vec<u8>)]) -> Result<()> {
     let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     let mut zip = zip::ZipWriter::new(file);
     for (name, bytes) in members {
-        zip.start_file(format!("{name}.npy"), zip::write::SimpleFileOptions::default())
-            .and_then(|_| zip.write_all(bytes).map_err(Into::into))
-            .map_err(|e| Error::data(path, format!("cannot write member {name}: {e}")))?;
+        zip.start_file(
+            format!("{name}.npy"),
+            zip::write::SimpleFileOptions::default(),
+        )
+        .and_then(|_| zip.write_all(bytes).map_err(Into::into))
+        .map_err(|e| Error::data(path, format!("cannot write member {name}: {e}")))?;
     }
-    zip.finish().map_err(|e| Error::data(path, format!("cannot finish the archive: {e}")))?;
+    zip.finish()
+        .map_err(|e| Error::data(path, format!("cannot finish the archive: {e}")))?;
     Ok(())
 }
 
@@ -192,8 +256,24 @@ fn write_members(path: &Path, members: &[(&str, Vec<u8>)]) -> Result<()> {
 /// `load_npz` reads and numpy's `np.load` opens.
 pub fn save_npz(path: &Path, data: &Dataset) -> Result<()> {
     let [c, h, w] = data.image_shape;
-    let x = npy_bytes("<f4", &[data.len(), c, h, w], &data.pixels.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
-    let y = npy_bytes("<i8", &[data.len()], &data.labels.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
+    let x = npy_bytes(
+        "<f4",
+        &[data.len(), c, h, w],
+        &data
+            .pixels
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<_>>(),
+    );
+    let y = npy_bytes(
+        "<i8",
+        &[data.len()],
+        &data
+            .labels
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<_>>(),
+    );
     write_members(path, &[("x", x), ("y", y)])
 }
 
@@ -242,8 +322,17 @@ pub(crate) mod tests {
     fn float_nchw_is_taken_as_is() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.npz");
-        let vals: Vec<u8> = [0.25f32, 0.5].iter().flat_map(|v| v.to_le_bytes()).collect();
-        write_npz(&path, &[("x", npy_bytes("<f4", &[2, 1, 1, 1], &vals)), ("y", npy_bytes("|u1", &[2], &[0, 1]))]);
+        let vals: Vec<u8> = [0.25f32, 0.5]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        write_npz(
+            &path,
+            &[
+                ("x", npy_bytes("<f4", &[2, 1, 1, 1], &vals)),
+                ("y", npy_bytes("|u1", &[2], &[0, 1])),
+            ],
+        );
         let ds = load_npz(&path).unwrap();
         assert_eq!(ds.pixels, vec![0.25, 0.5]);
         assert_eq!(ds.labels, vec![0, 1]);
@@ -257,10 +346,28 @@ pub(crate) mod tests {
         assert!(load_npz(&path).unwrap_err().to_string().contains("zip"));
         write_npz(&path, &[("x", npy_bytes("<f4", &[2, 1, 1, 1], &[0; 8]))]);
         assert!(load_npz(&path).unwrap_err().to_string().contains("`y`"));
-        write_npz(&path, &[("x", npy_bytes("<f4", &[1, 1, 1, 1], &[0; 4])), ("y", npy_bytes("<f4", &[1], &[0; 4]))]);
-        assert!(load_npz(&path).unwrap_err().to_string().contains("integers"));
+        write_npz(
+            &path,
+            &[
+                ("x", npy_bytes("<f4", &[1, 1, 1, 1], &[0; 4])),
+                ("y", npy_bytes("<f4", &[1], &[0; 4])),
+            ],
+        );
+        assert!(load_npz(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("integers"));
         let nan: Vec<u8> = f32::NAN.to_le_bytes().to_vec();
-        write_npz(&path, &[("x", npy_bytes("<f4", &[1, 1, 1, 1], &nan)), ("y", npy_bytes("|u1", &[1], &[0]))]);
-        assert!(load_npz(&path).unwrap_err().to_string().contains("non-finite"));
+        write_npz(
+            &path,
+            &[
+                ("x", npy_bytes("<f4", &[1, 1, 1, 1], &nan)),
+                ("y", npy_bytes("|u1", &[1], &[0])),
+            ],
+        );
+        assert!(load_npz(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("non-finite"));
     }
 }

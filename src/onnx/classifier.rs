@@ -30,7 +30,13 @@ impl std::str::FromStr for Normalization {
         };
         let (mean, std) = s.split_once(':').ok_or_else(|| usage("missing `:`"))?;
         let parse = |list: &str| -> Result<Vec<f32>> {
-            list.split(',').map(|v| v.trim().parse::<f32>().map_err(|_| usage(&format!("`{v}` is not a number")))).collect()
+            list.split(',')
+                .map(|v| {
+                    v.trim()
+                        .parse::<f32>()
+                        .map_err(|_| usage(&format!("`{v}` is not a number")))
+                })
+                .collect()
         };
         let (mean, std) = (parse(mean)?, parse(std)?);
         if mean.len() != std.len() {
@@ -71,16 +77,28 @@ fn pick<'a>(
     tensors: &'a [TensorInfo],
     wanted: Option<&str>,
 ) -> Result<&'a TensorInfo> {
-    let names = || tensors.iter().map(|t| format!("`{}` {}", t.name, t.describe())).collect::<Vec<_>>().join(", ");
+    let names = || {
+        tensors
+            .iter()
+            .map(|t| format!("`{}` {}", t.name, t.describe()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     match (wanted, tensors) {
         (Some(w), _) => tensors.iter().find(|t| t.name == w).ok_or_else(|| {
-            Error::model(&model.path, format!("has no {kind} named `{w}`; its {kind}s are: {}", names()))
+            Error::model(
+                &model.path,
+                format!("has no {kind} named `{w}`; its {kind}s are: {}", names()),
+            )
         }),
         (None, [only]) => Ok(only),
         (None, []) => Err(Error::model(&model.path, format!("has no {kind}"))),
         (None, _) => Err(Error::model(
             &model.path,
-            format!("has several {kind}s ({}); choose one with {flag} NAME", names()),
+            format!(
+                "has several {kind}s ({}); choose one with {flag} NAME",
+                names()
+            ),
         )),
     }
 }
@@ -106,7 +124,11 @@ impl ClassifierGraph {
         let image = pick(model, "input", "--input", &inputs, input)?.clone();
         let logits = pick(model, "output", "--output", &outputs, output)?.clone();
         if inputs.len() > 1 {
-            let others: Vec<_> = inputs.iter().filter(|i| i.name != image.name).map(|i| i.name.as_str()).collect();
+            let others: Vec<_> = inputs
+                .iter()
+                .filter(|i| i.name != image.name)
+                .map(|i| i.name.as_str())
+                .collect();
             return Err(Error::model(
                 &model.path,
                 format!("needs inputs other than the image ({}), which upat-audit cannot feed; export the model with the image as its only input", others.join(", ")),
@@ -124,9 +146,19 @@ impl ClassifierGraph {
             ));
         }
         if logits.elem_type != FLOAT {
-            return Err(Error::model(&model.path, format!("output `{}` is {}; logits must be float32", logits.name, logits.describe())));
+            return Err(Error::model(
+                &model.path,
+                format!(
+                    "output `{}` is {}; logits must be float32",
+                    logits.name,
+                    logits.describe()
+                ),
+            ));
         }
-        let dims = image.dims.clone().unwrap_or_else(|| vec![Dim::Symbolic(String::new()); 4]);
+        let dims = image
+            .dims
+            .clone()
+            .unwrap_or_else(|| vec![Dim::Symbolic(String::new()); 4]);
         if dims.len() != 4 {
             return Err(Error::model(
                 &model.path,
@@ -137,7 +169,11 @@ impl ClassifierGraph {
             Some(d) if d.len() != 2 => {
                 return Err(Error::model(
                     &model.path,
-                    format!("output `{}` is {}; logits must be [N,K] (rank 2)", logits.name, logits.describe()),
+                    format!(
+                        "output `{}` is {}; logits must be [N,K] (rank 2)",
+                        logits.name,
+                        logits.describe()
+                    ),
                 ))
             }
             Some(d) => fixed(&d[1]),
@@ -150,7 +186,8 @@ impl ClassifierGraph {
         };
         let mut proto = model.proto.clone();
         let graph = proto.graph.as_mut().expect("OnnxModel has a graph");
-        let weights: std::collections::HashSet<String> = graph.initializer.iter().map(|t| t.name.clone()).collect();
+        let weights: std::collections::HashSet<String> =
+            graph.initializer.iter().map(|t| t.name.clone()).collect();
         graph.input.retain(|i| !weights.contains(&i.name));
         graph.output.retain(|o| o.name == logits.name);
         if let Some(norm) = normalization {
@@ -163,7 +200,12 @@ impl ClassifierGraph {
             }
             fold_normalization(graph, &layout.name, norm);
         }
-        Ok(ClassifierGraph { proto, input: layout, output_name: logits.name, declared_classes })
+        Ok(ClassifierGraph {
+            proto,
+            input: layout,
+            output_name: logits.name,
+            declared_classes,
+        })
     }
 
     /// Checks that images of `[C, H, W]` fit the declared input shape.
@@ -192,7 +234,12 @@ impl ClassifierGraph {
 
     fn describe_chw(&self) -> String {
         let d = |v: Option<usize>| v.map_or("?".to_string(), |v| v.to_string());
-        format!("{}x{}x{}", d(self.input.chw[0]), d(self.input.chw[1]), d(self.input.chw[2]))
+        format!(
+            "{}x{}x{}",
+            d(self.input.chw[0]),
+            d(self.input.chw[1]),
+            d(self.input.chw[2])
+        )
     }
 }
 
@@ -214,8 +261,12 @@ fn fold_normalization(graph: &mut pb::GraphProto, input: &str, norm: &Normalizat
     };
     let mean_name = format!("{input}__upat_mean");
     let std_name = format!("{input}__upat_std");
-    graph.initializer.push(constant(mean_name.clone(), &norm.mean));
-    graph.initializer.push(constant(std_name.clone(), &norm.std));
+    graph
+        .initializer
+        .push(constant(mean_name.clone(), &norm.mean));
+    graph
+        .initializer
+        .push(constant(std_name.clone(), &norm.std));
     let node = |op: &str, inputs: [&str; 2], output: &str| pb::NodeProto {
         op_type: op.into(),
         name: format!("upat_normalize_{}", op.to_lowercase()),
@@ -223,7 +274,10 @@ fn fold_normalization(graph: &mut pb::GraphProto, input: &str, norm: &Normalizat
         output: vec![output.into()],
         ..Default::default()
     };
-    let prefix = [node("Sub", [input, &mean_name], &centred), node("Div", [&centred, &std_name], &normalized)];
+    let prefix = [
+        node("Sub", [input, &mean_name], &centred),
+        node("Div", [&centred, &std_name], &normalized),
+    ];
     graph.node.splice(0..0, prefix);
 }
 

@@ -53,8 +53,12 @@ impl TensorInfo {
                     s.dim
                         .iter()
                         .map(|d| match &d.value {
-                            Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) => Dim::Fixed(*v),
-                            Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) => Dim::Symbolic(p.clone()),
+                            Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) => {
+                                Dim::Fixed(*v)
+                            }
+                            Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) => {
+                                Dim::Symbolic(p.clone())
+                            }
                             None => Dim::Symbolic(String::new()),
                         })
                         .collect()
@@ -63,7 +67,11 @@ impl TensorInfo {
             }
             _ => (0, None),
         };
-        TensorInfo { name: v.name.clone(), elem_type, dims }
+        TensorInfo {
+            name: v.name.clone(),
+            elem_type,
+            dims,
+        }
     }
 
     /// The element type's ONNX name, lower case (`float`, `int64`, ...).
@@ -82,7 +90,10 @@ impl TensorInfo {
             Some(d) => format!(
                 "{}[{}]",
                 self.elem_type_name(),
-                d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
+                d.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
             None => format!("{}[shape not declared]", self.elem_type_name()),
         }
@@ -115,14 +126,24 @@ impl OnnxModel {
     /// Decodes model bytes; `path` is only used in messages and reports.
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
         let not_onnx = |why: String| {
-            Error::model(path, format!("{why}. Is this an ONNX file? Re-export it, e.g. with torch.onnx.export"))
+            Error::model(
+                path,
+                format!("{why}. Is this an ONNX file? Re-export it, e.g. with torch.onnx.export"),
+            )
         };
-        let proto = pb::ModelProto::decode(bytes).map_err(|e| not_onnx(format!("cannot be decoded as ONNX protobuf ({e})")))?;
-        let graph = proto.graph.as_ref().ok_or_else(|| not_onnx("has no graph".into()))?;
+        let proto = pb::ModelProto::decode(bytes)
+            .map_err(|e| not_onnx(format!("cannot be decoded as ONNX protobuf ({e})")))?;
+        let graph = proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| not_onnx("has no graph".into()))?;
         if graph.node.is_empty() && graph.output.is_empty() {
             return Err(not_onnx("has an empty graph".into()));
         }
-        let uses_external_data = graph.initializer.iter().any(|t| t.data_location == Some(1) || !t.external_data.is_empty());
+        let uses_external_data = graph
+            .initializer
+            .iter()
+            .any(|t| t.data_location == Some(1) || !t.external_data.is_empty());
         if uses_external_data {
             return Err(Error::model(
                 path,
@@ -130,8 +151,15 @@ impl OnnxModel {
                  save it as a single file (onnx.save(model, path, save_as_external_data=False))",
             ));
         }
-        let sha256 = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
-        Ok(OnnxModel { path: path.to_path_buf(), proto, sha256 })
+        let sha256 = Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(OnnxModel {
+            path: path.to_path_buf(),
+            proto,
+            sha256,
+        })
     }
 
     pub fn graph(&self) -> &pb::GraphProto {
@@ -142,12 +170,21 @@ impl OnnxModel {
     /// old exporters are weights, not inputs).
     pub fn inputs(&self) -> Vec<TensorInfo> {
         let g = self.graph();
-        let weights: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
-        g.input.iter().filter(|i| !weights.contains(i.name.as_str())).map(TensorInfo::from_value_info).collect()
+        let weights: std::collections::HashSet<&str> =
+            g.initializer.iter().map(|t| t.name.as_str()).collect();
+        g.input
+            .iter()
+            .filter(|i| !weights.contains(i.name.as_str()))
+            .map(TensorInfo::from_value_info)
+            .collect()
     }
 
     pub fn outputs(&self) -> Vec<TensorInfo> {
-        self.graph().output.iter().map(TensorInfo::from_value_info).collect()
+        self.graph()
+            .output
+            .iter()
+            .map(TensorInfo::from_value_info)
+            .collect()
     }
 
     /// How many nodes of each op type the graph has, subgraphs (If/Loop bodies) included.
@@ -161,7 +198,10 @@ impl OnnxModel {
                 };
                 *counts.entry(key).or_default() += 1;
                 for attr in &node.attribute {
-                    attr.g.iter().chain(attr.graphs.iter()).for_each(|sub| visit(sub, counts));
+                    attr.g
+                        .iter()
+                        .chain(attr.graphs.iter())
+                        .for_each(|sub| visit(sub, counts));
                 }
             }
         }
@@ -172,17 +212,28 @@ impl OnnxModel {
 
     /// The default-domain opset version the model declares.
     pub fn opset(&self) -> Option<i64> {
-        self.proto.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version)
+        self.proto
+            .opset_import
+            .iter()
+            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+            .map(|o| o.version)
     }
 
     /// `metadata_props` as key/value pairs.
     pub fn metadata(&self) -> Vec<(String, String)> {
-        self.proto.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect()
+        self.proto
+            .metadata_props
+            .iter()
+            .map(|p| (p.key.clone(), p.value.clone()))
+            .collect()
     }
 
     /// The file name, for report rows.
     pub fn display_name(&self) -> String {
-        self.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| self.path.display().to_string())
+        self.path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.path.display().to_string())
     }
 }
 

@@ -31,7 +31,11 @@ pub fn report_md(rows: &[ReportRow], warnings: &[String]) -> String {
     let (models, ids) = models_and_ids(rows);
     let mut md = String::from("# Robustness audit\n\n");
     if let Some(first) = rows.first() {
-        let _ = writeln!(md, "Dataset `{}`, {} samples, backend {} on {}, seed {}.\n", first.dataset, first.n, first.backend, first.device, first.seed);
+        let _ = writeln!(
+            md,
+            "Dataset `{}`, {} samples, backend {} on {}, seed {}.\n",
+            first.dataset, first.n, first.backend, first.device, first.seed
+        );
     }
     md.push_str("Robust accuracy (± half-width of the 95% Wilson interval). `worst_case` counts a sample as robust only if it survives every attack.\n\n");
     let _ = writeln!(md, "| model | {} |", ids.join(" | "));
@@ -39,7 +43,11 @@ pub fn report_md(rows: &[ReportRow], warnings: &[String]) -> String {
     for (model, _, _) in &models {
         let cells: Vec<String> = ids
             .iter()
-            .map(|id| summary_cell(rows, model, id).map_or(String::new(), |r| format!("{:.3} ± {:.3}", r.robust_acc, r.robust_acc_ci95)))
+            .map(|id| {
+                summary_cell(rows, model, id).map_or(String::new(), |r| {
+                    format!("{:.3} ± {:.3}", r.robust_acc, r.robust_acc_ci95)
+                })
+            })
             .collect();
         let _ = writeln!(md, "| `{model}` | {} |", cells.join(" | "));
     }
@@ -51,7 +59,14 @@ pub fn report_md(rows: &[ReportRow], warnings: &[String]) -> String {
             continue;
         }
         seen.push(key);
-        let _ = writeln!(md, "| `{}` | {} | {} | {} |", r.attack_id, r.attack, settings(r), r.source.as_deref().unwrap_or(""));
+        let _ = writeln!(
+            md,
+            "| `{}` | {} | {} | {} |",
+            r.attack_id,
+            r.attack,
+            settings(r),
+            r.source.as_deref().unwrap_or("")
+        );
     }
     if !warnings.is_empty() {
         md.push_str("\n## Warnings\n\n");

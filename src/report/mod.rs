@@ -71,7 +71,9 @@ pub fn fraction(mask: &[bool]) -> f64 {
 fn csv_bytes<F: FnOnce(&mut csv::Writer<Vec<u8>>) -> csv::Result<()>>(fill: F) -> Result<Vec<u8>> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     fill(&mut writer).map_err(|e| Error::Usage(format!("cannot format CSV: {e}")))?;
-    writer.into_inner().map_err(|e| Error::Usage(format!("cannot format CSV: {e}")))
+    writer
+        .into_inner()
+        .map_err(|e| Error::Usage(format!("cannot format CSV: {e}")))
 }
 
 /// `report.csv`: every row, in order.
@@ -97,7 +99,9 @@ fn models_and_ids(rows: &[ReportRow]) -> (Vec<(&str, &str, usize)>, Vec<&str>) {
 /// The summary cell of (model, attack id): its robust accuracy, the lowest
 /// over sources when a transfer attack came from several.
 fn summary_cell<'a>(rows: &'a [ReportRow], model: &str, id: &str) -> Option<&'a ReportRow> {
-    rows.iter().filter(|r| r.model == model && r.attack_id == id).min_by(|a, b| a.robust_acc.total_cmp(&b.robust_acc))
+    rows.iter()
+        .filter(|r| r.model == model && r.attack_id == id)
+        .min_by(|a, b| a.robust_acc.total_cmp(&b.robust_acc))
 }
 
 /// `summary.csv`: one row per model, one column per attack id (robust accuracy),
@@ -111,7 +115,11 @@ pub fn summary_csv(rows: &[ReportRow]) -> Result<Vec<u8>> {
         for (model, dataset, n) in &models {
             let mut record = vec![model.to_string(), dataset.to_string(), n.to_string()];
             for id in &ids {
-                record.push(summary_cell(rows, model, id).map(|r| r.robust_acc.to_string()).unwrap_or_default());
+                record.push(
+                    summary_cell(rows, model, id)
+                        .map(|r| r.robust_acc.to_string())
+                        .unwrap_or_default(),
+                );
             }
             w.write_record(&record)?;
         }
@@ -144,7 +152,9 @@ pub fn transfer_csv(rows: &[ReportRow]) -> Result<Option<Vec<u8>>> {
         for model in &models {
             let mut record = vec![model.to_string()];
             for (source, id) in &columns {
-                let cell = transfer.iter().find(|r| r.model == *model && r.source.as_deref() == Some(source) && &r.attack_id == id);
+                let cell = transfer.iter().find(|r| {
+                    r.model == *model && r.source.as_deref() == Some(source) && &r.attack_id == id
+                });
                 record.push(cell.map(|r| r.robust_acc.to_string()).unwrap_or_default());
             }
             w.write_record(&record)?;
@@ -176,9 +186,30 @@ pub fn write_reports(out: &Path, rows: &[ReportRow], warnings: &[String]) -> Res
 
 /// The CSV header of `report.csv`, for docs and tests.
 pub const REPORT_COLUMNS: &[&str] = &[
-    "model", "model_sha256", "dataset", "n", "attack_id", "attack", "norm", "eps", "steps", "step_size", "restarts",
-    "loss", "source", "clean_acc", "robust_acc", "robust_acc_ci95", "attack_success_rate", "mean_norm", "max_norm",
-    "queries", "seconds", "backend", "device", "seed",
+    "model",
+    "model_sha256",
+    "dataset",
+    "n",
+    "attack_id",
+    "attack",
+    "norm",
+    "eps",
+    "steps",
+    "step_size",
+    "restarts",
+    "loss",
+    "source",
+    "clean_acc",
+    "robust_acc",
+    "robust_acc_ci95",
+    "attack_success_rate",
+    "mean_norm",
+    "max_norm",
+    "queries",
+    "seconds",
+    "backend",
+    "device",
+    "seed",
 ];
 
 #[cfg(test)]
@@ -217,15 +248,28 @@ mod tests {
     #[test]
     fn report_header_is_the_contract() {
         let bytes = report_csv(&[row("m", "clean", 0.9)]).unwrap();
-        let header = String::from_utf8(bytes).unwrap().lines().next().unwrap().to_string();
+        let header = String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .to_string();
         assert_eq!(header, REPORT_COLUMNS.join(","));
     }
 
     #[test]
     fn summary_is_models_by_attack_ids() {
-        let rows = [row("a", "clean", 0.9), row("a", "worst_case", 0.9), row("b", "clean", 0.5), row("b", "worst_case", 0.4)];
+        let rows = [
+            row("a", "clean", 0.9),
+            row("a", "worst_case", 0.9),
+            row("b", "clean", 0.5),
+            row("b", "worst_case", 0.4),
+        ];
         let text = String::from_utf8(summary_csv(&rows).unwrap()).unwrap();
-        assert_eq!(text, "model,dataset,n,clean,worst_case\na,d,10,0.9,0.9\nb,d,10,0.5,0.4\n");
+        assert_eq!(
+            text,
+            "model,dataset,n,clean,worst_case\na,d,10,0.9,0.9\nb,d,10,0.5,0.4\n"
+        );
     }
 
     #[test]

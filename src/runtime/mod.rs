@@ -51,7 +51,11 @@ impl Logits {
     /// Index of the largest logit of each row (first one on ties, like argmax in PyTorch).
     pub fn argmax(&self) -> Vec<usize> {
         self.rows()
-            .map(|row| row.iter().enumerate().fold(0, |best, (i, v)| if *v > row[best] { i } else { best }))
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .fold(0, |best, (i, v)| if *v > row[best] { i } else { best })
+            })
             .collect()
     }
 }
@@ -74,7 +78,10 @@ pub trait Classifier {
     /// model's fixed batch size, and checks the output is `[n, K]`.
     fn logits(&mut self, images: &[f32], n: usize) -> Result<Logits> {
         if n == 0 {
-            return Ok(Logits { values: Vec::new(), classes: 0 });
+            return Ok(Logits {
+                values: Vec::new(),
+                classes: 0,
+            });
         }
         let image_len = images.len() / n;
         let chunk = self.fixed_batch().unwrap_or(n);
@@ -89,7 +96,11 @@ pub trait Classifier {
                 batch.extend_from_within((take - 1) * image_len..take * image_len);
             }
             let (out, shape) = self.run_batch(&batch, chunk)?;
-            if shape.len() != 2 || shape[0] != chunk || shape[1] == 0 || out.len() != shape[0] * shape[1] {
+            if shape.len() != 2
+                || shape[0] != chunk
+                || shape[1] == 0
+                || out.len() != shape[0] * shape[1]
+            {
                 return Err(Error::Backend {
                     backend: self.backend_name(),
                     message: format!("the model returned an output of shape {shape:?} for a batch of {chunk}; upat-audit needs logits [N, K]"),
@@ -140,7 +151,10 @@ pub struct RuntimeOptions {
 }
 
 /// Opens a graph on the backend `options` resolve to.
-pub fn open_session(proto: &crate::onnx::pb::ModelProto, options: RuntimeOptions) -> Result<Box<dyn Session>> {
+pub fn open_session(
+    proto: &crate::onnx::pb::ModelProto,
+    options: RuntimeOptions,
+) -> Result<Box<dyn Session>> {
     match resolve_backend(options)? {
         "tract" => {
             if options.device == Device::Cuda {
@@ -166,7 +180,12 @@ pub struct ClassifierModel {
 
 impl Classifier for ClassifierModel {
     fn run_batch(&mut self, images: &[f32], n: usize) -> Result<(Vec<f32>, Vec<usize>)> {
-        let shape = [n, self.image_shape[0], self.image_shape[1], self.image_shape[2]];
+        let shape = [
+            n,
+            self.image_shape[0],
+            self.image_shape[1],
+            self.image_shape[2],
+        ];
         let mut outputs = self.session.run(&[Feed::F32(images, &shape)])?;
         let first = outputs.swap_remove(0);
         Ok((first.values, first.shape))
@@ -186,9 +205,17 @@ impl Classifier for ClassifierModel {
 }
 
 /// Opens `graph` on the requested backend for images of `image_shape`.
-pub fn open(graph: &ClassifierGraph, image_shape: [usize; 3], options: RuntimeOptions) -> Result<Box<dyn Classifier>> {
+pub fn open(
+    graph: &ClassifierGraph,
+    image_shape: [usize; 3],
+    options: RuntimeOptions,
+) -> Result<Box<dyn Classifier>> {
     let session = open_session(&graph.proto, options)?;
-    Ok(Box::new(ClassifierModel { session, image_shape, fixed_batch: graph.input.fixed_batch }))
+    Ok(Box::new(ClassifierModel {
+        session,
+        image_shape,
+        fixed_batch: graph.input.fixed_batch,
+    }))
 }
 
 /// What one gradient evaluation returns for a batch of `n` images.
@@ -210,9 +237,18 @@ pub struct GradientModel {
 }
 
 impl GradientModel {
-    pub fn open(graph: &crate::onnx::grad::GradientGraph, image_shape: [usize; 3], options: RuntimeOptions) -> Result<Self> {
+    pub fn open(
+        graph: &crate::onnx::grad::GradientGraph,
+        image_shape: [usize; 3],
+        options: RuntimeOptions,
+    ) -> Result<Self> {
         let session = open_session(&graph.proto, options)?;
-        Ok(GradientModel { session, image_shape, targeted: graph.loss == crate::attack::Loss::DlrTargeted, fixed_batch: graph.fixed_batch })
+        Ok(GradientModel {
+            session,
+            image_shape,
+            targeted: graph.loss == crate::attack::Loss::DlrTargeted,
+            fixed_batch: graph.fixed_batch,
+        })
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -223,15 +259,30 @@ impl GradientModel {
     /// `targets` is required by (and only by) the targeted DLR loss. A
     /// fixed-batch model is run chunk by chunk, the last chunk padded with
     /// copies of the last image whose results are dropped.
-    pub fn loss_and_grad(&mut self, images: &[f32], labels: &[i64], targets: Option<&[i64]>, n: usize) -> Result<LossAndGrad> {
+    pub fn loss_and_grad(
+        &mut self,
+        images: &[f32],
+        labels: &[i64],
+        targets: Option<&[i64]>,
+        n: usize,
+    ) -> Result<LossAndGrad> {
         let Some(chunk) = self.fixed_batch.filter(|&b| b != n) else {
             return self.run_exact(images, labels, targets, n);
         };
         let image_len = images.len() / n.max(1);
-        let mut all = LossAndGrad { logits: Logits { values: Vec::new(), classes: 0 }, loss: Vec::new(), input_grad: Vec::new() };
+        let mut all = LossAndGrad {
+            logits: Logits {
+                values: Vec::new(),
+                classes: 0,
+            },
+            loss: Vec::new(),
+            input_grad: Vec::new(),
+        };
         for start in (0..n).step_by(chunk) {
             let take = chunk.min(n - start);
-            let pad = |v: &[i64]| -> Vec<i64> { (0..chunk).map(|i| v[start + i.min(take - 1)]).collect() };
+            let pad = |v: &[i64]| -> Vec<i64> {
+                (0..chunk).map(|i| v[start + i.min(take - 1)]).collect()
+            };
             let mut batch = images[start * image_len..(start + take) * image_len].to_vec();
             while batch.len() < chunk * image_len {
                 batch.extend_from_within((take - 1) * image_len..take * image_len);
@@ -239,31 +290,66 @@ impl GradientModel {
             let chunk_targets = targets.map(pad);
             let out = self.run_exact(&batch, &pad(labels), chunk_targets.as_deref(), chunk)?;
             all.logits.classes = out.logits.classes;
-            all.logits.values.extend_from_slice(&out.logits.values[..take * out.logits.classes]);
+            all.logits
+                .values
+                .extend_from_slice(&out.logits.values[..take * out.logits.classes]);
             all.loss.extend_from_slice(&out.loss[..take]);
-            all.input_grad.extend_from_slice(&out.input_grad[..take * image_len]);
+            all.input_grad
+                .extend_from_slice(&out.input_grad[..take * image_len]);
         }
         Ok(all)
     }
 
-    fn run_exact(&mut self, images: &[f32], labels: &[i64], targets: Option<&[i64]>, n: usize) -> Result<LossAndGrad> {
-        let image = [n, self.image_shape[0], self.image_shape[1], self.image_shape[2]];
+    fn run_exact(
+        &mut self,
+        images: &[f32],
+        labels: &[i64],
+        targets: Option<&[i64]>,
+        n: usize,
+    ) -> Result<LossAndGrad> {
+        let image = [
+            n,
+            self.image_shape[0],
+            self.image_shape[1],
+            self.image_shape[2],
+        ];
         let vector = [n];
         let mut feeds = vec![Feed::F32(images, &image), Feed::I64(labels, &vector)];
         match (self.targeted, targets) {
             (true, Some(t)) => feeds.push(Feed::I64(t, &vector)),
             (false, None) => {}
-            (true, None) => return Err(Error::Usage("the dlr-targeted loss needs target classes".into())),
-            (false, Some(_)) => return Err(Error::Usage("target classes given to an untargeted loss".into())),
+            (true, None) => {
+                return Err(Error::Usage(
+                    "the dlr-targeted loss needs target classes".into(),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(Error::Usage(
+                    "target classes given to an untargeted loss".into(),
+                ))
+            }
         }
         let outputs = self.session.run(&feeds)?;
         let backend = self.session.backend_name();
-        let [logits, loss, input_grad]: [Fetched; 3] = outputs.try_into().map_err(|o: Vec<Fetched>| Error::Backend {
-            backend,
-            message: format!("the gradient graph returned {} outputs, expected 3", o.len()),
-        })?;
+        let [logits, loss, input_grad]: [Fetched; 3] =
+            outputs
+                .try_into()
+                .map_err(|o: Vec<Fetched>| Error::Backend {
+                    backend,
+                    message: format!(
+                        "the gradient graph returned {} outputs, expected 3",
+                        o.len()
+                    ),
+                })?;
         let classes = logits.shape.get(1).copied().unwrap_or(0);
-        Ok(LossAndGrad { logits: Logits { values: logits.values, classes }, loss: loss.values, input_grad: input_grad.values })
+        Ok(LossAndGrad {
+            logits: Logits {
+                values: logits.values,
+                classes,
+            },
+            loss: loss.values,
+            input_grad: input_grad.values,
+        })
     }
 }
 
@@ -280,7 +366,11 @@ pub fn resolve_backend(options: RuntimeOptions) -> Result<&'static str> {
             ort_available()?;
             Ok("ort")
         }
-        BackendChoice::Auto => Ok(if ort_available().is_ok() { "ort" } else { "tract" }),
+        BackendChoice::Auto => Ok(if ort_available().is_ok() {
+            "ort"
+        } else {
+            "tract"
+        }),
     }
 }
 
@@ -291,7 +381,10 @@ fn ort_available() -> Result<()> {
 
 #[cfg(not(feature = "ort"))]
 fn ort_available() -> Result<()> {
-    Err(Error::Backend { backend: "ort", message: "this build has no ONNX Runtime support; rebuild with --features ort".into() })
+    Err(Error::Backend {
+        backend: "ort",
+        message: "this build has no ONNX Runtime support; rebuild with --features ort".into(),
+    })
 }
 
 #[cfg(test)]
@@ -300,7 +393,10 @@ mod tests {
 
     #[test]
     fn argmax_takes_first_of_ties() {
-        let l = Logits { values: vec![1.0, 3.0, 3.0, -1.0, -2.0, -3.0], classes: 3 };
+        let l = Logits {
+            values: vec![1.0, 3.0, 3.0, -1.0, -2.0, -3.0],
+            classes: 3,
+        };
         assert_eq!(l.argmax(), vec![1, 0]);
     }
 
@@ -315,7 +411,10 @@ mod tests {
             assert_eq!(n, self.batch);
             self.calls += 1;
             let len = images.len() / n;
-            let out = images.chunks(len).flat_map(|img| [img.iter().sum::<f32>(), 0.0]).collect();
+            let out = images
+                .chunks(len)
+                .flat_map(|img| [img.iter().sum::<f32>(), 0.0])
+                .collect();
             Ok((out, vec![n, 2]))
         }
         fn fixed_batch(&self) -> Option<usize> {

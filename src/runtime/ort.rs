@@ -12,11 +12,16 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 fn ort_error(message: impl Into<String>) -> Error {
-    Error::Backend { backend: "ort", message: message.into() }
+    Error::Backend {
+        backend: "ort",
+        message: message.into(),
+    }
 }
 
 /// The process-wide ONNX Runtime environment, or why it could not be made.
-static ENVIRONMENT: OnceLock<std::result::Result<(ort::environment::Environment, PathBuf), String>> = OnceLock::new();
+static ENVIRONMENT: OnceLock<
+    std::result::Result<(ort::environment::Environment, PathBuf), String>,
+> = OnceLock::new();
 
 /// Loads ONNX Runtime once; returns the library path it came from.
 pub fn ensure_loaded() -> Result<&'static Path> {
@@ -37,19 +42,33 @@ pub fn ensure_loaded() -> Result<&'static Path> {
 
 fn environment() -> Result<&'static ort::environment::Environment> {
     ensure_loaded()?;
-    Ok(&ENVIRONMENT.get().expect("initialised").as_ref().expect("loaded").0)
+    Ok(&ENVIRONMENT
+        .get()
+        .expect("initialised")
+        .as_ref()
+        .expect("loaded")
+        .0)
 }
 
 /// Finds `libonnxruntime.so*` as the module docs describe.
 fn find_library() -> std::result::Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         let p = PathBuf::from(p);
-        return if p.is_file() { Ok(p) } else { Err(format!("ORT_DYLIB_PATH={} is not a file", p.display())) };
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("ORT_DYLIB_PATH={} is not a file", p.display()))
+        };
     }
-    let mut venvs = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"), PathBuf::from(".venv")];
+    let mut venvs = vec![
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"),
+        PathBuf::from(".venv"),
+    ];
     venvs.extend(std::env::var_os("VIRTUAL_ENV").map(PathBuf::from));
     for venv in venvs {
-        let Ok(lib) = std::fs::read_dir(venv.join("lib")) else { continue };
+        let Ok(lib) = std::fs::read_dir(venv.join("lib")) else {
+            continue;
+        };
         for python in lib.flatten() {
             if let Some(found) = library_in(&python.path().join("site-packages/onnxruntime")) {
                 return Ok(found);
@@ -57,7 +76,10 @@ fn find_library() -> std::result::Result<PathBuf, String> {
         }
     }
     let output = std::process::Command::new("python3")
-        .args(["-c", "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))"])
+        .args([
+            "-c",
+            "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
+        ])
         .output();
     if let Ok(out) = output {
         if out.status.success() {
@@ -67,10 +89,12 @@ fn find_library() -> std::result::Result<PathBuf, String> {
             }
         }
     }
-    Err("ONNX Runtime's library was not found: set ORT_DYLIB_PATH to libonnxruntime.so, \
+    Err(
+        "ONNX Runtime's library was not found: set ORT_DYLIB_PATH to libonnxruntime.so, \
          or run scripts/setup.sh to make the project venv (pip install onnxruntime==1.31.1), \
          or use --backend tract"
-        .into())
+            .into(),
+    )
 }
 
 fn library_in(package_dir: &Path) -> Option<PathBuf> {
@@ -78,7 +102,10 @@ fn library_in(package_dir: &Path) -> Option<PathBuf> {
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so"))
+        })
         .collect();
     // The fully versioned name sorts last; prefer it over symlinks.
     candidates.sort();
@@ -97,20 +124,33 @@ impl OrtSession {
     /// or this fails (never a silent CPU fallback).
     pub fn new(proto: &pb::ModelProto, device: Device) -> Result<Self> {
         let env = environment()?;
-        let mut builder = ort::session::Session::builder(env).map_err(|e| ort_error(format!("session builder: {e}")))?;
+        let mut builder = ort::session::Session::builder(env)
+            .map_err(|e| ort_error(format!("session builder: {e}")))?;
         if device == Device::Cuda {
             builder = with_cuda(builder)?;
         }
-        let session = builder
-            .commit_from_memory(&encode(proto))
-            .map_err(|e| ort_error(format!("cannot load the model: {e}. If tract can read it, try --backend tract")))?;
-        let input_names = session.inputs().iter().map(|i| i.name().to_string()).collect();
-        Ok(OrtSession { session, input_names, device })
+        let session = builder.commit_from_memory(&encode(proto)).map_err(|e| {
+            ort_error(format!(
+                "cannot load the model: {e}. If tract can read it, try --backend tract"
+            ))
+        })?;
+        let input_names = session
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect();
+        Ok(OrtSession {
+            session,
+            input_names,
+            device,
+        })
     }
 }
 
 #[cfg(feature = "cuda")]
-fn with_cuda(builder: ort::session::builder::SessionBuilder) -> Result<ort::session::builder::SessionBuilder> {
+fn with_cuda(
+    builder: ort::session::builder::SessionBuilder,
+) -> Result<ort::session::builder::SessionBuilder> {
     builder
         .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
         .map_err(|e| {
@@ -121,31 +161,56 @@ fn with_cuda(builder: ort::session::builder::SessionBuilder) -> Result<ort::sess
 }
 
 #[cfg(not(feature = "cuda"))]
-fn with_cuda(_builder: ort::session::builder::SessionBuilder) -> Result<ort::session::builder::SessionBuilder> {
-    Err(ort_error("this build has no CUDA support; rebuild with --features cuda, or use --device cpu"))
+fn with_cuda(
+    _builder: ort::session::builder::SessionBuilder,
+) -> Result<ort::session::builder::SessionBuilder> {
+    Err(ort_error(
+        "this build has no CUDA support; rebuild with --features cuda, or use --device cpu",
+    ))
 }
 
 impl Session for OrtSession {
     fn run(&mut self, feeds: &[Feed]) -> Result<Vec<Fetched>> {
         if feeds.len() != self.input_names.len() {
-            return Err(ort_error(format!("the model takes {} inputs, {} given", self.input_names.len(), feeds.len())));
+            return Err(ort_error(format!(
+                "the model takes {} inputs, {} given",
+                self.input_names.len(),
+                feeds.len()
+            )));
         }
-        let mut inputs: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> = Vec::new();
+        let mut inputs: Vec<(
+            std::borrow::Cow<'_, str>,
+            ort::session::SessionInputValue<'_>,
+        )> = Vec::new();
         for (name, feed) in self.input_names.iter().zip(feeds) {
             let value: ort::value::DynValue = match feed {
-                Feed::F32(data, shape) => ort::value::Tensor::from_array((shape.iter().map(|&d| d as i64).collect::<Vec<_>>(), data.to_vec()))
-                    .map(|t| t.into_dyn()),
-                Feed::I64(data, shape) => ort::value::Tensor::from_array((shape.iter().map(|&d| d as i64).collect::<Vec<_>>(), data.to_vec()))
-                    .map(|t| t.into_dyn()),
+                Feed::F32(data, shape) => ort::value::Tensor::from_array((
+                    shape.iter().map(|&d| d as i64).collect::<Vec<_>>(),
+                    data.to_vec(),
+                ))
+                .map(|t| t.into_dyn()),
+                Feed::I64(data, shape) => ort::value::Tensor::from_array((
+                    shape.iter().map(|&d| d as i64).collect::<Vec<_>>(),
+                    data.to_vec(),
+                ))
+                .map(|t| t.into_dyn()),
             }
             .map_err(|e| ort_error(format!("cannot build input `{name}`: {e}")))?;
             inputs.push((name.as_str().into(), value.into()));
         }
-        let outputs = self.session.run(inputs).map_err(|e| ort_error(format!("inference failed: {e}")))?;
+        let outputs = self
+            .session
+            .run(inputs)
+            .map_err(|e| ort_error(format!("inference failed: {e}")))?;
         let mut fetched = Vec::new();
         for (_, value) in outputs.iter() {
-            let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| ort_error(format!("output is not float32: {e}")))?;
-            fetched.push(Fetched { values: data.to_vec(), shape: shape.iter().map(|&d| d as usize).collect() });
+            let (shape, data) = value
+                .try_extract_tensor::<f32>()
+                .map_err(|e| ort_error(format!("output is not float32: {e}")))?;
+            fetched.push(Fetched {
+                values: data.to_vec(),
+                shape: shape.iter().map(|&d| d as usize).collect(),
+            });
         }
         Ok(fetched)
     }

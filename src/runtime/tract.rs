@@ -16,7 +16,10 @@ pub struct TractSession {
 }
 
 fn tract_error(context: &str, e: impl std::fmt::Display) -> Error {
-    Error::Backend { backend: "tract", message: format!("{context}: {e:#}") }
+    Error::Backend {
+        backend: "tract",
+        message: format!("{context}: {e:#}"),
+    }
 }
 
 impl TractSession {
@@ -26,7 +29,10 @@ impl TractSession {
         onnx()
             .model_for_proto_model(proto)
             .map_err(|e| tract_error("cannot load the model (an op or attribute tract does not support?); try --backend ort", e))?;
-        Ok(TractSession { proto: proto.clone(), plans: HashMap::new() })
+        Ok(TractSession {
+            proto: proto.clone(),
+            plans: HashMap::new(),
+        })
     }
 
     fn plan(&mut self, feeds: &[Feed]) -> Result<Arc<TypedRunnableModel>> {
@@ -34,13 +40,17 @@ impl TractSession {
         if let Some(plan) = self.plans.get(&key) {
             return Ok(plan.clone());
         }
-        let mut model = onnx().model_for_proto_model(&self.proto).map_err(|e| tract_error("cannot load the model", e))?;
+        let mut model = onnx()
+            .model_for_proto_model(&self.proto)
+            .map_err(|e| tract_error("cannot load the model", e))?;
         for (i, feed) in feeds.iter().enumerate() {
             let fact = match feed {
                 Feed::F32(_, shape) => f32::fact(*shape),
                 Feed::I64(_, shape) => i64::fact(*shape),
             };
-            model = model.with_input_fact(i, fact.into()).map_err(|e| tract_error("bad input", e))?;
+            model = model
+                .with_input_fact(i, fact.into())
+                .map_err(|e| tract_error("bad input", e))?;
         }
         let plan = model
             .into_optimized()
@@ -54,7 +64,9 @@ impl TractSession {
 /// tract's ONNX loader, told to ignore the shapes exporters annotate
 /// intermediate values with (symbolic batch): the concrete input facts rule.
 fn onnx() -> tract_onnx::Onnx {
-    tract_onnx::onnx().with_ignore_value_info(true).with_ignore_output_shapes(true)
+    tract_onnx::onnx()
+        .with_ignore_value_info(true)
+        .with_ignore_output_shapes(true)
 }
 
 impl Session for TractSession {
@@ -69,13 +81,22 @@ impl Session for TractSession {
             .map(|t| t.map(|t| t.into_tvalue()))
             .collect::<TractResult<TVec<_>>>()
             .map_err(|e| tract_error("bad input batch", e))?;
-        let outputs = plan.run(inputs).map_err(|e| tract_error("inference failed", e))?;
+        let outputs = plan
+            .run(inputs)
+            .map_err(|e| tract_error("inference failed", e))?;
         outputs
             .iter()
             .map(|o| {
-                let o = o.cast_to::<f32>().map_err(|e| tract_error("output is not numeric", e))?;
-                let view = o.to_plain_array_view::<f32>().map_err(|e| tract_error("output is not float", e))?;
-                Ok(Fetched { values: view.iter().copied().collect(), shape: view.shape().to_vec() })
+                let o = o
+                    .cast_to::<f32>()
+                    .map_err(|e| tract_error("output is not numeric", e))?;
+                let view = o
+                    .to_plain_array_view::<f32>()
+                    .map_err(|e| tract_error("output is not float", e))?;
+                Ok(Fetched {
+                    values: view.iter().copied().collect(),
+                    shape: view.shape().to_vec(),
+                })
             })
             .collect()
     }

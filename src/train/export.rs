@@ -28,9 +28,20 @@ struct GraphBuilder {
 }
 
 fn tensor_proto(name: &str, t: &Tensor) -> pb::TensorProto {
-    let t = t.detach().to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous();
-    let values = Vec::<f32>::try_from(t.flatten(0, -1)).expect("a float tensor converts to Vec<f32>");
-    pb::TensorProto { name: name.into(), dims: t.size(), data_type: 1, float_data: values, ..Default::default() }
+    let t = t
+        .detach()
+        .to_kind(Kind::Float)
+        .to_device(tch::Device::Cpu)
+        .contiguous();
+    let values =
+        Vec::<f32>::try_from(t.flatten(0, -1)).expect("a float tensor converts to Vec<f32>");
+    pb::TensorProto {
+        name: name.into(),
+        dims: t.size(),
+        data_type: 1,
+        float_data: values,
+        ..Default::default()
+    }
 }
 
 impl GraphBuilder {
@@ -39,9 +50,18 @@ impl GraphBuilder {
         name.to_string()
     }
 
-    fn node(&mut self, op: &str, inputs: &[&str], attributes: Vec<pb::AttributeProto>, output: Option<&str>) -> String {
+    fn node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attributes: Vec<pb::AttributeProto>,
+        output: Option<&str>,
+    ) -> String {
         self.counter += 1;
-        let output = output.map_or_else(|| format!("{}_{}", op.to_lowercase(), self.counter), str::to_string);
+        let output = output.map_or_else(
+            || format!("{}_{}", op.to_lowercase(), self.counter),
+            str::to_string,
+        );
         self.nodes.push(pb::NodeProto {
             op_type: op.into(),
             name: format!("{op}_{}", self.counter),
@@ -68,11 +88,22 @@ impl GraphBuilder {
             None,
         );
         let bn = &layer.bn;
-        let scale = self.weight(&format!("{prefix}.bn.weight"), bn.ws.as_ref().expect("affine BatchNorm"));
-        let bias = self.weight(&format!("{prefix}.bn.bias"), bn.bs.as_ref().expect("affine BatchNorm"));
+        let scale = self.weight(
+            &format!("{prefix}.bn.weight"),
+            bn.ws.as_ref().expect("affine BatchNorm"),
+        );
+        let bias = self.weight(
+            &format!("{prefix}.bn.bias"),
+            bn.bs.as_ref().expect("affine BatchNorm"),
+        );
         let mean = self.weight(&format!("{prefix}.bn.running_mean"), &bn.running_mean);
         let var = self.weight(&format!("{prefix}.bn.running_var"), &bn.running_var);
-        self.node("BatchNormalization", &[&conv, &scale, &bias, &mean, &var], vec![attr_float("epsilon", BN_EPS as f32)], None)
+        self.node(
+            "BatchNormalization",
+            &[&conv, &scale, &bias, &mean, &var],
+            vec![attr_float("epsilon", BN_EPS as f32)],
+            None,
+        )
     }
 
     fn block(&mut self, x: &str, block: &BasicBlock, prefix: &str) -> String {
@@ -87,9 +118,18 @@ impl GraphBuilder {
         self.node("Relu", &[&sum], vec![], None)
     }
 
-    fn linear(&mut self, x: &str, layer: &nn::Linear, prefix: &str, output: Option<&str>) -> String {
+    fn linear(
+        &mut self,
+        x: &str,
+        layer: &nn::Linear,
+        prefix: &str,
+        output: Option<&str>,
+    ) -> String {
         let w = self.weight(&format!("{prefix}.weight"), &layer.ws);
-        let b = self.weight(&format!("{prefix}.bias"), layer.bs.as_ref().expect("linear layers have biases"));
+        let b = self.weight(
+            &format!("{prefix}.bias"),
+            layer.bs.as_ref().expect("linear layers have biases"),
+        );
         self.node("Gemm", &[x, &w, &b], vec![attr_int("transB", 1)], output)
     }
 }
@@ -98,12 +138,18 @@ fn value_info(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{dimension::Value, Dimension};
     let dim = dims
         .iter()
-        .map(|d| Dimension { value: Some(d.map_or(Value::DimParam("N".into()), Value::DimValue)), ..Default::default() })
+        .map(|d| Dimension {
+            value: Some(d.map_or(Value::DimParam("N".into()), Value::DimValue)),
+            ..Default::default()
+        })
         .collect();
     pb::ValueInfoProto {
         name: name.into(),
         r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor { elem_type: 1, shape: Some(pb::TensorShapeProto { dim }) })),
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
             ..Default::default()
         }),
         ..Default::default()
@@ -113,11 +159,21 @@ fn value_info(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
 /// The classifier (normalisation, encoder, projector when the head reads it,
 /// head) in inference mode, as an ONNX model.
 pub fn to_onnx(network: &Network, info: &ExportInfo) -> pb::ModelProto {
-    let mut g = GraphBuilder { nodes: Vec::new(), initializers: Vec::new(), counter: 0 };
+    let mut g = GraphBuilder {
+        nodes: Vec::new(),
+        initializers: Vec::new(),
+        counter: 0,
+    };
     let c = info.image_shape[0];
     let norm = &network.normalization;
-    let mean = g.weight("normalize.mean", &Tensor::from_slice(&norm.mean).view([1, c, 1, 1]));
-    let std = g.weight("normalize.std", &Tensor::from_slice(&norm.std).view([1, c, 1, 1]));
+    let mean = g.weight(
+        "normalize.mean",
+        &Tensor::from_slice(&norm.mean).view([1, c, 1, 1]),
+    );
+    let std = g.weight(
+        "normalize.std",
+        &Tensor::from_slice(&norm.std).view([1, c, 1, 1]),
+    );
     let centred = g.node("Sub", &["input", &mean], vec![], None);
     let x = g.node("Div", &[&centred, &std], vec![], None);
     let stem = g.conv_bn(&x, &network.encoder.stem, "encoder.stem");
@@ -128,7 +184,12 @@ pub fn to_onnx(network: &Network, info: &ExportInfo) -> pb::ModelProto {
     let pooled = g.node("GlobalAveragePool", &[&h], vec![], None);
     let mut features = g.node("Flatten", &[&pooled], vec![attr_int("axis", 1)], None);
     if network.features == HeadFeatures::Projector {
-        let hidden = g.linear(&features, &network.projector.hidden, "projector.hidden", None);
+        let hidden = g.linear(
+            &features,
+            &network.projector.hidden,
+            "projector.hidden",
+            None,
+        );
         let hidden = g.node("Relu", &[&hidden], vec![], None);
         features = g.linear(&hidden, &network.projector.out, "projector.out", None);
     }
@@ -139,14 +200,23 @@ pub fn to_onnx(network: &Network, info: &ExportInfo) -> pb::ModelProto {
         name: "upat".into(),
         node: g.nodes,
         initializer: g.initializers,
-        input: vec![value_info("input", &[None, Some(c), Some(height), Some(width)])],
+        input: vec![value_info(
+            "input",
+            &[None, Some(c), Some(height), Some(width)],
+        )],
         output: vec![value_info("logits", &[None, Some(classes)])],
         ..Default::default()
     };
-    let meta = |key: &str, value: String| pb::StringStringEntryProto { key: key.into(), value };
+    let meta = |key: &str, value: String| pb::StringStringEntryProto {
+        key: key.into(),
+        value,
+    };
     pb::ModelProto {
         ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
         producer_name: "upat".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         graph: Some(graph),

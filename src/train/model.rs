@@ -24,8 +24,17 @@ pub struct ConvLayer {
 
 impl ConvLayer {
     fn new(p: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64, padding: i64) -> Self {
-        let config = nn::ConvConfig { stride, padding, bias: false, ..Default::default() };
-        ConvLayer { conv: nn::conv2d(p, c_in, c_out, kernel, config), stride, padding }
+        let config = nn::ConvConfig {
+            stride,
+            padding,
+            bias: false,
+            ..Default::default()
+        };
+        ConvLayer {
+            conv: nn::conv2d(p, c_in, c_out, kernel, config),
+            stride,
+            padding,
+        }
     }
 }
 
@@ -60,12 +69,19 @@ pub struct BasicBlock {
 
 impl BasicBlock {
     fn new(p: &nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
-        let shortcut = (stride != 1 || c_in != c_out).then(|| ConvBn::new(&(p / "shortcut"), c_in, c_out, 1, stride));
-        BasicBlock { first: ConvBn::new(&(p / "first"), c_in, c_out, 3, stride), second: ConvBn::new(&(p / "second"), c_out, c_out, 3, 1), shortcut }
+        let shortcut = (stride != 1 || c_in != c_out)
+            .then(|| ConvBn::new(&(p / "shortcut"), c_in, c_out, 1, stride));
+        BasicBlock {
+            first: ConvBn::new(&(p / "first"), c_in, c_out, 3, stride),
+            second: ConvBn::new(&(p / "second"), c_out, c_out, 3, 1),
+            shortcut,
+        }
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let main = self.second.forward_t(&self.first.forward_t(xs, train).relu(), train);
+        let main = self
+            .second
+            .forward_t(&self.first.forward_t(xs, train).relu(), train);
         let skip = match &self.shortcut {
             Some(s) => s.forward_t(xs, train),
             None => xs.shallow_clone(),
@@ -88,15 +104,26 @@ impl ResNet18 {
         let stem = ConvBn::new(&(p / "stem"), in_channels, width, 3, 1);
         let mut blocks = Vec::new();
         let mut c_in = width;
-        for (stage, (multiplier, stride)) in [(1, 1), (2, 2), (4, 2), (8, 2)].into_iter().enumerate() {
+        for (stage, (multiplier, stride)) in
+            [(1, 1), (2, 2), (4, 2), (8, 2)].into_iter().enumerate()
+        {
             let c_out = width * multiplier;
             for b in 0..2 {
                 let path = p / format!("layer{}", stage + 1) / b;
-                blocks.push(BasicBlock::new(&path, c_in, c_out, if b == 0 { stride } else { 1 }));
+                blocks.push(BasicBlock::new(
+                    &path,
+                    c_in,
+                    c_out,
+                    if b == 0 { stride } else { 1 },
+                ));
                 c_in = c_out;
             }
         }
-        ResNet18 { stem, blocks, feature_dim: c_in }
+        ResNet18 {
+            stem,
+            blocks,
+            feature_dim: c_in,
+        }
     }
 
     /// Features `[N, 8·width]` of images `[N, C, H, W]` (already normalised).
@@ -118,7 +145,10 @@ pub struct Projector {
 
 impl Projector {
     pub fn new(p: &nn::Path, in_dim: i64) -> Self {
-        Projector { hidden: nn::linear(p / "hidden", in_dim, in_dim, Default::default()), out: nn::linear(p / "out", in_dim, PROJECTION_DIM, Default::default()) }
+        Projector {
+            hidden: nn::linear(p / "hidden", in_dim, in_dim, Default::default()),
+            out: nn::linear(p / "out", in_dim, PROJECTION_DIM, Default::default()),
+        }
     }
 }
 
@@ -129,7 +159,9 @@ impl Module for Projector {
 }
 
 /// Which features the linear head reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum HeadFeatures {
     /// g(f_θ(x)), the paper's choice (§3.3).
@@ -156,7 +188,14 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn new(p: &nn::Path, in_channels: i64, width: i64, classes: i64, features: HeadFeatures, normalization: InputNormalization) -> Self {
+    pub fn new(
+        p: &nn::Path,
+        in_channels: i64,
+        width: i64,
+        classes: i64,
+        features: HeadFeatures,
+        normalization: InputNormalization,
+    ) -> Self {
         let encoder = ResNet18::new(&(p / "encoder"), in_channels, width);
         let projector = Projector::new(&(p / "projector"), encoder.feature_dim);
         let head_in = match features {
@@ -164,13 +203,23 @@ impl Network {
             HeadFeatures::Backbone => encoder.feature_dim,
         };
         let head = nn::linear(p / "head", head_in, classes, Default::default());
-        Network { encoder, projector, head, features, normalization }
+        Network {
+            encoder,
+            projector,
+            head,
+            features,
+            normalization,
+        }
     }
 
     fn normalize(&self, xs: &Tensor) -> Tensor {
         let c = self.normalization.mean.len() as i64;
-        let mean = Tensor::from_slice(&self.normalization.mean).view([1, c, 1, 1]).to_device(xs.device());
-        let std = Tensor::from_slice(&self.normalization.std).view([1, c, 1, 1]).to_device(xs.device());
+        let mean = Tensor::from_slice(&self.normalization.mean)
+            .view([1, c, 1, 1])
+            .to_device(xs.device());
+        let std = Tensor::from_slice(&self.normalization.std)
+            .view([1, c, 1, 1])
+            .to_device(xs.device());
         (xs - mean) / std
     }
 

@@ -5,7 +5,12 @@ use upat::data::{load_npz, read_npz_f32, DataSpec, Split};
 use upat::onnx::{ClassifierGraph, Normalization, OnnxModel};
 use upat::runtime::{self, BackendChoice, Classifier};
 
-fn open(model: &str, backend: BackendChoice, output: Option<&str>, norm: Option<&Normalization>) -> Box<dyn Classifier> {
+fn open(
+    model: &str,
+    backend: BackendChoice,
+    output: Option<&str>,
+    norm: Option<&Normalization>,
+) -> Box<dyn Classifier> {
     let model = OnnxModel::load(&fixture(model)).unwrap();
     let graph = ClassifierGraph::prepare(&model, None, output, norm).unwrap();
     runtime::open(&graph, [3, 8, 8], cpu(backend)).unwrap()
@@ -13,7 +18,10 @@ fn open(model: &str, backend: BackendChoice, output: Option<&str>, norm: Option<
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Deterministic pseudo-random pixels in [0, 1].
@@ -21,7 +29,9 @@ fn pixels(n: usize, seed: u64) -> Vec<f32> {
     let mut state = seed;
     (0..n)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 40) as f32 / (1u64 << 24) as f32
         })
         .collect()
@@ -34,11 +44,18 @@ fn every_backend_reproduces_pytorch_golden_logits() {
     let (shape, expected) = read_npz_f32(&golden, "logits").unwrap();
     let n = shape[0];
     for backend in BACKENDS {
-        for (model, output) in [("tiny_cnn.onnx", None), ("tiny_cnn_batch1.onnx", None), ("tiny_cnn_two_outputs.onnx", Some("logits"))] {
+        for (model, output) in [
+            ("tiny_cnn.onnx", None),
+            ("tiny_cnn_batch1.onnx", None),
+            ("tiny_cnn_two_outputs.onnx", Some("logits")),
+        ] {
             let logits = open(model, backend, output, None).logits(&x, n).unwrap();
             assert_eq!(logits.classes, 5);
             let diff = max_abs_diff(&logits.values, &expected);
-            assert!(diff <= 1e-5, "{model} on {backend:?}: max |Δlogit| = {diff}");
+            assert!(
+                diff <= 1e-5,
+                "{model} on {backend:?}: max |Δlogit| = {diff}"
+            );
         }
     }
 }
@@ -47,12 +64,18 @@ fn every_backend_reproduces_pytorch_golden_logits() {
 fn ort_and_tract_agree_on_odd_batches() {
     let n = 7;
     let x = pixels(n * 3 * 8 * 8, 42);
-    let ort = open("tiny_cnn.onnx", BackendChoice::Ort, None, None).logits(&x, n).unwrap();
-    let tract = open("tiny_cnn.onnx", BackendChoice::Tract, None, None).logits(&x, n).unwrap();
+    let ort = open("tiny_cnn.onnx", BackendChoice::Ort, None, None)
+        .logits(&x, n)
+        .unwrap();
+    let tract = open("tiny_cnn.onnx", BackendChoice::Tract, None, None)
+        .logits(&x, n)
+        .unwrap();
     let diff = max_abs_diff(&ort.values, &tract.values);
     assert!(diff <= 1e-5, "ort vs tract: {diff}");
     // A fixed batch-1 model run on 7 images gives the same rows.
-    let fixed = open("tiny_cnn_batch1.onnx", BackendChoice::Tract, None, None).logits(&x, n).unwrap();
+    let fixed = open("tiny_cnn_batch1.onnx", BackendChoice::Tract, None, None)
+        .logits(&x, n)
+        .unwrap();
     assert!(max_abs_diff(&fixed.values, &tract.values) <= 1e-5);
 }
 
@@ -70,12 +93,18 @@ fn normalization_is_folded_into_the_graph() {
         })
         .collect();
     for backend in BACKENDS {
-        let folded = open("tiny_cnn.onnx", backend, None, Some(&norm)).logits(&x, n).unwrap();
-        let manual = open("tiny_cnn.onnx", backend, None, None).logits(&normalized_input, n).unwrap();
+        let folded = open("tiny_cnn.onnx", backend, None, Some(&norm))
+            .logits(&x, n)
+            .unwrap();
+        let manual = open("tiny_cnn.onnx", backend, None, None)
+            .logits(&normalized_input, n)
+            .unwrap();
         let diff = max_abs_diff(&folded.values, &manual.values);
         assert!(diff <= 1e-5, "{backend:?}: {diff}");
         // And normalisation changes the answer, so the test could fail.
-        let plain = open("tiny_cnn.onnx", backend, None, None).logits(&x, n).unwrap();
+        let plain = open("tiny_cnn.onnx", backend, None, None)
+            .logits(&x, n)
+            .unwrap();
         assert!(max_abs_diff(&folded.values, &plain.values) > 1e-2);
     }
 }
@@ -83,9 +112,16 @@ fn normalization_is_folded_into_the_graph() {
 #[test]
 fn models_with_several_outputs_need_a_choice() {
     let model = OnnxModel::load(&fixture("tiny_cnn_two_outputs.onnx")).unwrap();
-    let err = ClassifierGraph::prepare(&model, None, None, None).unwrap_err().to_string();
-    assert!(err.contains("--output") && err.contains("`logits`") && err.contains("`features`"), "{err}");
-    let err = ClassifierGraph::prepare(&model, None, Some("probs"), None).unwrap_err().to_string();
+    let err = ClassifierGraph::prepare(&model, None, None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--output") && err.contains("`logits`") && err.contains("`features`"),
+        "{err}"
+    );
+    let err = ClassifierGraph::prepare(&model, None, Some("probs"), None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no output named `probs`"), "{err}");
 }
 
@@ -94,20 +130,39 @@ fn golden_npz_audits_as_labelled() {
     // The generator flipped labels 0 and 3, so 4 of 6 are right on both backends.
     let data = load_npz(&fixture("tiny_cnn_golden.npz")).unwrap();
     for backend in BACKENDS {
-        let logits = open("tiny_cnn.onnx", backend, None, None).logits(&data.pixels, data.len()).unwrap();
-        let correct: Vec<bool> = logits.argmax().iter().zip(&data.labels).map(|(p, y)| *p as i64 == *y).collect();
-        assert_eq!(correct, [false, true, true, false, true, true], "{backend:?}");
+        let logits = open("tiny_cnn.onnx", backend, None, None)
+            .logits(&data.pixels, data.len())
+            .unwrap();
+        let correct: Vec<bool> = logits
+            .argmax()
+            .iter()
+            .zip(&data.labels)
+            .map(|(p, y)| *p as i64 == *y)
+            .collect();
+        assert_eq!(
+            correct,
+            [false, true, true, false, true, true],
+            "{backend:?}"
+        );
     }
 }
 
 #[test]
 fn pytorch_fashion_mnist_cnn_gets_pytorchs_exact_predictions() {
-    let Some(dir) = fashion_mnist_dir() else { return };
-    let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo_path("models/fmnist-cnn.expected.json")).unwrap()).unwrap();
+    let Some(dir) = fashion_mnist_dir() else {
+        return;
+    };
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path("models/fmnist-cnn.expected.json")).unwrap(),
+    )
+    .unwrap();
     let samples = expected["samples"].as_u64().unwrap() as usize;
-    let torch_predictions: Vec<usize> =
-        expected["predictions"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let torch_predictions: Vec<usize> = expected["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
     let mut data = DataSpec::FashionMnist(dir).load(Split::Test).unwrap();
     data.truncate(samples);
     let model = OnnxModel::load(&repo_path("models/fmnist-cnn.onnx")).unwrap();
@@ -117,8 +172,16 @@ fn pytorch_fashion_mnist_cnn_gets_pytorchs_exact_predictions() {
         let mut predictions = Vec::new();
         for start in (0..samples).step_by(128) {
             let end = (start + 128).min(samples);
-            predictions.extend(classifier.logits(data.pixels_of(start..end), end - start).unwrap().argmax());
+            predictions.extend(
+                classifier
+                    .logits(data.pixels_of(start..end), end - start)
+                    .unwrap()
+                    .argmax(),
+            );
         }
-        assert_eq!(predictions, torch_predictions, "{backend:?} predictions differ from PyTorch's");
+        assert_eq!(
+            predictions, torch_predictions,
+            "{backend:?} predictions differ from PyTorch's"
+        );
     }
 }

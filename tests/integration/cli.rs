@@ -1,6 +1,8 @@
 //! `upat-audit` and `upat-train` as a user runs them: reports, gates, exit codes.
 
-use crate::util::{cell, fashion_mnist_dir, fixture, read_csv, repo_path, stderr, stdout, upat_audit};
+use crate::util::{
+    cell, fashion_mnist_dir, fixture, read_csv, repo_path, stderr, stdout, upat_audit,
+};
 use std::path::Path;
 
 fn arg(p: &Path) -> String {
@@ -16,29 +18,64 @@ fn smoke_audit_of_two_models_writes_a_comparative_report() {
     let dir = tempfile::tempdir().unwrap();
     let out = upat_audit(
         dir.path(),
-        &[&arg(&fixture("tiny_cnn.onnx")), &arg(&fixture("tiny_cnn_batch1.onnx")), "--data", &golden_data(), "--backend", "tract"],
+        &[
+            &arg(&fixture("tiny_cnn.onnx")),
+            &arg(&fixture("tiny_cnn_batch1.onnx")),
+            "--data",
+            &golden_data(),
+            "--backend",
+            "tract",
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let (header, rows) = read_csv(&dir.path().join("audit-report/report.csv"));
     assert_eq!(header, upat::report::REPORT_COLUMNS);
-    assert_eq!(rows.len(), 8, "clean, fgsm, pgd and worst_case for each model");
+    assert_eq!(
+        rows.len(),
+        8,
+        "clean, fgsm, pgd and worst_case for each model"
+    );
     for row in &rows {
         assert_eq!(cell(&header, row, "n"), "6");
         assert!((cell(&header, row, "clean_acc").parse::<f64>().unwrap() - 4.0 / 6.0).abs() < 1e-9);
         assert_eq!(cell(&header, row, "backend"), "tract");
         assert_eq!(cell(&header, row, "model_sha256").len(), 64);
     }
-    let ids: Vec<&str> = rows[..4].iter().map(|r| cell(&header, r, "attack_id")).collect();
+    let ids: Vec<&str> = rows[..4]
+        .iter()
+        .map(|r| cell(&header, r, "attack_id"))
+        .collect();
     assert_eq!(ids, ["clean", "fgsm-linf-8", "pgd5-linf-8", "worst_case"]);
     let pgd = &rows[2];
-    assert_eq!((cell(&header, pgd, "norm"), cell(&header, pgd, "steps"), cell(&header, pgd, "loss")), ("linf", "5", "ce"));
+    assert_eq!(
+        (
+            cell(&header, pgd, "norm"),
+            cell(&header, pgd, "steps"),
+            cell(&header, pgd, "loss")
+        ),
+        ("linf", "5", "ce")
+    );
     let robust: f64 = cell(&header, pgd, "robust_acc").parse().unwrap();
-    assert!(robust <= 4.0 / 6.0 + 1e-9, "robust accuracy cannot exceed clean accuracy");
+    assert!(
+        robust <= 4.0 / 6.0 + 1e-9,
+        "robust accuracy cannot exceed clean accuracy"
+    );
     if let Ok(max_norm) = cell(&header, pgd, "max_norm").parse::<f64>() {
         assert!(max_norm <= 8.0 / 255.0 + 1e-6, "{max_norm}");
     }
     let (summary_header, summary) = read_csv(&dir.path().join("audit-report/summary.csv"));
-    assert_eq!(summary_header, ["model", "dataset", "n", "clean", "fgsm-linf-8", "pgd5-linf-8", "worst_case"]);
+    assert_eq!(
+        summary_header,
+        [
+            "model",
+            "dataset",
+            "n",
+            "clean",
+            "fgsm-linf-8",
+            "pgd5-linf-8",
+            "worst_case"
+        ]
+    );
     assert_eq!(summary.len(), 2);
     assert!(stdout(&out).contains("worst_case"));
     assert!(stderr(&out).contains("backend: tract"));
@@ -48,7 +85,16 @@ fn smoke_audit_of_two_models_writes_a_comparative_report() {
 fn uint8_nhwc_npz_is_read_like_the_float_original() {
     let dir = tempfile::tempdir().unwrap();
     let data = format!("npz:{}", arg(&fixture("uint8_nhwc.npz")));
-    let out = upat_audit(dir.path(), &[&arg(&fixture("tiny_cnn.onnx")), "--data", &data, "--backend", "tract"]);
+    let out = upat_audit(
+        dir.path(),
+        &[
+            &arg(&fixture("tiny_cnn.onnx")),
+            "--data",
+            &data,
+            "--backend",
+            "tract",
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let (header, rows) = read_csv(&dir.path().join("audit-report/report.csv"));
     assert_eq!(cell(&header, &rows[0], "n"), "6");
@@ -59,7 +105,18 @@ fn uint8_nhwc_npz_is_read_like_the_float_original() {
 fn same_seed_gives_the_same_report_apart_from_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let run = |out_dir: &str| {
-        let out = upat_audit(dir.path(), &[&arg(&fixture("tiny_cnn.onnx")), "--data", &golden_data(), "--seed", "7", "--out", out_dir]);
+        let out = upat_audit(
+            dir.path(),
+            &[
+                &arg(&fixture("tiny_cnn.onnx")),
+                "--data",
+                &golden_data(),
+                "--seed",
+                "7",
+                "--out",
+                out_dir,
+            ],
+        );
         assert!(out.status.success(), "{}", stderr(&out));
         let (header, mut rows) = read_csv(&dir.path().join(out_dir).join("report.csv"));
         let seconds = header.iter().position(|h| h == "seconds").unwrap();
@@ -68,18 +125,35 @@ fn same_seed_gives_the_same_report_apart_from_seconds() {
     };
     let first = run("a");
     assert_eq!(first, run("b"));
-    assert!(first.iter().all(|r| r.last().unwrap() == "7"), "seed column");
+    assert!(
+        first.iter().all(|r| r.last().unwrap() == "7"),
+        "seed column"
+    );
 }
 
 #[test]
 fn fashion_mnist_cnn_clean_accuracy_equals_pytorchs_on_both_backends() {
-    let Some(fmnist) = fashion_mnist_dir() else { return };
-    let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo_path("models/fmnist-cnn.expected.json")).unwrap()).unwrap();
+    let Some(fmnist) = fashion_mnist_dir() else {
+        return;
+    };
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path("models/fmnist-cnn.expected.json")).unwrap(),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     for backend in ["ort", "tract"] {
         let data = format!("fashion-mnist:{}", arg(&fmnist));
-        let args = [&arg(&repo_path("models/fmnist-cnn.onnx")), "--data", &data, "--samples", "1000", "--backend", backend, "--out", backend];
+        let args = [
+            &arg(&repo_path("models/fmnist-cnn.onnx")),
+            "--data",
+            &data,
+            "--samples",
+            "1000",
+            "--backend",
+            backend,
+            "--out",
+            backend,
+        ];
         let out = upat_audit(dir.path(), &args);
         assert!(out.status.success(), "{}", stderr(&out));
         let (header, rows) = read_csv(&dir.path().join(backend).join("report.csv"));
@@ -97,8 +171,14 @@ fn audit_error(args: &[&str]) -> String {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "args {args:?}: {err}");
     assert!(err.lines().any(|l| l.starts_with("error: ")), "{err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
-    assert!(!dir.path().join("audit-report/report.csv").exists(), "no report after an error");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("audit-report/report.csv").exists(),
+        "no report after an error"
+    );
     err
 }
 
@@ -134,7 +214,10 @@ fn data_that_does_not_fit_the_model_is_a_clear_error() {
     let err = audit_error(&[&model, "--data", &npz("gray_8x8.npz")]);
     assert!(err.contains("channels") && err.contains("1x8x8"), "{err}");
     let err = audit_error(&[&model, "--data", &npz("labels_out_of_range.npz")]);
-    assert!(err.contains("outputs 5 classes") && err.contains("labels up to 7"), "{err}");
+    assert!(
+        err.contains("outputs 5 classes") && err.contains("labels up to 7"),
+        "{err}"
+    );
     let err = audit_error(&[&model, "--data", &npz("nan_pixels.npz")]);
     assert!(err.contains("non-finite"), "{err}");
     let err = audit_error(&[&model, "--data", "cifar10:/nonexistent/cifar"]);
@@ -151,10 +234,20 @@ fn bad_options_and_suites_are_clear_errors() {
     let suite = dir.path().join("mine.toml");
     std::fs::write(&suite, "name = 'mine'\n[[attack]]\nid = 'p'\nkind = 'pgd'\neps = 'x/255'\nsteps = 3\nstep_size = 0.1\n").unwrap();
     let err = audit_error(&[&model, "--data", &data, "--suite", &arg(&suite)]);
-    assert!(err.contains("mine.toml") && err.contains("`p`") && err.contains("`eps`"), "{err}");
-    std::fs::write(&suite, "name = 'later'\n[[attack]]\nid = 's'\nkind = 'square'\neps = 0.03\n").unwrap();
+    assert!(
+        err.contains("mine.toml") && err.contains("`p`") && err.contains("`eps`"),
+        "{err}"
+    );
+    std::fs::write(
+        &suite,
+        "name = 'later'\n[[attack]]\nid = 's'\nkind = 'square'\neps = 0.03\n",
+    )
+    .unwrap();
     let err = audit_error(&[&model, "--data", &data, "--suite", &arg(&suite)]);
-    assert!(err.contains("not available") && err.contains("square"), "{err}");
+    assert!(
+        err.contains("not available") && err.contains("square"),
+        "{err}"
+    );
     let err = audit_error(&[&model, "--data", &data, "--suite", "nosuchsuite"]);
     assert!(err.contains("built-in suites are"), "{err}");
     let err = audit_error(&[&model, "--data", &data, "--fail-under", "pgd20-linf-8=0.4"]);
@@ -163,7 +256,15 @@ fn bad_options_and_suites_are_clear_errors() {
     assert!(err.contains("MEAN:STD"), "{err}");
     let err = audit_error(&[&model, "--data", &data, "--normalize", "0.5,0.5:0.2,0.2"]);
     assert!(err.contains("3 channels"), "{err}");
-    let err = audit_error(&[&model, "--data", &data, "--device", "cuda", "--backend", "tract"]);
+    let err = audit_error(&[
+        &model,
+        "--data",
+        &data,
+        "--device",
+        "cuda",
+        "--backend",
+        "tract",
+    ]);
     assert!(err.contains("cuda"), "{err}");
     let err = audit_error(&[&model, "--data", &data, "--samples", "0"]);
     assert!(err.contains("--samples"), "{err}");
@@ -178,31 +279,83 @@ fn white_box_suites_on_a_model_without_gradients_name_the_op() {
     let mut golden = upat::data::load_npz(&fixture("tiny_cnn_golden.npz")).unwrap();
     golden.labels = vec![0, 1, 2, 0, 1, 2];
     upat::data::save_npz(&npz, &golden).unwrap();
-    let err = audit_error(&[&model, "--data", &format!("npz:{}", arg(&npz)), "--suite", "smoke"]);
-    assert!(err.contains("Sin") && err.contains("square, blackbox"), "{err}");
+    let err = audit_error(&[
+        &model,
+        "--data",
+        &format!("npz:{}", arg(&npz)),
+        "--suite",
+        "smoke",
+    ]);
+    assert!(
+        err.contains("Sin") && err.contains("square, blackbox"),
+        "{err}"
+    );
 }
 
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn cuda_without_cuda_support_fails_loudly_instead_of_falling_back() {
-    let err = audit_error(&[&arg(&fixture("tiny_cnn.onnx")), "--data", &golden_data(), "--device", "cuda"]);
+    let err = audit_error(&[
+        &arg(&fixture("tiny_cnn.onnx")),
+        "--data",
+        &golden_data(),
+        "--device",
+        "cuda",
+    ]);
     assert!(err.contains("CUDA"), "{err}");
 }
 
 #[test]
 fn a_failed_gate_exits_1_naming_attack_measured_and_required() {
     let dir = tempfile::tempdir().unwrap();
-    let out = upat_audit(dir.path(), &[&arg(&fixture("tiny_cnn.onnx")), "--data", &golden_data(), "--fail-under", "clean=0.9"]);
+    let out = upat_audit(
+        dir.path(),
+        &[
+            &arg(&fixture("tiny_cnn.onnx")),
+            "--data",
+            &golden_data(),
+            "--fail-under",
+            "clean=0.9",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("`clean`") && err.contains("0.6667") && err.contains("0.9000"), "{err}");
-    assert!(dir.path().join("audit-report/report.csv").exists(), "the report is complete even when a gate fails");
+    assert!(
+        err.contains("`clean`") && err.contains("0.6667") && err.contains("0.9000"),
+        "{err}"
+    );
+    assert!(
+        dir.path().join("audit-report/report.csv").exists(),
+        "the report is complete even when a gate fails"
+    );
     // A gate that is met passes; so does a gate from a suite file.
-    let out = upat_audit(dir.path(), &[&arg(&fixture("tiny_cnn.onnx")), "--data", &golden_data(), "--fail-under", "worst_case=0.5"]);
+    let out = upat_audit(
+        dir.path(),
+        &[
+            &arg(&fixture("tiny_cnn.onnx")),
+            "--data",
+            &golden_data(),
+            "--fail-under",
+            "worst_case=0.5",
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let suite = dir.path().join("gated.toml");
-    std::fs::write(&suite, "name = 'gated'\n[[attack]]\nid = 'clean'\nkind = 'clean'\nmin_robust_acc = 0.7\n").unwrap();
-    let out = upat_audit(dir.path(), &[&arg(&fixture("tiny_cnn.onnx")), "--data", &golden_data(), "--suite", &arg(&suite)]);
+    std::fs::write(
+        &suite,
+        "name = 'gated'\n[[attack]]\nid = 'clean'\nkind = 'clean'\nmin_robust_acc = 0.7\n",
+    )
+    .unwrap();
+    let out = upat_audit(
+        dir.path(),
+        &[
+            &arg(&fixture("tiny_cnn.onnx")),
+            "--data",
+            &golden_data(),
+            "--suite",
+            &arg(&suite),
+        ],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("gated.toml"));
 }
@@ -210,10 +363,24 @@ fn a_failed_gate_exits_1_naming_attack_measured_and_required() {
 #[test]
 fn probability_outputs_are_flagged() {
     let dir = tempfile::tempdir().unwrap();
-    let out = upat_audit(dir.path(), &[&arg(&fixture("tiny_cnn_softmax.onnx")), "--data", &golden_data()]);
+    let out = upat_audit(
+        dir.path(),
+        &[
+            &arg(&fixture("tiny_cnn_softmax.onnx")),
+            "--data",
+            &golden_data(),
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("look like probabilities"), "{}", stderr(&out));
-    let out = upat_audit(dir.path(), &[&arg(&fixture("tiny_cnn.onnx")), "--data", &golden_data()]);
+    assert!(
+        stderr(&out).contains("look like probabilities"),
+        "{}",
+        stderr(&out)
+    );
+    let out = upat_audit(
+        dir.path(),
+        &[&arg(&fixture("tiny_cnn.onnx")), "--data", &golden_data()],
+    );
     assert!(!stderr(&out).contains("probabilities"));
 }
 
@@ -223,11 +390,21 @@ fn inspect_describes_the_model_and_the_contract() {
     let out = upat_audit(dir.path(), &["inspect", &arg(&fixture("tiny_cnn.onnx"))]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    for expected in ["input  float[N,3,8,8]", "logits  float[N,5]", "Conv ", "MaxPool", "classifier contract: ok"] {
+    for expected in [
+        "input  float[N,3,8,8]",
+        "logits  float[N,5]",
+        "Conv ",
+        "MaxPool",
+        "classifier contract: ok",
+    ] {
         assert!(text.contains(expected), "missing `{expected}` in\n{text}");
     }
     let out = upat_audit(dir.path(), &["inspect", &arg(&fixture("int_input.onnx"))]);
-    assert!(stdout(&out).contains("classifier contract: not met"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("classifier contract: not met"),
+        "{}",
+        stdout(&out)
+    );
     let garbage = dir.path().join("g.onnx");
     std::fs::write(&garbage, b"garbage").unwrap();
     let out = upat_audit(dir.path(), &["inspect", &arg(&garbage)]);
@@ -243,36 +420,71 @@ fn upat_train_finds_libtorch_without_ld_library_path() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("sum([1,2,3]) = 6"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("sum([1,2,3]) = 6"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
 fn transfer_from_a_model_to_itself_equals_the_white_box_attack() {
-    let Some(fmnist) = fashion_mnist_dir() else { return };
+    let Some(fmnist) = fashion_mnist_dir() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let suite = dir.path().join("self.toml");
     let settings = "norm = 'linf'\neps = 0.05\nsteps = 10\nstep_size = 0.01\n";
     std::fs::write(&suite, format!("name = 'self'\n[[attack]]\nid = 'white'\nkind = 'pgd'\n{settings}[[attack]]\nid = 'transferred'\nkind = 'transfer'\n{settings}")).unwrap();
     let model = arg(&repo_path("models/fmnist-cnn.onnx"));
     let data = format!("fashion-mnist:{}", arg(&fmnist));
-    let args = [&model, "--data", &data, "--samples", "200", "--suite", &arg(&suite), "--source", &model];
+    let args = [
+        &model,
+        "--data",
+        &data,
+        "--samples",
+        "200",
+        "--suite",
+        &arg(&suite),
+        "--source",
+        &model,
+    ];
     let out = upat_audit(dir.path(), &args);
     assert!(out.status.success(), "{}", stderr(&out));
     let (header, rows) = read_csv(&dir.path().join("audit-report/report.csv"));
     let acc = |id: &str| -> f64 {
-        let row = rows.iter().find(|r| cell(&header, r, "attack_id") == id).unwrap();
+        let row = rows
+            .iter()
+            .find(|r| cell(&header, r, "attack_id") == id)
+            .unwrap();
         cell(&header, row, "robust_acc").parse().unwrap()
     };
-    assert!(acc("white") < acc("clean"), "the attack should bite for the comparison to mean something");
+    assert!(
+        acc("white") < acc("clean"),
+        "the attack should bite for the comparison to mean something"
+    );
     assert_eq!(acc("white"), acc("transferred"));
-    assert_eq!(acc("worst_case"), acc("white"), "the same samples survive both");
-    let transferred = rows.iter().find(|r| cell(&header, r, "attack_id") == "transferred").unwrap();
+    assert_eq!(
+        acc("worst_case"),
+        acc("white"),
+        "the same samples survive both"
+    );
+    let transferred = rows
+        .iter()
+        .find(|r| cell(&header, r, "attack_id") == "transferred")
+        .unwrap();
     assert_eq!(cell(&header, transferred, "source"), model);
     let (transfer_header, transfer) = read_csv(&dir.path().join("audit-report/transfer.csv"));
-    assert_eq!(transfer_header, ["model".to_string(), format!("{model}|transferred")]);
+    assert_eq!(
+        transfer_header,
+        ["model".to_string(), format!("{model}|transferred")]
+    );
     assert_eq!(transfer.len(), 1);
     for file in ["report.md", "robustness.svg", "summary.csv"] {
-        assert!(dir.path().join("audit-report").join(file).is_file(), "{file}");
+        assert!(
+            dir.path().join("audit-report").join(file).is_file(),
+            "{file}"
+        );
     }
     let svg = std::fs::read_to_string(dir.path().join("audit-report/robustness.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("transferred"));

@@ -9,7 +9,15 @@ use upat::onnx::{ClassifierGraph, OnnxModel};
 use upat::runtime::{BackendChoice, GradientModel, LossAndGrad};
 
 /// The ops zoo of `tests/fixtures/zoo.py`: between them, every rule.
-const ZOO: [&str; 7] = ["activations", "pooling", "shapes", "arithmetic", "tiny_vit", "gelu_op", "misc_ops"];
+const ZOO: [&str; 7] = [
+    "activations",
+    "pooling",
+    "shapes",
+    "arithmetic",
+    "tiny_vit",
+    "gelu_op",
+    "misc_ops",
+];
 
 fn gradient_graph(model: &str, loss: Loss) -> GradientGraph {
     let model = OnnxModel::load(&fixture(model)).unwrap();
@@ -27,7 +35,11 @@ fn golden(npz: &str) -> Golden {
     let path = fixture(npz);
     let (shape, x) = read_npz_f32(&path, "x").unwrap();
     let (_, y) = read_npz_f32(&path, "y").unwrap();
-    Golden { x, y: y.iter().map(|&v| v as i64).collect(), n: shape[0] }
+    Golden {
+        x,
+        y: y.iter().map(|&v| v as i64).collect(),
+        n: shape[0],
+    }
 }
 
 fn npz_member(npz: &str, member: &str) -> Vec<f32> {
@@ -38,10 +50,19 @@ fn npz_member(npz: &str, member: &str) -> Vec<f32> {
 fn relative_error(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
 }
 
-fn evaluate(graph: &GradientGraph, backend: BackendChoice, g: &Golden, targets: Option<&[i64]>) -> LossAndGrad {
+fn evaluate(
+    graph: &GradientGraph,
+    backend: BackendChoice,
+    g: &Golden,
+    targets: Option<&[i64]>,
+) -> LossAndGrad {
     let mut model = GradientModel::open(graph, [3, 8, 8], cpu(backend)).unwrap();
     model.loss_and_grad(&g.x, &g.y, targets, g.n).unwrap()
 }
@@ -53,13 +74,22 @@ fn every_rule_matches_pytorch_autograd_on_both_backends() {
         let npz = format!("zoo/{name}_golden.npz");
         let g = golden(&npz);
         let expected = npz_member(&npz, "grad_ce");
-        assert!(expected.iter().any(|v| v.abs() > 1e-4), "{name}: the reference gradient is zero, the test would prove nothing");
+        assert!(
+            expected.iter().any(|v| v.abs() > 1e-4),
+            "{name}: the reference gradient is zero, the test would prove nothing"
+        );
         for backend in BACKENDS {
             let out = evaluate(&graph, backend, &g, None);
             let logits_error = relative_error(&out.logits.values, &npz_member(&npz, "logits"));
-            assert!(logits_error <= 1e-5, "{name} on {backend:?}: logits relative error {logits_error}");
+            assert!(
+                logits_error <= 1e-5,
+                "{name} on {backend:?}: logits relative error {logits_error}"
+            );
             let error = relative_error(&out.input_grad, &expected);
-            assert!(error <= 1e-3, "{name} on {backend:?}: gradient relative error {error}");
+            assert!(
+                error <= 1e-3,
+                "{name} on {backend:?}: gradient relative error {error}"
+            );
         }
     }
 }
@@ -68,15 +98,27 @@ fn every_rule_matches_pytorch_autograd_on_both_backends() {
 fn every_loss_head_matches_pytorch_on_both_backends() {
     let npz = "tiny_cnn_golden.npz";
     let g = golden(npz);
-    let targets: Vec<i64> = npz_member(npz, "targets").iter().map(|&v| v as i64).collect();
-    for (loss, key) in [(Loss::Ce, "ce"), (Loss::Margin, "margin"), (Loss::Dlr, "dlr"), (Loss::DlrTargeted, "dlr_targeted")] {
+    let targets: Vec<i64> = npz_member(npz, "targets")
+        .iter()
+        .map(|&v| v as i64)
+        .collect();
+    for (loss, key) in [
+        (Loss::Ce, "ce"),
+        (Loss::Margin, "margin"),
+        (Loss::Dlr, "dlr"),
+        (Loss::DlrTargeted, "dlr_targeted"),
+    ] {
         let graph = gradient_graph("tiny_cnn.onnx", loss);
         let t = (loss == Loss::DlrTargeted).then_some(targets.as_slice());
         for backend in BACKENDS {
             let out = evaluate(&graph, backend, &g, t);
             let loss_error = relative_error(&out.loss, &npz_member(npz, &format!("loss_{key}")));
-            let grad_error = relative_error(&out.input_grad, &npz_member(npz, &format!("grad_{key}")));
-            assert!(loss_error <= 1e-5 && grad_error <= 1e-3, "{key} on {backend:?}: loss {loss_error}, gradient {grad_error}");
+            let grad_error =
+                relative_error(&out.input_grad, &npz_member(npz, &format!("grad_{key}")));
+            assert!(
+                loss_error <= 1e-5 && grad_error <= 1e-3,
+                "{key} on {backend:?}: loss {loss_error}, gradient {grad_error}"
+            );
         }
     }
 }
@@ -101,9 +143,15 @@ fn ort_and_tract_agree_on_every_zoo_gradient() {
         let g = golden(&format!("zoo/{name}_golden.npz"));
         let ort = evaluate(&graph, BackendChoice::Ort, &g, None);
         let tract = evaluate(&graph, BackendChoice::Tract, &g, None);
-        assert!(relative_error(&tract.loss, &ort.loss) <= 1e-5, "{name}: loss");
+        assert!(
+            relative_error(&tract.loss, &ort.loss) <= 1e-5,
+            "{name}: loss"
+        );
         let error = relative_error(&tract.input_grad, &ort.input_grad);
-        assert!(error <= 1e-5, "{name}: ort vs tract gradient relative error {error}");
+        assert!(
+            error <= 1e-5,
+            "{name}: ort vs tract gradient relative error {error}"
+        );
     }
 }
 
@@ -112,23 +160,43 @@ fn direction(len: usize, seed: u64) -> Vec<f32> {
     let mut state = seed;
     (0..len)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
 }
 
 /// Central difference of Σ loss along `v` against ⟨input_grad, v⟩.
-fn finite_difference_error(model: &mut GradientModel, g: &Golden, targets: Option<&[i64]>, v: &[f32]) -> f32 {
+fn finite_difference_error(
+    model: &mut GradientModel,
+    g: &Golden,
+    targets: Option<&[i64]>,
+    v: &[f32],
+) -> f32 {
     let h = 1e-3f32;
     let total = |x: &[f32], model: &mut GradientModel| -> f64 {
-        model.loss_and_grad(x, &g.y, targets, g.n).unwrap().loss.iter().map(|&l| f64::from(l)).sum()
+        model
+            .loss_and_grad(x, &g.y, targets, g.n)
+            .unwrap()
+            .loss
+            .iter()
+            .map(|&l| f64::from(l))
+            .sum()
     };
     let plus: Vec<f32> = g.x.iter().zip(v).map(|(x, d)| x + h * d).collect();
     let minus: Vec<f32> = g.x.iter().zip(v).map(|(x, d)| x - h * d).collect();
     let numeric = (total(&plus, model) - total(&minus, model)) / (2.0 * f64::from(h));
-    let grad = model.loss_and_grad(&g.x, &g.y, targets, g.n).unwrap().input_grad;
-    let analytic: f64 = grad.iter().zip(v).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+    let grad = model
+        .loss_and_grad(&g.x, &g.y, targets, g.n)
+        .unwrap()
+        .input_grad;
+    let analytic: f64 = grad
+        .iter()
+        .zip(v)
+        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+        .sum();
     ((numeric - analytic).abs() / analytic.abs().max(numeric.abs()).max(1e-6)) as f32
 }
 
@@ -144,10 +212,22 @@ const KINKED: f32 = 3e-2;
 fn finite_differences_confirm_every_rule_and_loss() {
     let mut cases: Vec<(String, String, Loss, f32)> = ZOO
         .iter()
-        .map(|n| (format!("zoo/{n}.onnx"), format!("zoo/{n}_golden.npz"), Loss::Ce, if *n == "pooling" { KINKED } else { SMOOTH }))
+        .map(|n| {
+            (
+                format!("zoo/{n}.onnx"),
+                format!("zoo/{n}_golden.npz"),
+                Loss::Ce,
+                if *n == "pooling" { KINKED } else { SMOOTH },
+            )
+        })
         .collect();
     for loss in [Loss::Margin, Loss::Dlr, Loss::DlrTargeted] {
-        cases.push(("tiny_cnn.onnx".into(), "tiny_cnn_golden.npz".into(), loss, KINKED));
+        cases.push((
+            "tiny_cnn.onnx".into(),
+            "tiny_cnn_golden.npz".into(),
+            loss,
+            KINKED,
+        ));
     }
     for (model_file, npz, loss, tolerance) in cases {
         let graph = gradient_graph(&model_file, loss);
@@ -156,10 +236,16 @@ fn finite_differences_confirm_every_rule_and_loss() {
         let t = (loss == Loss::DlrTargeted).then_some(targets.as_slice());
         let mut model = GradientModel::open(&graph, [3, 8, 8], cpu(BackendChoice::Ort)).unwrap();
         // Several directions; kinks (ReLU, max) can spoil one, not the median.
-        let mut errors: Vec<f32> = (0..7).map(|seed| finite_difference_error(&mut model, &g, t, &direction(g.x.len(), seed))).collect();
+        let mut errors: Vec<f32> = (0..7)
+            .map(|seed| finite_difference_error(&mut model, &g, t, &direction(g.x.len(), seed)))
+            .collect();
         errors.sort_by(f32::total_cmp);
         let median = errors[3];
-        assert!(median <= tolerance, "{model_file} with {}: median finite-difference relative error {median}", loss.as_str());
+        assert!(
+            median <= tolerance,
+            "{model_file} with {}: median finite-difference relative error {median}",
+            loss.as_str()
+        );
     }
 }
 
@@ -167,38 +253,106 @@ fn finite_differences_confirm_every_rule_and_loss() {
 fn an_op_without_a_rule_is_named_with_a_way_out() {
     let model = OnnxModel::load(&fixture("unsupported_op.onnx")).unwrap();
     let graph = ClassifierGraph::prepare(&model, None, None, None).unwrap();
-    let err = grad::build(&graph, [3, 8, 8], Loss::Ce).unwrap_err().to_string();
-    assert!(err.contains("Sin") && err.contains("the_sine") && err.contains("square, blackbox"), "{err}");
+    let err = grad::build(&graph, [3, 8, 8], Loss::Ce)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Sin") && err.contains("the_sine") && err.contains("square, blackbox"),
+        "{err}"
+    );
     let dir = tempfile::tempdir().unwrap();
-    let out = upat_audit(dir.path(), &["inspect", &fixture("unsupported_op.onnx").display().to_string()]);
-    assert!(stdout(&out).contains("differentiable: no") && stdout(&out).contains("Sin"), "{}", stdout(&out));
-    let out = upat_audit(dir.path(), &["inspect", &fixture("tiny_cnn.onnx").display().to_string()]);
-    assert!(stdout(&out).contains("differentiable: yes"), "{}", stdout(&out));
+    let out = upat_audit(
+        dir.path(),
+        &[
+            "inspect",
+            &fixture("unsupported_op.onnx").display().to_string(),
+        ],
+    );
+    assert!(
+        stdout(&out).contains("differentiable: no") && stdout(&out).contains("Sin"),
+        "{}",
+        stdout(&out)
+    );
+    let out = upat_audit(
+        dir.path(),
+        &["inspect", &fixture("tiny_cnn.onnx").display().to_string()],
+    );
+    assert!(
+        stdout(&out).contains("differentiable: yes"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
 fn old_opsets_are_refused_with_a_way_out() {
     let model = OnnxModel::load(&fixture("tiny_cnn.onnx")).unwrap();
     let mut graph = ClassifierGraph::prepare(&model, None, None, None).unwrap();
-    graph.proto.opset_import.iter_mut().for_each(|o| o.version = 11);
-    let err = grad::build(&graph, [3, 8, 8], Loss::Ce).unwrap_err().to_string();
-    assert!(err.contains("opset 11") && err.contains("opset_version=17"), "{err}");
+    graph
+        .proto
+        .opset_import
+        .iter_mut()
+        .for_each(|o| o.version = 11);
+    let err = grad::build(&graph, [3, 8, 8], Loss::Ce)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("opset 11") && err.contains("opset_version=17"),
+        "{err}"
+    );
 }
 
 #[test]
 fn grad_command_writes_a_graph_with_the_contracted_interface() {
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("g.onnx");
-    let args = ["grad", &fixture("tiny_cnn.onnx").display().to_string(), "--loss", "dlr-targeted", "-o", &out_file.display().to_string()];
+    let args = [
+        "grad",
+        &fixture("tiny_cnn.onnx").display().to_string(),
+        "--loss",
+        "dlr-targeted",
+        "-o",
+        &out_file.display().to_string(),
+    ];
     let out = upat_audit(dir.path(), &args);
     assert!(out.status.success(), "{}", stderr(&out));
     let written = OnnxModel::load(&out_file).unwrap();
-    let inputs: Vec<String> = written.inputs().into_iter().map(|t| t.describe_named()).collect();
-    let outputs: Vec<String> = written.outputs().into_iter().map(|t| t.describe_named()).collect();
-    assert_eq!(inputs, ["input float[N,3,8,8]", "labels int64[N]", "targets int64[N]"]);
-    assert_eq!(outputs, ["logits float[N,5]", "loss float[N]", "input_grad float[N,3,8,8]"]);
+    let inputs: Vec<String> = written
+        .inputs()
+        .into_iter()
+        .map(|t| t.describe_named())
+        .collect();
+    let outputs: Vec<String> = written
+        .outputs()
+        .into_iter()
+        .map(|t| t.describe_named())
+        .collect();
+    assert_eq!(
+        inputs,
+        [
+            "input float[N,3,8,8]",
+            "labels int64[N]",
+            "targets int64[N]"
+        ]
+    );
+    assert_eq!(
+        outputs,
+        [
+            "logits float[N,5]",
+            "loss float[N]",
+            "input_grad float[N,3,8,8]"
+        ]
+    );
     assert!(written.opset().unwrap() >= 17 && written.proto.ir_version <= 10);
-    let out = upat_audit(dir.path(), &["grad", &fixture("unsupported_op.onnx").display().to_string(), "-o", "x.onnx"]);
+    let out = upat_audit(
+        dir.path(),
+        &[
+            "grad",
+            &fixture("unsupported_op.onnx").display().to_string(),
+            "-o",
+            "x.onnx",
+        ],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(!dir.path().join("x.onnx").exists());
 }
@@ -213,11 +367,21 @@ fn torchvision_architectures_match_pytorch_autograd_on_both_backends() {
     if !dir.join("vit_small_golden.npz").is_file() {
         let required = std::env::var("UPAT_REQUIRE_GOLDENS").is_ok_and(|v| v == "1");
         assert!(!required, "goldens required but missing: run .venv/bin/python scripts/goldens/torchvision_models.py");
-        eprintln!("skipped: no goldens in {} (scripts/goldens/torchvision_models.py makes them)", dir.display());
+        eprintln!(
+            "skipped: no goldens in {} (scripts/goldens/torchvision_models.py makes them)",
+            dir.display()
+        );
         return;
     }
     let names = [
-        "resnet18_cifar", "resnet18_imagenet", "vgg11_bn", "mobilenet_v2", "efficientnet_b0", "densenet121", "convnext_tiny", "vit_small",
+        "resnet18_cifar",
+        "resnet18_imagenet",
+        "vgg11_bn",
+        "mobilenet_v2",
+        "efficientnet_b0",
+        "densenet121",
+        "convnext_tiny",
+        "vit_small",
     ];
     for name in names {
         let npz = dir.join(format!("{name}_golden.npz"));
@@ -228,14 +392,21 @@ fn torchvision_architectures_match_pytorch_autograd_on_both_backends() {
         let image_shape = [shape[1], shape[2], shape[3]];
         let model = OnnxModel::load(&dir.join(format!("{name}.onnx"))).unwrap();
         let graph = ClassifierGraph::prepare(&model, None, None, None).unwrap();
-        let gradient = grad::build(&graph, image_shape, Loss::Ce).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let gradient =
+            grad::build(&graph, image_shape, Loss::Ce).unwrap_or_else(|e| panic!("{name}: {e}"));
         for backend in BACKENDS {
             let started = std::time::Instant::now();
             let mut session = GradientModel::open(&gradient, image_shape, cpu(backend)).unwrap();
             let out = session.loss_and_grad(&x, &y, None, shape[0]).unwrap();
             let error = relative_error(&out.input_grad, &expected);
-            eprintln!("{name} on {backend:?}: gradient relative error {error:.2e} ({:.1}s)", started.elapsed().as_secs_f32());
-            assert!(error <= 1e-3, "{name} on {backend:?}: gradient relative error {error}");
+            eprintln!(
+                "{name} on {backend:?}: gradient relative error {error:.2e} ({:.1}s)",
+                started.elapsed().as_secs_f32()
+            );
+            assert!(
+                error <= 1e-3,
+                "{name} on {backend:?}: gradient relative error {error}"
+            );
         }
     }
 }

@@ -8,7 +8,10 @@ use upat::runtime::{BackendChoice, Device, RuntimeOptions};
 pub const BACKENDS: [BackendChoice; 2] = [BackendChoice::Ort, BackendChoice::Tract];
 
 pub fn cpu(backend: BackendChoice) -> RuntimeOptions {
-    RuntimeOptions { backend, device: Device::Cpu }
+    RuntimeOptions {
+        backend,
+        device: Device::Cpu,
+    }
 }
 
 pub fn repo_path(relative: &str) -> PathBuf {
@@ -53,14 +56,26 @@ pub fn fashion_mnist_dir() -> Option<PathBuf> {
 
 /// Reads a CSV file into its header and rows.
 pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
-    let mut reader = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let header = reader.headers().unwrap().iter().map(str::to_string).collect();
-    let rows = reader.records().map(|r| r.unwrap().iter().map(str::to_string).collect()).collect();
+    let mut reader =
+        csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let rows = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_string).collect())
+        .collect();
     (header, rows)
 }
 
 /// The value of `column` in `row`.
 pub fn cell<'a>(header: &[String], row: &'a [String], column: &str) -> &'a str {
-    let i = header.iter().position(|h| h == column).unwrap_or_else(|| panic!("no column {column}"));
+    let i = header
+        .iter()
+        .position(|h| h == column)
+        .unwrap_or_else(|| panic!("no column {column}"));
     &row[i]
 }

@@ -21,7 +21,12 @@ pub struct Emitter {
 
 /// An attribute for [`Emitter::op`].
 pub fn attr_int(name: &str, value: i64) -> pb::AttributeProto {
-    pb::AttributeProto { name: name.into(), r#type: pb::attribute_proto::AttributeType::Int as i32, i: value, ..Default::default() }
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: value,
+        ..Default::default()
+    }
 }
 
 pub fn attr_ints(name: &str, values: &[i64]) -> pb::AttributeProto {
@@ -34,7 +39,12 @@ pub fn attr_ints(name: &str, values: &[i64]) -> pb::AttributeProto {
 }
 
 pub fn attr_float(name: &str, value: f32) -> pb::AttributeProto {
-    pb::AttributeProto { name: name.into(), r#type: pb::attribute_proto::AttributeType::Float as i32, f: value, ..Default::default() }
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Float as i32,
+        f: value,
+        ..Default::default()
+    }
 }
 
 pub fn attr_string(name: &str, value: &str) -> pb::AttributeProto {
@@ -56,11 +66,23 @@ pub fn attr_tensor(name: &str, value: pb::TensorProto) -> pb::AttributeProto {
 }
 
 pub fn float_tensor(name: &str, dims: &[i64], values: &[f32]) -> pb::TensorProto {
-    pb::TensorProto { name: name.into(), dims: dims.to_vec(), data_type: FLOAT, float_data: values.to_vec(), ..Default::default() }
+    pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: FLOAT,
+        float_data: values.to_vec(),
+        ..Default::default()
+    }
 }
 
 pub fn int64_tensor(name: &str, dims: &[i64], values: &[i64]) -> pb::TensorProto {
-    pb::TensorProto { name: name.into(), dims: dims.to_vec(), data_type: INT64, int64_data: values.to_vec(), ..Default::default() }
+    pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: INT64,
+        int64_data: values.to_vec(),
+        ..Default::default()
+    }
 }
 
 impl Emitter {
@@ -73,7 +95,14 @@ impl Emitter {
         }
         taken.extend(graph.initializer.iter().map(|t| t.name.clone()));
         taken.extend(graph.input.iter().map(|t| t.name.clone()));
-        Emitter { nodes: Vec::new(), initializers: Vec::new(), opset, taken, counter: 0, shape_cache: HashMap::new() }
+        Emitter {
+            nodes: Vec::new(),
+            initializers: Vec::new(),
+            opset,
+            taken,
+            counter: 0,
+            shape_cache: HashMap::new(),
+        }
     }
 
     /// A name no tensor or node of the graph uses.
@@ -88,7 +117,13 @@ impl Emitter {
     }
 
     /// Emits a node with `outputs` outputs; returns their names.
-    pub fn op_n(&mut self, op_type: &str, inputs: &[&str], attributes: Vec<pb::AttributeProto>, outputs: usize) -> Vec<String> {
+    pub fn op_n(
+        &mut self,
+        op_type: &str,
+        inputs: &[&str],
+        attributes: Vec<pb::AttributeProto>,
+        outputs: usize,
+    ) -> Vec<String> {
         let hint = op_type.to_lowercase();
         let output: Vec<String> = (0..outputs).map(|_| self.fresh(&hint)).collect();
         let name = self.fresh(&format!("{hint}_node"));
@@ -104,8 +139,15 @@ impl Emitter {
     }
 
     /// Emits a single-output node; returns the output's name.
-    pub fn op(&mut self, op_type: &str, inputs: &[&str], attributes: Vec<pb::AttributeProto>) -> String {
-        self.op_n(op_type, inputs, attributes, 1).pop().expect("one output")
+    pub fn op(
+        &mut self,
+        op_type: &str,
+        inputs: &[&str],
+        attributes: Vec<pb::AttributeProto>,
+    ) -> String {
+        self.op_n(op_type, inputs, attributes, 1)
+            .pop()
+            .expect("one output")
     }
 
     pub fn const_f32(&mut self, dims: &[i64], values: &[f32]) -> String {
@@ -142,7 +184,11 @@ impl Emitter {
     /// Float zeros of `x`'s shape.
     pub fn zeros_like(&mut self, x: &str) -> String {
         let shape = self.shape_of(x);
-        self.op("ConstantOfShape", &[&shape], vec![attr_tensor("value", float_tensor("", &[1], &[0.0]))])
+        self.op(
+            "ConstantOfShape",
+            &[&shape],
+            vec![attr_tensor("value", float_tensor("", &[1], &[0.0]))],
+        )
     }
 
     /// `Reshape(g, Shape(like))`.
@@ -153,7 +199,11 @@ impl Emitter {
 
     pub fn reduce_sum(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
         let axes = self.ints(axes);
-        self.op("ReduceSum", &[x, &axes], vec![attr_int("keepdims", i64::from(keepdims))])
+        self.op(
+            "ReduceSum",
+            &[x, &axes],
+            vec![attr_int("keepdims", i64::from(keepdims))],
+        )
     }
 
     /// ReduceMax takes its axes as an attribute before opset 18, as an input from 18.

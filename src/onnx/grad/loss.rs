@@ -26,12 +26,18 @@ fn pick(emit: &mut Emitter, z: &str, hot: &str) -> String {
 }
 
 pub fn emit_head(emit: &mut Emitter, z: &str, classes: usize, loss: Loss) -> Result<Head> {
-    let class_ids = emit.const_i64(&[1, classes as i64], &(0..classes as i64).collect::<Vec<_>>());
+    let class_ids = emit.const_i64(
+        &[1, classes as i64],
+        &(0..classes as i64).collect::<Vec<_>>(),
+    );
     let labels = emit.unsqueeze(LABELS, &[1]);
     let hot_y = one_hot(emit, &class_ids, &labels);
     let need = |k: usize| {
         if classes < k {
-            Err(Error::Usage(format!("the {} loss needs at least {k} classes; the model has {classes}", loss.as_str())))
+            Err(Error::Usage(format!(
+                "the {} loss needs at least {k} classes; the model has {classes}",
+                loss.as_str()
+            )))
         } else {
             Ok(())
         }
@@ -52,7 +58,10 @@ pub fn emit_head(emit: &mut Emitter, z: &str, classes: usize, loss: Loss) -> Res
             need(2)?;
             let (max_other, hot_other) = max_other(emit, z, &hot_y, &class_ids);
             let z_y = pick(emit, z, &hot_y);
-            (emit.binary("Sub", &max_other, &z_y), emit.binary("Sub", &hot_other, &hot_y))
+            (
+                emit.binary("Sub", &max_other, &z_y),
+                emit.binary("Sub", &hot_other, &hot_y),
+            )
         }
         // DLR (Croce & Hein 2020): loss = −(z_y − max_{j≠y} z_j) / (z_π1 − z_π3 + 1e−12).
         Loss::Dlr => {
@@ -87,15 +96,34 @@ fn max_other(emit: &mut Emitter, z: &str, hot_y: &str, class_ids: &str) -> (Stri
     let lowest = emit.scalar_f32(f32::MIN);
     let others = emit.op("Where", &[&is_label, &lowest, z], vec![]);
     let max = emit.reduce_max(&others, &[1], true);
-    let argmax = emit.op("ArgMax", &[&others], vec![attr_int("axis", 1), attr_int("keepdims", 1)]);
+    let argmax = emit.op(
+        "ArgMax",
+        &[&others],
+        vec![attr_int("axis", 1), attr_int("keepdims", 1)],
+    );
     (max, one_hot(emit, class_ids, &argmax))
 }
 
 /// The DLR denominator from the top-`k` logits and its derivative w.r.t. z:
 /// `z_π1 − z_π3 + 1e−12` (k = 3), or `z_π1 − (z_π3 + z_π4)/2 + 1e−12` (k = 4, `targeted`).
-fn sorted_spread(emit: &mut Emitter, z: &str, class_ids: &str, k: i64, targeted: bool) -> (String, String) {
+fn sorted_spread(
+    emit: &mut Emitter,
+    z: &str,
+    class_ids: &str,
+    k: i64,
+    targeted: bool,
+) -> (String, String) {
     let k_input = emit.ints(&[k]);
-    let top = emit.op_n("TopK", &[z, &k_input], vec![attr_int("axis", 1), attr_int("largest", 1), attr_int("sorted", 1)], 2);
+    let top = emit.op_n(
+        "TopK",
+        &[z, &k_input],
+        vec![
+            attr_int("axis", 1),
+            attr_int("largest", 1),
+            attr_int("sorted", 1),
+        ],
+        2,
+    );
     let (values, indices) = (&top[0], &top[1]);
     let column = |emit: &mut Emitter, tensor: &str, j: i64| {
         let (start, end, axis) = (emit.ints(&[j]), emit.ints(&[j + 1]), emit.ints(&[1]));
@@ -113,7 +141,10 @@ fn sorted_spread(emit: &mut Emitter, z: &str, class_ids: &str, k: i64, targeted:
         let half = emit.scalar_f32(0.5);
         let sum = emit.binary("Add", &third, &fourth);
         let hot_sum = emit.binary("Add", &h3, &h4);
-        (emit.binary("Mul", &sum, &half), emit.binary("Mul", &hot_sum, &half))
+        (
+            emit.binary("Mul", &sum, &half),
+            emit.binary("Mul", &hot_sum, &half),
+        )
     } else {
         let third = column(emit, values, 2);
         let index = column(emit, indices, 2);
@@ -121,7 +152,10 @@ fn sorted_spread(emit: &mut Emitter, z: &str, class_ids: &str, k: i64, targeted:
     };
     let spread = emit.binary("Sub", &first, &low);
     let tiny = emit.scalar_f32(1e-12);
-    (emit.binary("Add", &spread, &tiny), emit.binary("Sub", &hot_first, &hot_low))
+    (
+        emit.binary("Add", &spread, &tiny),
+        emit.binary("Sub", &hot_first, &hot_low),
+    )
 }
 
 /// loss = −u/d; d loss/dz = −(du/dz)/d + u/d² · dd/dz.

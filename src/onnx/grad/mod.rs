@@ -94,10 +94,18 @@ fn topological_order(graph: &pb::GraphProto) -> Result<Vec<usize>> {
             }
         }
         if order.len() == before {
-            let stuck = graph.node.iter().enumerate().find(|(i, _)| !done[*i]).map(|(_, n)| n.name.clone()).unwrap_or_default();
+            let stuck = graph
+                .node
+                .iter()
+                .enumerate()
+                .find(|(i, _)| !done[*i])
+                .map(|(_, n)| n.name.clone())
+                .unwrap_or_default();
             return Err(Error::Model {
                 path: Default::default(),
-                message: format!("the graph has a cycle or an input nobody produces (at node `{stuck}`)"),
+                message: format!(
+                    "the graph has a cycle or an input nobody produces (at node `{stuck}`)"
+                ),
             });
         }
     }
@@ -107,15 +115,27 @@ fn topological_order(graph: &pb::GraphProto) -> Result<Vec<usize>> {
 /// Which node inputs can carry a gradient for this op.
 fn diff_positions(node: &pb::NodeProto) -> Vec<usize> {
     match rules::lookup(&node.op_type).map(|r| r.inputs) {
-        Some(DiffInputs::Only(positions)) => positions.iter().copied().filter(|&p| p < node.input.len()).collect(),
+        Some(DiffInputs::Only(positions)) => positions
+            .iter()
+            .copied()
+            .filter(|&p| p < node.input.len())
+            .collect(),
         Some(DiffInputs::All) | None => (0..node.input.len()).collect(),
     }
 }
 
 /// Builds the gradient graph of `graph` for images of `image_shape`.
-pub fn build(graph: &ClassifierGraph, image_shape: [usize; 3], loss: Loss) -> Result<GradientGraph> {
+pub fn build(
+    graph: &ClassifierGraph,
+    image_shape: [usize; 3],
+    loss: Loss,
+) -> Result<GradientGraph> {
     let mut proto = graph.proto.clone();
-    let opset = proto.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map_or(0, |o| o.version);
+    let opset = proto
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map_or(0, |o| o.version);
     if opset < MIN_OPSET {
         return Err(Error::Model {
             path: Default::default(),
@@ -132,12 +152,23 @@ pub fn build(graph: &ClassifierGraph, image_shape: [usize; 3], loss: Loss) -> Re
     let mut active: HashSet<String> = HashSet::from([input.clone()]);
     for &i in &order {
         let node = &g.node[i];
-        if diff_positions(node).iter().any(|&p| active.contains(&node.input[p])) {
-            active.extend(node.output.iter().filter(|o| !o.is_empty() && is_float(&shapes, o)).cloned());
+        if diff_positions(node)
+            .iter()
+            .any(|&p| active.contains(&node.input[p]))
+        {
+            active.extend(
+                node.output
+                    .iter()
+                    .filter(|o| !o.is_empty() && is_float(&shapes, o))
+                    .cloned(),
+            );
         }
     }
     if !active.contains(&logits) {
-        return Err(Error::Model { path: Default::default(), message: "the logits do not depend on the input through float operations".into() });
+        return Err(Error::Model {
+            path: Default::default(),
+            message: "the logits do not depend on the input through float operations".into(),
+        });
     }
 
     // Backward reachability: active tensors the logits depend on.
@@ -148,11 +179,16 @@ pub fn build(graph: &ClassifierGraph, image_shape: [usize; 3], loss: Loss) -> Re
         if !node.output.iter().any(|o| needed.contains(o)) {
             continue;
         }
-        let inputs: Vec<usize> = diff_positions(node).into_iter().filter(|&p| active.contains(&node.input[p])).collect();
+        let inputs: Vec<usize> = diff_positions(node)
+            .into_iter()
+            .filter(|&p| active.contains(&node.input[p]))
+            .collect();
         if inputs.is_empty() {
             continue;
         }
-        if rules::lookup(&node.op_type).is_none() || !node.domain.is_empty() && node.domain != "ai.onnx" {
+        if rules::lookup(&node.op_type).is_none()
+            || !node.domain.is_empty() && node.domain != "ai.onnx"
+        {
             return Err(unsupported(node));
         }
         needed.extend(inputs.iter().map(|&p| node.input[p].clone()));
@@ -164,25 +200,38 @@ pub fn build(graph: &ClassifierGraph, image_shape: [usize; 3], loss: Loss) -> Re
     let computed: Vec<String> = on_path
         .iter()
         .flat_map(|&i| g.node[i].input.iter().skip(1))
-        .filter(|name| !name.is_empty() && constants.ints(name).is_none() && shapes.get(name).is_some_and(|s| !s.is_float))
+        .filter(|name| {
+            !name.is_empty()
+                && constants.ints(name).is_none()
+                && shapes.get(name).is_some_and(|s| !s.is_float)
+        })
         .cloned()
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    shapes.evaluate_ints(&graph.proto, &computed, image_shape, graph.input.fixed_batch)?;
+    shapes.evaluate_ints(
+        &graph.proto,
+        &computed,
+        image_shape,
+        graph.input.fixed_batch,
+    )?;
 
     let mut emit = Emitter::new(g, opset.max(GRAD_OPSET));
-    let classes = shapes.get(&logits).and_then(|s| s.dims.get(1).copied()).ok_or_else(|| Error::Model {
-        path: Default::default(),
-        message: format!("the shape of the logits `{logits}` could not be inferred"),
-    })?;
+    let classes = shapes
+        .get(&logits)
+        .and_then(|s| s.dims.get(1).copied())
+        .ok_or_else(|| Error::Model {
+            path: Default::default(),
+            message: format!("the shape of the logits `{logits}` could not be inferred"),
+        })?;
     let head = loss::emit_head(&mut emit, &logits, classes, loss)?;
 
     // Forward nodes whose rule needs an extra output (MaxPool's argmax indices).
     for &i in &on_path {
         rules::prepare_forward(&mut g.node[i], &mut emit);
     }
-    let mut grads: HashMap<String, Vec<String>> = HashMap::from([(logits.clone(), vec![head.logits_grad.clone()])]);
+    let mut grads: HashMap<String, Vec<String>> =
+        HashMap::from([(logits.clone(), vec![head.logits_grad.clone()])]);
     for &i in &on_path {
         let node = g.node[i].clone();
         let output_grads: Vec<Option<String>> = node
@@ -193,13 +242,27 @@ pub fn build(graph: &ClassifierGraph, image_shape: [usize; 3], loss: Loss) -> Re
         if output_grads.iter().all(Option::is_none) {
             continue;
         }
-        let wanted: Vec<bool> = node.input.iter().enumerate().map(|(p, n)| needed.contains(n) && diff_positions(&node).contains(&p)).collect();
+        let wanted: Vec<bool> = node
+            .input
+            .iter()
+            .enumerate()
+            .map(|(p, n)| needed.contains(n) && diff_positions(&node).contains(&p))
+            .collect();
         let rule = rules::lookup(&node.op_type).expect("checked above");
-        let mut ctx = Ctx { emit: &mut emit, shapes: &shapes, constants: &constants, node: &node, wanted: &wanted };
+        let mut ctx = Ctx {
+            emit: &mut emit,
+            shapes: &shapes,
+            constants: &constants,
+            node: &node,
+            wanted: &wanted,
+        };
         let input_grads = (rule.backward)(&mut ctx, &output_grads).map_err(|e| match e {
             Error::Model { message, .. } => Error::Model {
                 path: Default::default(),
-                message: format!("gradient of {} (node `{}`): {message}", node.op_type, node.name),
+                message: format!(
+                    "gradient of {} (node `{}`): {message}",
+                    node.op_type, node.name
+                ),
             },
             other => other,
         })?;
@@ -223,9 +286,24 @@ pub fn build(graph: &ClassifierGraph, image_shape: [usize; 3], loss: Loss) -> Re
         g.input.push(int_vector_input(TARGETS));
     }
     g.output.push(float_output(LOSS, &[Dim::Batch]));
-    g.output.push(float_output(INPUT_GRAD, &[Dim::Batch, Dim::Fixed(image_shape[0]), Dim::Fixed(image_shape[1]), Dim::Fixed(image_shape[2])]));
+    g.output.push(float_output(
+        INPUT_GRAD,
+        &[
+            Dim::Batch,
+            Dim::Fixed(image_shape[0]),
+            Dim::Fixed(image_shape[1]),
+            Dim::Fixed(image_shape[2]),
+        ],
+    ));
     set_opset(&mut proto, opset.max(GRAD_OPSET));
-    Ok(GradientGraph { proto, input, logits, loss, classes, fixed_batch: graph.input.fixed_batch })
+    Ok(GradientGraph {
+        proto,
+        input,
+        logits,
+        loss,
+        classes,
+        fixed_batch: graph.input.fixed_batch,
+    })
 }
 
 fn identity(from: &str, to: &str) -> pb::NodeProto {
@@ -277,9 +355,16 @@ fn float_output(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
 }
 
 fn set_opset(proto: &mut pb::ModelProto, version: i64) {
-    match proto.opset_import.iter_mut().find(|o| o.domain.is_empty() || o.domain == "ai.onnx") {
+    match proto
+        .opset_import
+        .iter_mut()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+    {
         Some(o) => o.version = version,
-        None => proto.opset_import.push(pb::OperatorSetIdProto { domain: String::new(), version }),
+        None => proto.opset_import.push(pb::OperatorSetIdProto {
+            domain: String::new(),
+            version,
+        }),
     }
     // Opset 17 needs IR version 8.
     proto.ir_version = proto.ir_version.max(8);

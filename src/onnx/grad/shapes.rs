@@ -10,8 +10,8 @@ use crate::error::{Error, Result};
 use crate::onnx::pb;
 use std::collections::HashMap;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::infer::{Factoid, InferenceModelExt};
 use tract_onnx::tract_core::internal::DimLike;
+use tract_onnx::tract_hir::infer::{Factoid, InferenceModelExt};
 
 /// The shape of a tensor: sizes at batch 2 and which dims follow the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,31 +57,61 @@ impl Shapes {
 
     /// Analyses `proto` (one image input) for images of `image_shape`. A
     /// model exported with a fixed batch size is analysed at that size only.
-    pub fn infer(proto: &pb::ModelProto, image_shape: [usize; 3], fixed_batch: Option<usize>) -> Result<Shapes> {
+    pub fn infer(
+        proto: &pb::ModelProto,
+        image_shape: [usize; 3],
+        fixed_batch: Option<usize>,
+    ) -> Result<Shapes> {
         let (b1, b2) = batch_sizes(fixed_batch);
         let at2 = concrete_shapes(proto, b1, image_shape)?;
-        let at3 = if b2 == b1 { at2.clone() } else { concrete_shapes(proto, b2, image_shape)? };
+        let at3 = if b2 == b1 {
+            at2.clone()
+        } else {
+            concrete_shapes(proto, b2, image_shape)?
+        };
         let mut shapes = HashMap::new();
         for (name, (dims, is_float)) in at2 {
-            let Some((other, _)) = at3.get(&name) else { continue };
+            let Some((other, _)) = at3.get(&name) else {
+                continue;
+            };
             if other.len() != dims.len() {
                 continue;
             }
             let dynamic = dims.iter().zip(other).map(|(a, b)| a != b).collect();
-            shapes.insert(name, TensorShape { dims, dynamic, is_float });
+            shapes.insert(
+                name,
+                TensorShape {
+                    dims,
+                    dynamic,
+                    is_float,
+                },
+            );
         }
-        Ok(Shapes { shapes, int_values: HashMap::new() })
+        Ok(Shapes {
+            shapes,
+            int_values: HashMap::new(),
+        })
     }
 
     /// Computes integer tensors (`names`) by running the graph up to them at
     /// batch sizes 2 and 3, and records those whose value does not change.
-    pub fn evaluate_ints(&mut self, proto: &pb::ModelProto, names: &[String], image_shape: [usize; 3], fixed_batch: Option<usize>) -> Result<()> {
+    pub fn evaluate_ints(
+        &mut self,
+        proto: &pb::ModelProto,
+        names: &[String],
+        image_shape: [usize; 3],
+        fixed_batch: Option<usize>,
+    ) -> Result<()> {
         if names.is_empty() {
             return Ok(());
         }
         let (b1, b2) = batch_sizes(fixed_batch);
         let at2 = run_to(proto, names, b1, image_shape)?;
-        let at3 = if b2 == b1 { at2.clone() } else { run_to(proto, names, b2, image_shape)? };
+        let at3 = if b2 == b1 {
+            at2.clone()
+        } else {
+            run_to(proto, names, b2, image_shape)?
+        };
         for ((name, a), b) in names.iter().zip(at2).zip(at3) {
             if a == b {
                 self.int_values.insert(name.clone(), a);
@@ -97,19 +127,34 @@ fn batch_sizes(fixed_batch: Option<usize>) -> (usize, usize) {
 }
 
 fn analysis_error(e: impl std::fmt::Display) -> Error {
-    Error::Backend { backend: "tract", message: format!("shape analysis for the gradient graph failed: {e:#}") }
+    Error::Backend {
+        backend: "tract",
+        message: format!("shape analysis for the gradient graph failed: {e:#}"),
+    }
 }
 
-fn concrete_shapes(proto: &pb::ModelProto, batch: usize, [c, h, w]: [usize; 3]) -> Result<HashMap<String, Analysed>> {
-    let onnx = tract_onnx::onnx().with_ignore_value_info(true).with_ignore_output_shapes(true);
+fn concrete_shapes(
+    proto: &pb::ModelProto,
+    batch: usize,
+    [c, h, w]: [usize; 3],
+) -> Result<HashMap<String, Analysed>> {
+    let onnx = tract_onnx::onnx()
+        .with_ignore_value_info(true)
+        .with_ignore_output_shapes(true);
     let parsed = onnx.parse(proto, None).map_err(analysis_error)?;
     let mut model = parsed.model;
-    model.set_input_fact(0, f32::fact([batch, c, h, w]).into()).map_err(analysis_error)?;
+    model
+        .set_input_fact(0, f32::fact([batch, c, h, w]).into())
+        .map_err(analysis_error)?;
     model.analyse(false).map_err(analysis_error)?;
     let mut shapes = HashMap::new();
     for (name, outlet) in parsed.outlets_by_name {
-        let Ok(fact) = model.outlet_fact(outlet) else { continue };
-        let Some(dims) = fact.shape.concretize() else { continue };
+        let Ok(fact) = model.outlet_fact(outlet) else {
+            continue;
+        };
+        let Some(dims) = fact.shape.concretize() else {
+            continue;
+        };
         let dims: Option<Vec<usize>> = dims.iter().map(|d| d.to_usize().ok()).collect();
         let is_float = fact.datum_type.concretize().is_some_and(|t| t.is_float());
         if let Some(dims) = dims {
@@ -120,11 +165,24 @@ fn concrete_shapes(proto: &pb::ModelProto, batch: usize, [c, h, w]: [usize; 3]) 
 }
 
 /// Runs `proto` on zeros of batch `batch` with `names` as its outputs.
-fn run_to(proto: &pb::ModelProto, names: &[String], batch: usize, [c, h, w]: [usize; 3]) -> Result<Vec<Vec<i64>>> {
+fn run_to(
+    proto: &pb::ModelProto,
+    names: &[String],
+    batch: usize,
+    [c, h, w]: [usize; 3],
+) -> Result<Vec<Vec<i64>>> {
     let mut truncated = proto.clone();
     let graph = truncated.graph.as_mut().expect("a graph");
-    graph.output = names.iter().map(|n| pb::ValueInfoProto { name: n.clone(), ..Default::default() }).collect();
-    let onnx = tract_onnx::onnx().with_ignore_value_info(true).with_ignore_output_shapes(true);
+    graph.output = names
+        .iter()
+        .map(|n| pb::ValueInfoProto {
+            name: n.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let onnx = tract_onnx::onnx()
+        .with_ignore_value_info(true)
+        .with_ignore_output_shapes(true);
     let outputs = onnx
         .model_for_proto_model(&truncated)
         .and_then(|m| m.with_input_fact(0, f32::fact([batch, c, h, w]).into()))
@@ -136,7 +194,11 @@ fn run_to(proto: &pb::ModelProto, names: &[String], batch: usize, [c, h, w]: [us
         .iter()
         .map(|t| {
             let t = t.cast_to::<i64>().map_err(analysis_error)?;
-            Ok(t.to_plain_array_view::<i64>().map_err(analysis_error)?.iter().copied().collect())
+            Ok(t.to_plain_array_view::<i64>()
+                .map_err(analysis_error)?
+                .iter()
+                .copied()
+                .collect())
         })
         .collect()
 }

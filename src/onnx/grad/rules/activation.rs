@@ -31,7 +31,11 @@ fn slope_where_negative(ctx: &mut Ctx, g: &str, slope: &str) -> Grads {
     let zero = ctx.emit.scalar_f32(0.0);
     let positive = ctx.emit.binary("Greater", ctx.input(0), &zero);
     let scaled = ctx.emit.binary("Mul", g, slope);
-    Ok(only_first(ctx.emit.op("Where", &[&positive, g, &scaled], vec![])))
+    Ok(only_first(ctx.emit.op(
+        "Where",
+        &[&positive, g, &scaled],
+        vec![],
+    )))
 }
 
 /// Sigmoid: g·y·(1−y).
@@ -75,7 +79,11 @@ pub fn elu(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let positive = ctx.emit.binary("Greater", ctx.input(0), &zero);
     let local = ctx.emit.binary("Add", ctx.output(0), &alpha);
     let scaled = ctx.emit.binary("Mul", &g, &local);
-    Ok(only_first(ctx.emit.op("Where", &[&positive, &g, &scaled], vec![])))
+    Ok(only_first(ctx.emit.op(
+        "Where",
+        &[&positive, &g, &scaled],
+        vec![],
+    )))
 }
 
 /// Erf: g·2/√π·exp(−x²).
@@ -192,7 +200,12 @@ pub fn clip(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
         if !ctx.input(i).is_empty() {
             Some(ctx.input(i).to_string())
         } else {
-            ctx.node.attribute.iter().find(|a| a.name == attr).map(|a| a.f).map(|v| ctx.emit.scalar_f32(v))
+            ctx.node
+                .attribute
+                .iter()
+                .find(|a| a.name == attr)
+                .map(|a| a.f)
+                .map(|v| ctx.emit.scalar_f32(v))
         }
     };
     let mut mask: Option<String> = None;
@@ -211,4 +224,3 @@ pub fn clip(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
         None => g,
     }))
 }
-

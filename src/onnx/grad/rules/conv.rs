@@ -17,17 +17,30 @@ pub(super) struct Geometry {
 
 /// Reads strides, dilations and explicit pads (resolving auto_pad) of a Conv
 /// whose input has spatial sizes `input` and output `output`.
-pub(super) fn conv_geometry(ctx: &Ctx, kernel: Vec<usize>, input: &[usize], output: &[usize]) -> Result<Geometry> {
+pub(super) fn conv_geometry(
+    ctx: &Ctx,
+    kernel: Vec<usize>,
+    input: &[usize],
+    output: &[usize],
+) -> Result<Geometry> {
     let spatial = kernel.len();
     let read = |name: &str, default: usize| -> Vec<usize> {
-        ctx.ints_attr(name).filter(|v| !v.is_empty()).map_or(vec![default; spatial], |v| v.iter().map(|&x| x as usize).collect())
+        ctx.ints_attr(name)
+            .filter(|v| !v.is_empty())
+            .map_or(vec![default; spatial], |v| {
+                v.iter().map(|&x| x as usize).collect()
+            })
     };
     let (strides, dilations) = (read("strides", 1), read("dilations", 1));
     let auto_pad = ctx.string_attr("auto_pad", "NOTSET");
     let (pads_begin, pads_end) = match auto_pad.as_str() {
         "NOTSET" => {
             let pads = read("pads", 0);
-            let pads = if pads.len() == 2 * spatial { pads } else { vec![0; 2 * spatial] };
+            let pads = if pads.len() == 2 * spatial {
+                pads
+            } else {
+                vec![0; 2 * spatial]
+            };
             (pads[..spatial].to_vec(), pads[spatial..].to_vec())
         }
         "VALID" => (vec![0; spatial], vec![0; spatial]),
@@ -50,7 +63,13 @@ pub(super) fn conv_geometry(ctx: &Ctx, kernel: Vec<usize>, input: &[usize], outp
         }
         other => return fail(format!("auto_pad {other} is not supported")),
     };
-    Ok(Geometry { kernel, strides, dilations, pads_begin, pads_end })
+    Ok(Geometry {
+        kernel,
+        strides,
+        dilations,
+        pads_begin,
+        pads_end,
+    })
 }
 
 /// Conv: dx = ConvTranspose(g, W) with the same geometry, sized back to x.
@@ -62,21 +81,39 @@ pub fn conv(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let w_shape = ctx.shape(&w)?.dims.clone();
     let geo = conv_geometry(ctx, w_shape[2..].to_vec(), &x_shape[2..], &y_shape[2..])?;
     let group = ctx.int_attr("group", 1);
-    Ok(only_first(transpose_back(ctx, &g, &w, &geo, &x_shape, &y_shape, group)))
+    Ok(only_first(transpose_back(
+        ctx, &g, &w, &geo, &x_shape, &y_shape, group,
+    )))
 }
 
 /// The adjoint of a convolution of geometry `geo` from `x_shape` to `y_shape`:
 /// ConvTranspose of `g` with weights `w`, sized back to `x_shape`.
-pub(super) fn transpose_back(ctx: &mut Ctx, g: &str, w: &str, geo: &Geometry, x_shape: &[usize], y_shape: &[usize], group: i64) -> String {
+pub(super) fn transpose_back(
+    ctx: &mut Ctx,
+    g: &str,
+    w: &str,
+    geo: &Geometry,
+    x_shape: &[usize],
+    y_shape: &[usize],
+    group: i64,
+) -> String {
     let input = &x_shape[2..];
     let output = &y_shape[2..];
     // Size ConvTranspose produces without padding or output_padding.
-    let full: Vec<usize> =
-        (0..input.len()).map(|a| (output[a] - 1) * geo.strides[a] + (geo.kernel[a] - 1) * geo.dilations[a] + 1).collect();
-    let output_padding: Vec<i64> =
-        (0..input.len()).map(|a| input[a] as i64 - (full[a] as i64 - geo.pads_begin[a] as i64 - geo.pads_end[a] as i64)).collect();
+    let full: Vec<usize> = (0..input.len())
+        .map(|a| (output[a] - 1) * geo.strides[a] + (geo.kernel[a] - 1) * geo.dilations[a] + 1)
+        .collect();
+    let output_padding: Vec<i64> = (0..input.len())
+        .map(|a| {
+            input[a] as i64 - (full[a] as i64 - geo.pads_begin[a] as i64 - geo.pads_end[a] as i64)
+        })
+        .collect();
     let symmetric = geo.pads_begin == geo.pads_end;
-    let direct = symmetric && output_padding.iter().zip(&geo.strides).all(|(&p, &s)| p >= 0 && (p as usize) < s.max(1));
+    let direct = symmetric
+        && output_padding
+            .iter()
+            .zip(&geo.strides)
+            .all(|(&p, &s)| p >= 0 && (p as usize) < s.max(1));
     let common = vec![
         attr_ints("strides", &to_i64(&geo.strides)),
         attr_ints("dilations", &to_i64(&geo.dilations)),
@@ -85,7 +122,10 @@ pub(super) fn transpose_back(ctx: &mut Ctx, g: &str, w: &str, geo: &Geometry, x_
     ];
     if direct {
         let mut attrs = common;
-        let pads: Vec<i64> = to_i64(&geo.pads_begin).into_iter().chain(to_i64(&geo.pads_end)).collect();
+        let pads: Vec<i64> = to_i64(&geo.pads_begin)
+            .into_iter()
+            .chain(to_i64(&geo.pads_end))
+            .collect();
         attrs.push(attr_ints("pads", &pads));
         attrs.push(attr_ints("output_padding", &output_padding));
         return ctx.emit.op("ConvTranspose", &[g, w], attrs);
@@ -96,10 +136,20 @@ pub(super) fn transpose_back(ctx: &mut Ctx, g: &str, w: &str, geo: &Geometry, x_
     let unpadded = ctx.emit.op("ConvTranspose", &[g, w], common);
     let axes: Vec<i64> = (2..2 + input.len() as i64).collect();
     let starts = to_i64(&geo.pads_begin);
-    let ends: Vec<i64> = (0..input.len()).map(|a| (geo.pads_begin[a] + input[a]).min(full[a]) as i64).collect();
-    let (starts, ends, axes_name) = (ctx.emit.ints(&starts), ctx.emit.ints(&ends), ctx.emit.ints(&axes));
-    let cropped = ctx.emit.op("Slice", &[&unpadded, &starts, &ends, &axes_name], vec![]);
-    let short: Vec<i64> = (0..input.len()).map(|a| (geo.pads_begin[a] + input[a]).saturating_sub(full[a]) as i64).collect();
+    let ends: Vec<i64> = (0..input.len())
+        .map(|a| (geo.pads_begin[a] + input[a]).min(full[a]) as i64)
+        .collect();
+    let (starts, ends, axes_name) = (
+        ctx.emit.ints(&starts),
+        ctx.emit.ints(&ends),
+        ctx.emit.ints(&axes),
+    );
+    let cropped = ctx
+        .emit
+        .op("Slice", &[&unpadded, &starts, &ends, &axes_name], vec![]);
+    let short: Vec<i64> = (0..input.len())
+        .map(|a| (geo.pads_begin[a] + input[a]).saturating_sub(full[a]) as i64)
+        .collect();
     if short.iter().all(|&s| s == 0) {
         return cropped;
     }
@@ -109,13 +159,19 @@ pub(super) fn transpose_back(ctx: &mut Ctx, g: &str, w: &str, geo: &Geometry, x_
         pads[rank + 2 + a] = *s;
     }
     let pads = ctx.emit.ints(&pads);
-    ctx.emit.op("Pad", &[&cropped, &pads], vec![attr_string("mode", "constant")])
+    ctx.emit.op(
+        "Pad",
+        &[&cropped, &pads],
+        vec![attr_string("mode", "constant")],
+    )
 }
 
 /// ConvTranspose: dx = Conv(g, W) with the same strides, pads, dilations and group.
 pub fn conv_transpose(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let g = ctx.grad(grads)?;
-    if ctx.string_attr("auto_pad", "NOTSET") != "NOTSET" || ctx.ints_attr("output_shape").is_some_and(|v| !v.is_empty()) {
+    if ctx.string_attr("auto_pad", "NOTSET") != "NOTSET"
+        || ctx.ints_attr("output_shape").is_some_and(|v| !v.is_empty())
+    {
         return fail("ConvTranspose with auto_pad or output_shape is not supported; export with explicit pads");
     }
     let w = ctx.input(1).to_string();

@@ -7,7 +7,11 @@ use crate::error::Result;
 type Grads = Result<Vec<Option<String>>>;
 
 /// Applies `local(ctx, g, i)` to each wanted operand, then unbroadcasts.
-fn per_operand(ctx: &mut Ctx, grads: &[Option<String>], local: fn(&mut Ctx, &str, usize) -> String) -> Grads {
+fn per_operand(
+    ctx: &mut Ctx,
+    grads: &[Option<String>],
+    local: fn(&mut Ctx, &str, usize) -> String,
+) -> Grads {
     let g = ctx.grad(grads)?;
     let mut out = Vec::new();
     for i in 0..ctx.node.input.len() {
@@ -26,7 +30,13 @@ pub fn add(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
 }
 
 pub fn sub(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
-    per_operand(ctx, grads, |ctx, g, i| if i == 0 { g.to_string() } else { ctx.emit.unary("Neg", g) })
+    per_operand(ctx, grads, |ctx, g, i| {
+        if i == 0 {
+            g.to_string()
+        } else {
+            ctx.emit.unary("Neg", g)
+        }
+    })
 }
 
 pub fn mul(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
@@ -63,7 +73,11 @@ pub fn pow(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
         return fail("the exponent depends on the input; only Pow(x, constant) is supported");
     }
     let (x, p) = (ctx.input(0).to_string(), ctx.input(1).to_string());
-    let p_float = ctx.emit.op("Cast", &[&p], vec![crate::onnx::grad::emit::attr_int("to", 1)]);
+    let p_float = ctx.emit.op(
+        "Cast",
+        &[&p],
+        vec![crate::onnx::grad::emit::attr_int("to", 1)],
+    );
     let one = ctx.emit.scalar_f32(1.0);
     let p_minus_one = ctx.emit.binary("Sub", &p_float, &one);
     let power = ctx.emit.binary("Pow", &x, &p_minus_one);
@@ -88,8 +102,14 @@ pub fn where_(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let mut out = vec![None];
     for i in [1, 2] {
         out.push(if ctx.wants(i) {
-            let branch = if i == 1 { [&condition, &g, &zero] } else { [&condition, &zero, &g] };
-            let gi = ctx.emit.op("Where", &[branch[0], branch[1], branch[2]], vec![]);
+            let branch = if i == 1 {
+                [&condition, &g, &zero]
+            } else {
+                [&condition, &zero, &g]
+            };
+            let gi = ctx
+                .emit
+                .op("Where", &[branch[0], branch[1], branch[2]], vec![]);
             Some(ctx.unbroadcast(&gi, i)?)
         } else {
             None

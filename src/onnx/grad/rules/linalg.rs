@@ -13,10 +13,30 @@ pub fn gemm(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let (trans_a, trans_b) = (ctx.int_attr("transA", 0), ctx.int_attr("transB", 0));
     let (alpha, beta) = (ctx.float_attr("alpha", 1.0), ctx.float_attr("beta", 1.0));
     let gemm = |ctx: &mut Ctx, x: &str, y: &str, ta: i64, tb: i64| {
-        ctx.emit.op("Gemm", &[x, y], vec![attr_int("transA", ta), attr_int("transB", tb), attr_float("alpha", alpha)])
+        ctx.emit.op(
+            "Gemm",
+            &[x, y],
+            vec![
+                attr_int("transA", ta),
+                attr_int("transB", tb),
+                attr_float("alpha", alpha),
+            ],
+        )
     };
-    let grad_a = ctx.wants(0).then(|| if trans_a == 0 { gemm(ctx, &g, &b, 0, 1 - trans_b) } else { gemm(ctx, &b, &g, trans_b, 1) });
-    let grad_b = ctx.wants(1).then(|| if trans_b == 0 { gemm(ctx, &a, &g, 1 - trans_a, 0) } else { gemm(ctx, &g, &a, 1, trans_a) });
+    let grad_a = ctx.wants(0).then(|| {
+        if trans_a == 0 {
+            gemm(ctx, &g, &b, 0, 1 - trans_b)
+        } else {
+            gemm(ctx, &b, &g, trans_b, 1)
+        }
+    });
+    let grad_b = ctx.wants(1).then(|| {
+        if trans_b == 0 {
+            gemm(ctx, &a, &g, 1 - trans_a, 0)
+        } else {
+            gemm(ctx, &g, &a, 1, trans_a)
+        }
+    });
     let grad_c = if ctx.wants(2) {
         let scale = ctx.emit.scalar_f32(beta);
         let scaled = ctx.emit.binary("Mul", &g, &scale);
@@ -31,7 +51,8 @@ pub fn gemm(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
 fn transpose_last(ctx: &mut Ctx, x: &str, rank: usize) -> String {
     let mut perm: Vec<i64> = (0..rank as i64).collect();
     perm.swap(rank - 2, rank - 1);
-    ctx.emit.op("Transpose", &[x], vec![attr_ints("perm", &perm)])
+    ctx.emit
+        .op("Transpose", &[x], vec![attr_ints("perm", &perm)])
 }
 
 /// Batched, broadcasting MatMul: dA = g·Bᵀ, dB = Aᵀ·g, each summed back to its operand's shape.
@@ -69,6 +90,10 @@ fn unbroadcast_matmul(ctx: &mut Ctx, product: &str, i: usize) -> Result<String> 
         .filter(|&ax| ax < lead || (shape.dims[ax - lead] == 1 && out.dims[ax] != 1))
         .map(|ax| ax as i64)
         .collect();
-    let summed = if batch_axes.is_empty() { product.to_string() } else { ctx.emit.reduce_sum(product, &batch_axes, true) };
+    let summed = if batch_axes.is_empty() {
+        product.to_string()
+    } else {
+        ctx.emit.reduce_sum(product, &batch_axes, true)
+    };
     Ok(ctx.emit.reshape_like(&summed, &operand))
 }

@@ -110,10 +110,20 @@ impl Constants {
     pub fn collect(graph: &pb::GraphProto) -> Self {
         // Only integer tensors: rules read indices and bounds, never weights.
         let is_int = |t: &pb::TensorProto| t.data_type == 6 || t.data_type == 7;
-        let mut map: HashMap<String, pb::TensorProto> =
-            graph.initializer.iter().filter(|t| is_int(t)).map(|t| (t.name.clone(), t.clone())).collect();
+        let mut map: HashMap<String, pb::TensorProto> = graph
+            .initializer
+            .iter()
+            .filter(|t| is_int(t))
+            .map(|t| (t.name.clone(), t.clone()))
+            .collect();
         for node in graph.node.iter().filter(|n| n.op_type == "Constant") {
-            if let (Some(out), Some(t)) = (node.output.first(), node.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.clone())) {
+            if let (Some(out), Some(t)) = (
+                node.output.first(),
+                node.attribute
+                    .iter()
+                    .find(|a| a.name == "value")
+                    .and_then(|a| a.t.clone()),
+            ) {
                 if is_int(&t) {
                     map.insert(out.clone(), t);
                 }
@@ -127,9 +137,21 @@ impl Constants {
         let t = self.0.get(name)?;
         match t.data_type {
             7 if !t.int64_data.is_empty() => Some(t.int64_data.clone()),
-            7 => Some(t.raw_data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
-            6 if !t.int32_data.is_empty() => Some(t.int32_data.iter().map(|&v| i64::from(v)).collect()),
-            6 => Some(t.raw_data.chunks_exact(4).map(|c| i64::from(i32::from_le_bytes(c.try_into().unwrap()))).collect()),
+            7 => Some(
+                t.raw_data
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            6 if !t.int32_data.is_empty() => {
+                Some(t.int32_data.iter().map(|&v| i64::from(v)).collect())
+            }
+            6 => Some(
+                t.raw_data
+                    .chunks_exact(4)
+                    .map(|c| i64::from(i32::from_le_bytes(c.try_into().unwrap())))
+                    .collect(),
+            ),
             _ => None,
         }
     }
@@ -147,7 +169,10 @@ pub struct Ctx<'a> {
 
 /// A rule's complaint, turned into a model error naming the node by the caller.
 pub fn fail<T>(message: impl Into<String>) -> Result<T> {
-    Err(Error::Model { path: Default::default(), message: message.into() })
+    Err(Error::Model {
+        path: Default::default(),
+        message: message.into(),
+    })
 }
 
 impl<'a> Ctx<'a> {
@@ -165,7 +190,10 @@ impl<'a> Ctx<'a> {
 
     /// The static shape of a tensor.
     pub fn shape(&self, name: &str) -> Result<&'a TensorShape> {
-        self.shapes.get(name).map_or_else(|| fail(format!("the shape of `{name}` could not be inferred")), Ok)
+        self.shapes.get(name).map_or_else(
+            || fail(format!("the shape of `{name}` could not be inferred")),
+            Ok,
+        )
     }
 
     fn attribute(&self, name: &str) -> Option<&'a pb::AttributeProto> {
@@ -185,12 +213,18 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn string_attr(&self, name: &str, default: &str) -> String {
-        self.attribute(name).map_or(default.to_string(), |a| String::from_utf8_lossy(&a.s).into_owned())
+        self.attribute(name).map_or(default.to_string(), |a| {
+            String::from_utf8_lossy(&a.s).into_owned()
+        })
     }
 
     /// The one output gradient of a single-output op.
     pub fn grad(&self, grads: &[Option<String>]) -> Result<String> {
-        grads.first().cloned().flatten().map_or_else(|| fail("no gradient reached the output"), Ok)
+        grads
+            .first()
+            .cloned()
+            .flatten()
+            .map_or_else(|| fail("no gradient reached the output"), Ok)
     }
 
     /// Integer values of constant input `i`.
@@ -199,7 +233,14 @@ impl<'a> Ctx<'a> {
         self.constants
             .ints(name)
             .or_else(|| self.shapes.int_value(name).map(<[i64]>::to_vec))
-            .map_or_else(|| fail(format!("input `{name}` must be a constant for this op to be differentiated")), Ok)
+            .map_or_else(
+                || {
+                    fail(format!(
+                        "input `{name}` must be a constant for this op to be differentiated"
+                    ))
+                },
+                Ok,
+            )
     }
 
     /// Sums `g` (shaped like the broadcast output) down to input `i`'s shape.
@@ -215,7 +256,11 @@ impl<'a> Ctx<'a> {
             .filter(|&a| a < lead || (in_shape.dims[a - lead] == 1 && out_shape.dims[a] != 1))
             .map(|a| a as i64)
             .collect();
-        let summed = if axes.is_empty() { g.to_string() } else { self.emit.reduce_sum(g, &axes, true) };
+        let summed = if axes.is_empty() {
+            g.to_string()
+        } else {
+            self.emit.reduce_sum(g, &axes, true)
+        };
         Ok(self.emit.reshape_like(&summed, &input))
     }
 }

@@ -19,7 +19,11 @@ pub fn batch_normalization(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let coefficient = ctx.emit.binary("Div", &scale, &std);
     // [C] -> [C, 1, ..., 1] so it broadcasts over [N, C, ...].
     let trailing: Vec<i64> = (1..rank as i64 - 1).collect();
-    let coefficient = if trailing.is_empty() { coefficient } else { ctx.emit.unsqueeze(&coefficient, &trailing) };
+    let coefficient = if trailing.is_empty() {
+        coefficient
+    } else {
+        ctx.emit.unsqueeze(&coefficient, &trailing)
+    };
     Ok(only_first(ctx.emit.binary("Mul", &g, &coefficient)))
 }
 

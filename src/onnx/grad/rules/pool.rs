@@ -53,8 +53,16 @@ pub fn average_pool(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     // Divisor per output position, axis by axis (windows are boxes).
     let per_axis: Vec<Vec<f32>> = (0..kernel.len())
         .map(|a| {
-            let (size, pad_b, pad_e) = (x_shape[2 + a] as i64, geo.pads_begin[a] as i64, geo.pads_end[a] as i64);
-            let (low, high) = if include_pad { (-pad_b, size + pad_e) } else { (0, size) };
+            let (size, pad_b, pad_e) = (
+                x_shape[2 + a] as i64,
+                geo.pads_begin[a] as i64,
+                geo.pads_end[a] as i64,
+            );
+            let (low, high) = if include_pad {
+                (-pad_b, size + pad_e)
+            } else {
+                (0, size)
+            };
             (0..y_shape[2 + a] as i64)
                 .map(|o| {
                     let start = o * geo.strides[a] as i64 - pad_b;
@@ -66,7 +74,10 @@ pub fn average_pool(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
         .collect();
     let mut inverse_counts = vec![1.0f32];
     for axis in &per_axis {
-        inverse_counts = inverse_counts.iter().flat_map(|&c| axis.iter().map(move |&n| c / n)).collect();
+        inverse_counts = inverse_counts
+            .iter()
+            .flat_map(|&c| axis.iter().map(move |&n| c / n))
+            .collect();
     }
     let mut map_dims = vec![1i64, 1];
     map_dims.extend(y_shape[2..].iter().map(|&d| d as i64));
@@ -75,8 +86,19 @@ pub fn average_pool(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let channels = x_shape[1];
     let mut w_dims = vec![channels as i64, 1];
     w_dims.extend(kernel.iter().map(|&k| k as i64));
-    let ones = ctx.emit.const_f32(&w_dims, &vec![1.0; channels * kernel.iter().product::<usize>()]);
-    Ok(only_first(transpose_back(ctx, &scaled, &ones, &geo, &x_shape, &y_shape, channels as i64)))
+    let ones = ctx.emit.const_f32(
+        &w_dims,
+        &vec![1.0; channels * kernel.iter().product::<usize>()],
+    );
+    Ok(only_first(transpose_back(
+        ctx,
+        &scaled,
+        &ones,
+        &geo,
+        &x_shape,
+        &y_shape,
+        channels as i64,
+    )))
 }
 
 /// GlobalAveragePool: g/(H·W) broadcast over the plane.

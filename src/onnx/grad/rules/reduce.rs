@@ -9,11 +9,23 @@ type Grads = Result<Vec<Option<String>>>;
 /// ReduceMean ≥ 18) or the `axes` attribute; empty means all axes unless
 /// `noop_with_empty_axes`.
 fn reduced_axes(ctx: &Ctx, rank: usize) -> Result<Option<Vec<i64>>> {
-    let axes = if !ctx.input(1).is_empty() { ctx.const_ints(1)? } else { ctx.ints_attr("axes").unwrap_or_default() };
+    let axes = if !ctx.input(1).is_empty() {
+        ctx.const_ints(1)?
+    } else {
+        ctx.ints_attr("axes").unwrap_or_default()
+    };
     if axes.is_empty() {
-        return Ok(if ctx.int_attr("noop_with_empty_axes", 0) != 0 { None } else { Some((0..rank as i64).collect()) });
+        return Ok(if ctx.int_attr("noop_with_empty_axes", 0) != 0 {
+            None
+        } else {
+            Some((0..rank as i64).collect())
+        });
     }
-    Ok(Some(axes.iter().map(|&a| if a < 0 { a + rank as i64 } else { a }).collect()))
+    Ok(Some(
+        axes.iter()
+            .map(|&a| if a < 0 { a + rank as i64 } else { a })
+            .collect(),
+    ))
 }
 
 fn reduce_back(ctx: &mut Ctx, grads: &[Option<String>], average: bool) -> Grads {
@@ -24,7 +36,11 @@ fn reduce_back(ctx: &mut Ctx, grads: &[Option<String>], average: bool) -> Grads 
         return Ok(only_first(g));
     };
     axes.sort_unstable();
-    let kept = if ctx.int_attr("keepdims", 1) != 0 { g } else { ctx.emit.unsqueeze(&g, &axes) };
+    let kept = if ctx.int_attr("keepdims", 1) != 0 {
+        g
+    } else {
+        ctx.emit.unsqueeze(&g, &axes)
+    };
     let scaled = if average {
         let count: usize = axes.iter().map(|&a| shape[a as usize]).product();
         let inverse = ctx.emit.scalar_f32(1.0 / count as f32);

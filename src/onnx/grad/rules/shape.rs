@@ -22,12 +22,19 @@ pub fn identity(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
 pub fn transpose(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let g = ctx.grad(grads)?;
     let rank = ctx.shape(ctx.input(0))?.rank();
-    let perm = ctx.ints_attr("perm").filter(|p| !p.is_empty()).unwrap_or_else(|| (0..rank as i64).rev().collect());
+    let perm = ctx
+        .ints_attr("perm")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| (0..rank as i64).rev().collect());
     let mut inverse = vec![0i64; perm.len()];
     for (i, &p) in perm.iter().enumerate() {
         inverse[p as usize] = i as i64;
     }
-    Ok(only_first(ctx.emit.op("Transpose", &[&g], vec![attr_ints("perm", &inverse)])))
+    Ok(only_first(ctx.emit.op(
+        "Transpose",
+        &[&g],
+        vec![attr_ints("perm", &inverse)],
+    )))
 }
 
 fn normalized_axis(axis: i64, rank: usize) -> usize {
@@ -51,8 +58,17 @@ pub fn concat(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
         sizes.push(ctx.shape(ctx.input(i))?.dims[axis] as i64);
     }
     let split = ctx.emit.ints(&sizes);
-    let pieces = ctx.emit.op_n("Split", &[&g, &split], vec![attr_int("axis", axis as i64)], sizes.len());
-    Ok(pieces.into_iter().enumerate().map(|(i, p)| ctx.wants(i).then_some(p)).collect())
+    let pieces = ctx.emit.op_n(
+        "Split",
+        &[&g, &split],
+        vec![attr_int("axis", axis as i64)],
+        sizes.len(),
+    );
+    Ok(pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| ctx.wants(i).then_some(p))
+        .collect())
 }
 
 /// Split: concatenate the outputs' gradients, zeros for unused outputs.
@@ -70,7 +86,11 @@ pub fn split(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
         });
     }
     let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
-    Ok(only_first(ctx.emit.op("Concat", &refs, vec![attr_int("axis", axis as i64)])))
+    Ok(only_first(ctx.emit.op(
+        "Concat",
+        &refs,
+        vec![attr_int("axis", axis as i64)],
+    )))
 }
 
 /// Slice (step 1): pad g with zeros back to x's extent.
@@ -80,8 +100,16 @@ pub fn slice(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let rank = x.rank();
     let starts = ctx.const_ints(1)?;
     let ends = ctx.const_ints(2)?;
-    let axes = if ctx.input(3).is_empty() { (0..starts.len() as i64).collect() } else { ctx.const_ints(3)? };
-    let steps = if ctx.input(4).is_empty() { vec![1; starts.len()] } else { ctx.const_ints(4)? };
+    let axes = if ctx.input(3).is_empty() {
+        (0..starts.len() as i64).collect()
+    } else {
+        ctx.const_ints(3)?
+    };
+    let steps = if ctx.input(4).is_empty() {
+        vec![1; starts.len()]
+    } else {
+        ctx.const_ints(4)?
+    };
     let mut pads = vec![0i64; 2 * rank];
     for (k, &axis) in axes.iter().enumerate() {
         if steps[k] != 1 {
@@ -98,7 +126,11 @@ pub fn slice(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
         pads[rank + a] = dim - end;
     }
     let pads = ctx.emit.ints(&pads);
-    Ok(only_first(ctx.emit.op("Pad", &[&g, &pads], vec![attr_string("mode", "constant")])))
+    Ok(only_first(ctx.emit.op(
+        "Pad",
+        &[&g, &pads],
+        vec![attr_string("mode", "constant")],
+    )))
 }
 
 /// Pad (constant mode, non-negative pads): slice the padding off g.
@@ -113,7 +145,10 @@ pub fn pad(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let axes: Vec<usize> = if ctx.input(3).is_empty() {
         (0..rank).collect()
     } else {
-        ctx.const_ints(3)?.iter().map(|&a| normalized_axis(a, rank)).collect()
+        ctx.const_ints(3)?
+            .iter()
+            .map(|&a| normalized_axis(a, rank))
+            .collect()
     };
     if pads.iter().any(|&p| p < 0) {
         return fail("Pad with negative pads is not supported");
@@ -131,8 +166,16 @@ pub fn pad(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     if starts.is_empty() {
         return Ok(only_first(g));
     }
-    let (starts, ends, slice_axes) = (ctx.emit.ints(&starts), ctx.emit.ints(&ends), ctx.emit.ints(&slice_axes));
-    Ok(only_first(ctx.emit.op("Slice", &[&g, &starts, &ends, &slice_axes], vec![])))
+    let (starts, ends, slice_axes) = (
+        ctx.emit.ints(&starts),
+        ctx.emit.ints(&ends),
+        ctx.emit.ints(&slice_axes),
+    );
+    Ok(only_first(ctx.emit.op(
+        "Slice",
+        &[&g, &starts, &ends, &slice_axes],
+        vec![],
+    )))
 }
 
 /// Gather with a constant scalar index or a contiguous run of indices
@@ -144,18 +187,32 @@ pub fn gather(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let axis = normalized_axis(ctx.int_attr("axis", 0), rank);
     let dim = x.dims[axis] as i64;
     let indices = ctx.const_ints(1)?;
-    let index_rank = ctx.shape(ctx.input(1)).map(|s| s.rank()).unwrap_or(usize::from(indices.len() != 1));
-    let indices: Vec<i64> = indices.iter().map(|&i| if i < 0 { i + dim } else { i }).collect();
+    let index_rank = ctx
+        .shape(ctx.input(1))
+        .map(|s| s.rank())
+        .unwrap_or(usize::from(indices.len() != 1));
+    let indices: Vec<i64> = indices
+        .iter()
+        .map(|&i| if i < 0 { i + dim } else { i })
+        .collect();
     let contiguous = indices.windows(2).all(|w| w[1] == w[0] + 1);
     if indices.is_empty() || !contiguous || index_rank > 1 || x.dynamic[axis] {
         return fail("Gather is differentiated only for a constant scalar index or a contiguous range on a non-batch axis");
     }
-    let g = if index_rank == 0 { ctx.emit.unsqueeze(&g, &[axis as i64]) } else { g };
+    let g = if index_rank == 0 {
+        ctx.emit.unsqueeze(&g, &[axis as i64])
+    } else {
+        g
+    };
     let mut pads = vec![0i64; 2 * rank];
     pads[axis] = indices[0];
     pads[rank + axis] = dim - indices[indices.len() - 1] - 1;
     let pads = ctx.emit.ints(&pads);
-    Ok(only_first(ctx.emit.op("Pad", &[&g, &pads], vec![attr_string("mode", "constant")])))
+    Ok(only_first(ctx.emit.op(
+        "Pad",
+        &[&g, &pads],
+        vec![attr_string("mode", "constant")],
+    )))
 }
 
 /// Expand: sum g back over the broadcast axes.
