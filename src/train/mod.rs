@@ -4,4 +4,6 @@
 //! `upat-audit` reads.
 
 pub mod export;
+pub mod instance_attack;
+pub mod losses;
 pub mod model;
