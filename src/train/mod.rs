@@ -3,6 +3,7 @@
 //! (DESIGN §5). `export` turns a trained network into the ONNX file
 //! `upat-audit` reads.
 
+pub mod augment;
 pub mod export;
 pub mod instance_attack;
 pub mod losses;
