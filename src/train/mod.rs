@@ -8,3 +8,4 @@ pub mod export;
 pub mod instance_attack;
 pub mod losses;
 pub mod model;
+pub mod sgd;
