@@ -1,9 +1,17 @@
-//! `upat-train`: training with libtorch. This build provides `info`, which
-//! reports the libtorch it runs against (threads, CUDA) — the check that the
-//! binary finds libtorch without LD_LIBRARY_PATH.
+//! `upat-train`: UPAT and SimCLR pre-training, fine-tuning, supervised
+//! baselines and ONNX export, with libtorch. Parses arguments into a run
+//! config, calls the library, maps errors to exit code 2.
 
-use clap::{Parser, Subcommand};
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use upat::attack::suite::parse_number;
+use upat::data::{DataSpec, Split};
+use upat::train::command::{channel_statistics, export, run_training};
+use upat::train::instance_attack::AttackLoss;
+use upat::train::model::HeadFeatures;
+use upat::train::run::{AttackView, RunConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,12 +26,214 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Self-supervised pre-training without labels: UPAT (paper Algorithm 1, Eq. 6) or SimCLR.
+    Pretrain {
+        #[arg(long, value_parser = ["upat", "simclr"], default_value = "upat")]
+        method: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Train a linear head on a frozen pre-trained encoder, plainly or adversarially.
+    Finetune {
+        /// The pre-training run directory.
+        #[arg(long)]
+        encoder: PathBuf,
+        #[arg(long, value_parser = ["linear", "at"], default_value = "at")]
+        mode: String,
+        #[arg(long, value_enum, default_value = "projector")]
+        features: HeadFeatures,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Supervised baselines: plain cross-entropy or PGD adversarial training (Madry et al.).
+    Supervised {
+        #[arg(long, value_parser = ["ce", "at"], default_value = "at")]
+        method: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Write a run's classifier as ONNX.
+    Export {
+        run: PathBuf,
+        #[arg(short = 'o', long = "output-file", value_name = "MODEL.onnx")]
+        out: PathBuf,
+    },
     /// Print the libtorch this binary runs against: threads and CUDA devices.
     Info,
 }
 
-fn main() -> ExitCode {
-    match Cli::parse().command {
+/// Options every training command takes.
+#[derive(Debug, Args)]
+struct Common {
+    /// Training data (train split): fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR, npz:FILE.
+    #[arg(long)]
+    data: String,
+    /// Run directory.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_parser = ["resnet18"], default_value = "resnet18")]
+    arch: String,
+    /// Channel width of ResNet-18 (64 is the paper's).
+    #[arg(long, default_value_t = 64)]
+    width: i64,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    #[arg(long, default_value_t = 1e-3)]
+    weight_decay: f64,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use the first N samples of the train split.
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Samples at the end of the (truncated) split held out for the per-epoch metrics.
+    #[arg(long, default_value_t = 256)]
+    holdout: usize,
+    /// Continue the run in --out from its last complete epoch.
+    #[arg(long)]
+    resume: bool,
+    /// ℓ∞ budget of the training attack (pre-training default 0.03, others 8/255).
+    #[arg(long)]
+    eps: Option<String>,
+    /// Attack step size (default 2/256).
+    #[arg(long)]
+    alpha: Option<String>,
+    /// Attack steps K (pre-training default 5, adversarial training 10).
+    #[arg(long)]
+    steps: Option<i64>,
+    /// Weight λ of the second UPAT term (Eq. 6).
+    #[arg(long, default_value = "1/256")]
+    lambda: String,
+    /// NT-Xent temperature τ.
+    #[arg(long, default_value_t = 0.5)]
+    tau: f64,
+    #[arg(long, value_enum, default_value = "t'")]
+    attack_view: AttackView,
+    #[arg(long, value_enum, default_value = "contrastive")]
+    attack_loss: AttackLoss,
+}
+
+fn number(flag: &str, text: &str) -> upat::Result<f64> {
+    parse_number(&toml::Value::String(text.into()))
+        .map(f64::from)
+        .map_err(|m| upat::Error::Usage(format!("--{flag} {text}: {m}")))
+}
+
+/// Validated run config from what the user typed, with per-command defaults.
+fn config(
+    command: &str,
+    method: &str,
+    common: &Common,
+    encoder: Option<PathBuf>,
+    features: HeadFeatures,
+) -> upat::Result<RunConfig> {
+    let pretrain = command == "pretrain";
+    let spec: DataSpec = common.data.parse()?;
+    let mut data = spec.load(Split::Train)?;
+    if let Some(n) = common.samples {
+        data.truncate(n);
+    }
+    let [c, h, w] = data.image_shape.map(|d| d as i64);
+    let (epochs, lr) = match command {
+        "pretrain" => (300, 0.1),
+        "finetune" => (100, 0.5),
+        _ => (100, 0.1),
+    };
+    Ok(RunConfig {
+        command: command.into(),
+        method: method.into(),
+        data: common.data.clone(),
+        arch: common.arch.clone(),
+        width: common.width,
+        epochs: common.epochs.unwrap_or(epochs),
+        batch_size: common.batch_size,
+        lr: common.lr.unwrap_or(lr),
+        momentum: common.momentum,
+        weight_decay: common.weight_decay,
+        seed: common.seed,
+        samples: common.samples,
+        holdout: common.holdout,
+        eps: common
+            .eps
+            .as_deref()
+            .map_or(Ok(if pretrain { 0.03 } else { 8.0 / 255.0 }), |e| {
+                number("eps", e)
+            })?,
+        alpha: common
+            .alpha
+            .as_deref()
+            .map_or(Ok(2.0 / 256.0), |a| number("alpha", a))?,
+        steps: common.steps.unwrap_or(if pretrain { 5 } else { 10 }),
+        lambda: number("lambda", &common.lambda)?,
+        tau: common.tau,
+        attack_view: common.attack_view,
+        attack_loss: common.attack_loss,
+        features,
+        encoder,
+        image_shape: [c, h, w],
+        classes: data.num_classes as i64,
+        normalization: channel_statistics(&data),
+    })
+}
+
+struct Lines;
+
+impl upat::progress::Progress for Lines {
+    fn line(&mut self, text: &str) {
+        eprintln!("{text}");
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Pretrain { method, common } => {
+            let config = config("pretrain", &method, &common, None, HeadFeatures::Projector)?;
+            run_training(
+                config,
+                &common.out,
+                common.resume,
+                &common.device,
+                &mut Lines,
+            )?;
+        }
+        Command::Finetune {
+            encoder,
+            mode,
+            features,
+            common,
+        } => {
+            let config = config("finetune", &mode, &common, Some(encoder), features)?;
+            run_training(
+                config,
+                &common.out,
+                common.resume,
+                &common.device,
+                &mut Lines,
+            )?;
+            println!("model: {}", common.out.join("model.onnx").display());
+        }
+        Command::Supervised { method, common } => {
+            let config = config("supervised", &method, &common, None, HeadFeatures::Backbone)?;
+            run_training(
+                config,
+                &common.out,
+                common.resume,
+                &common.device,
+                &mut Lines,
+            )?;
+            println!("model: {}", common.out.join("model.onnx").display());
+        }
+        Command::Export { run, out } => {
+            export(&run, &out)?;
+            println!("wrote {}", out.display());
+        }
         Command::Info => {
             println!("libtorch threads: {}", tch::get_num_threads());
             println!("cuda available: {}", tch::Cuda::is_available());
@@ -32,9 +242,16 @@ fn main() -> ExitCode {
                 .sum(tch::Kind::Float)
                 .double_value(&[]);
             println!("tensor check: sum([1,2,3]) = {probe}");
-            ExitCode::SUCCESS
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    run(Cli::parse()).unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(2)
+    })
 }
 
 #[cfg(test)]

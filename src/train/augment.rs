@@ -44,7 +44,10 @@ fn uniform(n: i64, low: f64, high: f64, device: Device) -> Tensor {
 
 /// `[n]` booleans true with probability `p`, as 0/1 floats shaped to broadcast over NCHW.
 fn coin(n: i64, p: f64, device: Device) -> Tensor {
-    Tensor::rand([n], (Kind::Float, device)).lt(p).to_kind(Kind::Float).view([n, 1, 1, 1])
+    Tensor::rand([n], (Kind::Float, device))
+        .lt(p)
+        .to_kind(Kind::Float)
+        .view([n, 1, 1, 1])
 }
 
 impl Augmentations {
@@ -77,9 +80,14 @@ impl Augmentations {
         // Centres where the crop fits, in affine_grid's [-1, 1] coordinates.
         let cx = (Tensor::rand([n], (Kind::Float, device)) * 2.0 - 1.0) * (1.0 - &w);
         let cy = (Tensor::rand([n], (Kind::Float, device)) * 2.0 - 1.0) * (1.0 - &h);
-        let flip = Tensor::rand([n], (Kind::Float, device)).lt(self.flip_probability).to_kind(Kind::Float) * -2.0 + 1.0;
+        let flip = Tensor::rand([n], (Kind::Float, device))
+            .lt(self.flip_probability)
+            .to_kind(Kind::Float)
+            * -2.0
+            + 1.0;
         let zeros = Tensor::zeros([n], (Kind::Float, device));
-        let theta = Tensor::stack(&[&w * &flip, zeros.shallow_clone(), cx, zeros, h, cy], 1).view([n, 2, 3]);
+        let theta = Tensor::stack(&[&w * &flip, zeros.shallow_clone(), cx, zeros, h, cy], 1)
+            .view([n, 2, 3]);
         let grid = Tensor::affine_grid_generator(&theta, size.as_slice(), false);
         // Bilinear, border padding (the crop lies inside the image anyway).
         x.grid_sampler(&grid, 0, 1, false)
@@ -94,7 +102,10 @@ impl Augmentations {
         let mean = grey(&v).mean_dim([1i64, 2, 3].as_slice(), true, Kind::Float);
         let v = blend(&factor(device), &v, &mean).clamp(0.0, 1.0);
         let v = blend(&factor(device), &v, &grey(&v)).clamp(0.0, 1.0);
-        rotate_hue(&v, &(uniform(n, -hue, hue, device) * (2.0 * std::f64::consts::PI)))
+        rotate_hue(
+            &v,
+            &(uniform(n, -hue, hue, device) * (2.0 * std::f64::consts::PI)),
+        )
     }
 
     /// Gaussian blur with σ drawn per sample; kernel about a tenth of the image.
@@ -104,18 +115,29 @@ impl Augmentations {
         let device = x.device();
         let radius = ((h.min(w) as f64 * 0.1) / 2.0).round().max(1.0) as i64;
         let sigma = uniform(n, self.blur_sigma.0, self.blur_sigma.1, device).view([n, 1]);
-        let offsets = Tensor::arange_start(-radius, radius + 1, (Kind::Float, device)).view([1, 2 * radius + 1]);
+        let offsets = Tensor::arange_start(-radius, radius + 1, (Kind::Float, device))
+            .view([1, 2 * radius + 1]);
         let squared: Tensor = &offsets * &offsets;
         let spread: Tensor = &sigma * &sigma * 2.0;
         let kernel = (-(squared / spread)).exp();
         let kernel = &kernel / kernel.sum_dim_intlist([1i64].as_slice(), true, Kind::Float);
         // One kernel per (sample, channel): a grouped, separable convolution.
-        let kernel = kernel.unsqueeze(1).expand([n, c, 2 * radius + 1], false).reshape([n * c, 1, 1, 2 * radius + 1]);
+        let kernel = kernel
+            .unsqueeze(1)
+            .expand([n, c, 2 * radius + 1], false)
+            .reshape([n * c, 1, 1, 2 * radius + 1]);
         let planes = x.reshape([1, n * c, h, w]);
         let padded = planes.reflection_pad2d([radius, radius, 0, 0]);
         let horizontal = padded.conv2d(&kernel, None::<Tensor>, [1, 1], [0, 0], [1, 1], n * c);
         let padded = horizontal.reflection_pad2d([0, 0, radius, radius]);
-        let vertical = padded.conv2d(&kernel.transpose(2, 3), None::<Tensor>, [1, 1], [0, 0], [1, 1], n * c);
+        let vertical = padded.conv2d(
+            &kernel.transpose(2, 3),
+            None::<Tensor>,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            n * c,
+        );
         vertical.reshape([n, c, h, w])
     }
 }
@@ -128,24 +150,37 @@ fn blend(mask: &Tensor, a: &Tensor, b: &Tensor) -> Tensor {
 
 /// Luma (ITU-R 601) `[N, 1, H, W]` of RGB images.
 fn grey(x: &Tensor) -> Tensor {
-    let weights = Tensor::from_slice(&[0.299f32, 0.587, 0.114]).view([1, 3, 1, 1]).to_device(x.device());
+    let weights = Tensor::from_slice(&[0.299f32, 0.587, 0.114])
+        .view([1, 3, 1, 1])
+        .to_device(x.device());
     (x * weights).sum_dim_intlist([1i64].as_slice(), true, Kind::Float)
 }
 
 /// Rotates the chroma of RGB images by `angle` radians (per sample) in YIQ space.
 fn rotate_hue(x: &Tensor, angle: &Tensor) -> Tensor {
     let device = x.device();
-    let to_yiq = Tensor::from_slice(&[0.299f32, 0.587, 0.114, 0.596, -0.274, -0.322, 0.211, -0.523, 0.312]).view([3, 3]).to_device(device);
+    let to_yiq = Tensor::from_slice(&[
+        0.299f32, 0.587, 0.114, 0.596, -0.274, -0.322, 0.211, -0.523, 0.312,
+    ])
+    .view([3, 3])
+    .to_device(device);
     let from_yiq = to_yiq.inverse();
     let n = x.size()[0];
     let (cos, sin) = (angle.cos(), angle.sin());
     let one = Tensor::ones([n], (Kind::Float, device));
     let zero = Tensor::zeros([n], (Kind::Float, device));
-    let rotation = Tensor::stack(&[&one, &zero, &zero, &zero, &cos, &(-&sin), &zero, &sin, &cos], 1).view([n, 3, 3]);
+    let rotation = Tensor::stack(
+        &[&one, &zero, &zero, &zero, &cos, &(-&sin), &zero, &sin, &cos],
+        1,
+    )
+    .view([n, 3, 3]);
     let transform = from_yiq.matmul(&rotation).matmul(&to_yiq);
     let size = x.size();
     let flat = x.reshape([n, 3, -1]);
-    transform.bmm(&flat).reshape(size.as_slice()).clamp(0.0, 1.0)
+    transform
+        .bmm(&flat)
+        .reshape(size.as_slice())
+        .clamp(0.0, 1.0)
 }
 
 #[cfg(test)]
@@ -163,7 +198,10 @@ mod tests {
             assert_eq!(a.size(), x.size());
             assert!(a.min().double_value(&[]) >= 0.0 && a.max().double_value(&[]) <= 1.0);
             assert!(a.isfinite().all().int64_value(&[]) == 1);
-            assert!((&a - &b).abs().max().double_value(&[]) > 1e-3, "two views of the same images should differ");
+            assert!(
+                (&a - &b).abs().max().double_value(&[]) > 1e-3,
+                "two views of the same images should differ"
+            );
         }
     }
 

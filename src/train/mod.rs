@@ -4,8 +4,11 @@
 //! `upat-audit` reads.
 
 pub mod augment;
+pub mod command;
 pub mod export;
 pub mod instance_attack;
 pub mod losses;
 pub mod model;
+pub mod run;
 pub mod sgd;
+pub mod trainer;

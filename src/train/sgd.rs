@@ -19,10 +19,20 @@ impl Sgd {
     /// Optimises the trainable variables of `vs` (sorted by name, so the
     /// order, and hence the saved state, does not depend on hashing).
     pub fn new(vs: &nn::VarStore, lr: f64, momentum: f64, weight_decay: f64) -> Self {
-        let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut params: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let buffers = params.iter().map(|(_, p)| p.zeros_like()).collect();
-        Sgd { lr, momentum, weight_decay, params, buffers }
+        Sgd {
+            lr,
+            momentum,
+            weight_decay,
+            params,
+            buffers,
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -44,20 +54,29 @@ impl Sgd {
                 }
                 let g = &grad + &*p * self.weight_decay;
                 buffer.copy_(&(&*buffer * self.momentum + g));
-                let _ = p.f_sub_(&(&*buffer * self.lr)).expect("in-place update of a parameter");
+                let _ = p
+                    .f_sub_(&(&*buffer * self.lr))
+                    .expect("in-place update of a parameter");
             }
         });
     }
 
     /// Writes the momentum buffers (safetensors).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let named: Vec<(&str, &Tensor)> = self.params.iter().zip(&self.buffers).map(|((n, _), b)| (n.as_str(), b)).collect();
-        Tensor::write_safetensors(&named, path).map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))
+        let named: Vec<(&str, &Tensor)> = self
+            .params
+            .iter()
+            .zip(&self.buffers)
+            .map(|((n, _), b)| (n.as_str(), b))
+            .collect();
+        Tensor::write_safetensors(&named, path)
+            .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))
     }
 
     /// Restores momentum buffers written by [`Sgd::save`].
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let saved = Tensor::read_safetensors(path).map_err(|e| Error::data(path, format!("not a readable optimizer state: {e}")))?;
+        let saved = Tensor::read_safetensors(path)
+            .map_err(|e| Error::data(path, format!("not a readable optimizer state: {e}")))?;
         for ((name, _), buffer) in self.params.iter().zip(&mut self.buffers) {
             let (_, value) = saved
                 .iter()
@@ -89,6 +108,10 @@ mod tests {
             buffer = 0.9 * buffer + 2.0 + 0.01 * expected;
             expected -= 0.1 * buffer;
         }
-        assert!((w.double_value(&[0]) - expected).abs() < 1e-6, "{} vs {expected}", w.double_value(&[0]));
+        assert!(
+            (w.double_value(&[0]) - expected).abs() < 1e-6,
+            "{} vs {expected}",
+            w.double_value(&[0])
+        );
     }
 }

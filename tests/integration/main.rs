@@ -8,4 +8,6 @@ mod cli;
 #[cfg(feature = "train")]
 mod export;
 mod grad;
+#[cfg(feature = "train")]
+mod train;
 mod util;

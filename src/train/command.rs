@@ -1,0 +1,179 @@
+//! What `upat-train`'s commands do, behind the CLI: open or resume a run
+//! directory, build the network, train, export.
+
+use super::export::{to_onnx, ExportInfo};
+use super::model::{InputNormalization, Network};
+use super::run::{existing, RunConfig, RunDir};
+use super::trainer::train;
+use crate::data::{DataSpec, Dataset, Split};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use std::path::Path;
+use tch::{nn, Device};
+
+/// Per-channel mean and standard deviation of a dataset, normalisation that
+/// the exported model then carries inside its graph.
+pub fn channel_statistics(data: &Dataset) -> InputNormalization {
+    let [c, h, w] = data.image_shape;
+    let plane = h * w;
+    let (mut mean, mut std) = (Vec::new(), Vec::new());
+    for channel in 0..c {
+        let values = (0..data.len()).flat_map(|i| {
+            data.pixels[(i * c + channel) * plane..(i * c + channel + 1) * plane].iter()
+        });
+        let (mut sum, mut square, mut n) = (0f64, 0f64, 0f64);
+        for &v in values {
+            sum += f64::from(v);
+            square += f64::from(v) * f64::from(v);
+            n += 1.0;
+        }
+        let m = sum / n.max(1.0);
+        mean.push(m as f32);
+        std.push(((square / n.max(1.0) - m * m).max(1e-6)).sqrt() as f32);
+    }
+    InputNormalization { mean, std }
+}
+
+/// The first `samples` of the train split, less a held-out slice at its end.
+pub fn training_split(config: &RunConfig) -> Result<(Dataset, Dataset)> {
+    let spec: DataSpec = config.data.parse()?;
+    let mut data = spec.load(Split::Train)?;
+    if let Some(n) = config.samples {
+        data.truncate(n);
+    }
+    if config.holdout >= data.len() {
+        return Err(Error::Usage(format!(
+            "--holdout {} leaves no training samples out of {}",
+            config.holdout,
+            data.len()
+        )));
+    }
+    let len = data.image_len();
+    let cut = data.len() - config.holdout;
+    let holdout = Dataset {
+        name: data.name.clone(),
+        image_shape: data.image_shape,
+        pixels: data.pixels[cut * len..].to_vec(),
+        labels: data.labels[cut..].to_vec(),
+        num_classes: data.num_classes,
+    };
+    data.truncate(cut);
+    Ok((data, holdout))
+}
+
+/// `--device auto|cpu|cuda`.
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        "cuda" => Err(Error::Usage(
+            "--device cuda: libtorch sees no CUDA device here; use --device cpu".into(),
+        )),
+        "auto" => Ok(Device::cuda_if_available()),
+        other => Err(Error::Usage(format!(
+            "--device {other}: use cpu, cuda or auto"
+        ))),
+    }
+}
+
+fn build(config: &RunConfig, vs: &nn::VarStore) -> Network {
+    Network::new(
+        &vs.root(),
+        config.image_shape[0],
+        config.width,
+        config.classes,
+        config.features,
+        config.normalization.clone(),
+    )
+}
+
+/// Starts (or, with `resume`, continues) the run in `dir`.
+pub fn run_training(
+    config: RunConfig,
+    dir: &Path,
+    resume: bool,
+    device_name: &str,
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    let run = RunDir(dir.to_path_buf());
+    let config = if resume {
+        let saved = existing(dir)?.read_config()?;
+        RunConfig {
+            epochs: config.epochs.max(saved.epochs),
+            ..saved
+        }
+    } else {
+        if run.config().exists() {
+            return Err(Error::Usage(format!(
+                "{} already holds a run; pass --resume to continue it, or choose another --out",
+                dir.display()
+            )));
+        }
+        config
+    };
+    let (train_data, holdout) = training_split(&config)?;
+    let device = device(device_name)?;
+    // A resumed run may have been given more epochs.
+    run.start(&config)?;
+    let mut vs = nn::VarStore::new(device);
+    tch::manual_seed(config.seed as i64);
+    let net = build(&config, &vs);
+    if let Some(encoder) = &config.encoder {
+        let source = existing(encoder)?;
+        if run.read_state()?.completed_epochs == 0 {
+            let missing = vs.load_partial(source.checkpoint()).map_err(|e| {
+                Error::data(source.checkpoint(), format!("cannot load the encoder: {e}"))
+            })?;
+            if missing.iter().any(|name| name.starts_with("encoder.")) {
+                return Err(Error::Usage(format!(
+                    "{} does not hold an encoder of this width and input",
+                    encoder.display()
+                )));
+            }
+        }
+    }
+    progress.line(&format!(
+        "{} {}: {} training, {} held out, on {device:?}",
+        config.command,
+        config.method,
+        train_data.len(),
+        holdout.len()
+    ));
+    train(
+        &config,
+        &run,
+        &mut vs,
+        &net,
+        &train_data,
+        &holdout,
+        progress,
+    )?;
+    if config.command == "finetune" || config.command == "supervised" {
+        export(dir, &run.model())?;
+    }
+    Ok(())
+}
+
+/// Writes the run's classifier as ONNX to `out`.
+pub fn export(dir: &Path, out: &Path) -> Result<()> {
+    let run = existing(dir)?;
+    let config = run.read_config()?;
+    if run.read_state()?.completed_epochs == 0 {
+        return Err(Error::Usage(format!(
+            "{} has no completed epoch to export",
+            dir.display()
+        )));
+    }
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let net = build(&config, &vs);
+    vs.load(run.checkpoint())
+        .map_err(|e| Error::data(run.checkpoint(), format!("cannot load the checkpoint: {e}")))?;
+    let info = ExportInfo {
+        method: format!("{}:{}", config.command, config.method),
+        dataset: config.data.clone(),
+        image_shape: config.image_shape,
+        train_config: serde_json::to_string(&config).expect("configs serialise"),
+    };
+    let proto = to_onnx(&net, &info);
+    crate::atomic::write_atomic(out, &crate::onnx::encode(&proto))
+}

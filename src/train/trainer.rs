@@ -1,0 +1,242 @@
+//! The epoch loop shared by every training command, and the per-batch
+//! objectives: supervised CE and PGD adversarial training, SimCLR, UPAT
+//! (paper Eq. 6), and linear or adversarial fine-tuning of a frozen encoder.
+
+use super::augment::Augmentations;
+use super::instance_attack::InstanceAttack;
+use super::losses::{nt_xent, upat_loss};
+use super::model::Network;
+use super::run::{AttackView, EpochMetrics, RunConfig, RunDir};
+use super::sgd::Sgd;
+use crate::attack::rng::{hash_str, SampleRng};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
+
+/// Images `[n, C, H, W]` and labels of samples `ids`, on `device`.
+fn batch(data: &Dataset, ids: &[usize], device: Device) -> (Tensor, Tensor) {
+    let [c, h, w] = data.image_shape.map(|d| d as i64);
+    let pixels: Vec<f32> = ids
+        .iter()
+        .flat_map(|&i| data.pixels_of(i..i + 1).iter().copied())
+        .collect();
+    let labels: Vec<i64> = ids.iter().map(|&i| data.labels[i]).collect();
+    (
+        Tensor::from_slice(&pixels)
+            .view([ids.len() as i64, c, h, w])
+            .to_device(device),
+        Tensor::from_slice(&labels).to_device(device),
+    )
+}
+
+/// ℓ∞ PGD with a uniform random start on the cross-entropy of the classifier
+/// (Madry et al.), for adversarial training and the held-out PGD accuracy.
+pub fn class_pgd(
+    net: &Network,
+    x: &Tensor,
+    y: &Tensor,
+    eps: f64,
+    alpha: f64,
+    steps: i64,
+) -> Tensor {
+    let noise = Tensor::rand_like(x) * (2.0 * eps) - eps;
+    let mut adv = (x + noise).clamp(0.0, 1.0);
+    for _ in 0..steps {
+        let xg = adv.detach().set_requires_grad(true);
+        let loss = net.logits_t(&xg, false).cross_entropy_for_logits(y);
+        let grad = Tensor::run_backward(&[loss], &[&xg], false, false)
+            .pop()
+            .expect("one gradient");
+        let stepped = adv.detach() + grad.sign() * alpha;
+        adv = stepped
+            .maximum(&(x - eps))
+            .minimum(&(x + eps))
+            .clamp(0.0, 1.0);
+    }
+    adv.detach()
+}
+
+/// The training objective of one batch, per the run's command and method.
+fn batch_loss(
+    config: &RunConfig,
+    net: &Network,
+    augment: &Augmentations,
+    x: &Tensor,
+    y: &Tensor,
+) -> Result<Tensor> {
+    let attack = InstanceAttack {
+        eps: config.eps,
+        alpha: config.alpha,
+        steps: config.steps,
+        loss: config.attack_loss,
+        tau: config.tau,
+    };
+    // A fine-tuned encoder is frozen, BatchNorm statistics included.
+    let train_encoder = config.command != "finetune";
+    Ok(match (config.command.as_str(), config.method.as_str()) {
+        ("supervised", "ce") | ("finetune", "linear") => {
+            net.logits_t(x, train_encoder).cross_entropy_for_logits(y)
+        }
+        ("supervised", "at") | ("finetune", "at") => {
+            let adv = class_pgd(net, x, y, config.eps, config.alpha, config.steps);
+            net.logits_t(&adv, train_encoder)
+                .cross_entropy_for_logits(y)
+        }
+        ("pretrain", "simclr") => nt_xent(
+            &net.project_t(&augment.view(x), true),
+            &net.project_t(&augment.view(x), true),
+            config.tau,
+        ),
+        ("pretrain", "upat") => {
+            let (t, t_prime) = (augment.view(x), augment.view(x));
+            // Algorithm 1: perturb one view against the other.
+            let adv = match config.attack_view {
+                AttackView::T => attack.perturb(net, &t, &t_prime, true),
+                AttackView::TPrime => attack.perturb(net, &t_prime, &t, true),
+                AttackView::X => attack.perturb(net, x, &t, true),
+            };
+            let (z_t, z_t_prime, z_adv) = (
+                net.project_t(&t, true),
+                net.project_t(&t_prime, true),
+                net.project_t(&adv, true),
+            );
+            upat_loss(&z_t, &z_t_prime, &z_adv, config.lambda, config.tau)
+        }
+        (command, method) => {
+            return Err(Error::Usage(format!(
+                "`{command} --method {method}` is not available in this version"
+            )))
+        }
+    })
+}
+
+/// Accuracy, clean and under 10-step PGD, on the held-out slice.
+fn holdout_accuracy(
+    config: &RunConfig,
+    net: &Network,
+    holdout: &Dataset,
+    device: Device,
+) -> (f64, f64) {
+    let (mut clean, mut robust) = (0i64, 0i64);
+    let ids: Vec<usize> = (0..holdout.len()).collect();
+    for chunk in ids.chunks(config.batch_size.max(1)) {
+        let (x, y) = batch(holdout, chunk, device);
+        clean += tch::no_grad(|| {
+            net.logits_t(&x, false)
+                .argmax(1, false)
+                .eq_tensor(&y)
+                .sum(Kind::Int64)
+                .int64_value(&[])
+        });
+        let adv = class_pgd(net, &x, &y, config.eps, config.eps / 4.0, 10);
+        robust += tch::no_grad(|| {
+            net.logits_t(&adv, false)
+                .argmax(1, false)
+                .eq_tensor(&y)
+                .sum(Kind::Int64)
+                .int64_value(&[])
+        });
+    }
+    let n = holdout.len().max(1) as f64;
+    (clean as f64 / n, robust as f64 / n)
+}
+
+/// The learning rate of `epoch` (1-based): fine-tuning drops it ×0.1 halfway (paper §4.1).
+fn learning_rate(config: &RunConfig, epoch: usize) -> f64 {
+    if config.command == "finetune" && epoch > config.epochs / 2 && config.epochs > 1 {
+        config.lr * 0.1
+    } else {
+        config.lr
+    }
+}
+
+/// Trains from the run directory's last complete epoch (0 for a new run) to
+/// `config.epochs`, checkpointing after every epoch. Every epoch's shuffling
+/// and randomness derive from (seed, epoch), so a resumed run repeats an
+/// uninterrupted one.
+pub fn train(
+    config: &RunConfig,
+    run: &RunDir,
+    vs: &mut nn::VarStore,
+    net: &Network,
+    train_data: &Dataset,
+    holdout: &Dataset,
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    let device = vs.device();
+    if config.command == "finetune" {
+        for (name, t) in vs.variables() {
+            if !name.starts_with("head.") {
+                let _ = t.set_requires_grad(false);
+            }
+        }
+    }
+    let mut sgd = Sgd::new(vs, config.lr, config.momentum, config.weight_decay);
+    let completed = run.read_state()?.completed_epochs;
+    if completed > 0 {
+        vs.load(run.checkpoint()).map_err(|e| {
+            Error::data(run.checkpoint(), format!("cannot load the checkpoint: {e}"))
+        })?;
+        sgd.load(&run.optimizer())?;
+        progress.line(&format!("resuming after epoch {completed}"));
+    }
+    let augment = Augmentations::default();
+    for epoch in completed + 1..=config.epochs {
+        let started = Instant::now();
+        tch::manual_seed((config.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9)) as i64);
+        let mut rng = SampleRng::new(config.seed, hash_str("shuffle"), epoch as u64, 0);
+        let mut order: Vec<usize> = (0..train_data.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.integer(0, i));
+        }
+        sgd.lr = learning_rate(config, epoch);
+        progress.begin(
+            &format!("epoch {epoch}/{}", config.epochs),
+            train_data.len() as u64,
+        );
+        let (mut total, mut seen) = (0.0, 0usize);
+        for (b, chunk) in order.chunks(config.batch_size.max(1)).enumerate() {
+            let (x, y) = batch(train_data, chunk, device);
+            let loss = batch_loss(config, net, &augment, &x, &y)?;
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                return Err(Error::Usage(format!(
+                    "the loss became {value} at epoch {epoch}, batch {b}; training stopped and {} keeps the last complete epoch ({}). Lower --lr and resume",
+                    run.0.display(),
+                    epoch - 1
+                )));
+            }
+            sgd.zero_grad();
+            loss.backward();
+            sgd.step();
+            total += value * chunk.len() as f64;
+            seen += chunk.len();
+            progress.advance(chunk.len() as u64);
+        }
+        let (clean_acc, pgd_acc) = if config.command == "pretrain" || holdout.is_empty() {
+            (None, None)
+        } else {
+            let (c, r) = holdout_accuracy(config, net, holdout, device);
+            (Some(c), Some(r))
+        };
+        let metrics = EpochMetrics {
+            epoch,
+            loss: total / seen.max(1) as f64,
+            lr: sgd.lr,
+            clean_acc,
+            pgd_acc,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        run.save_epoch(vs, &sgd, &metrics)?;
+        let accuracy = clean_acc.map_or(String::new(), |c| {
+            format!(", held-out clean {c:.3}, PGD {:.3}", pgd_acc.unwrap_or(0.0))
+        });
+        progress.line(&format!(
+            "epoch {epoch}: loss {:.4}{accuracy} ({:.1}s)",
+            metrics.loss, metrics.seconds
+        ));
+    }
+    Ok(())
+}
