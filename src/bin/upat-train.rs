@@ -38,16 +38,17 @@ enum Command {
         /// The pre-training run directory.
         #[arg(long)]
         encoder: PathBuf,
-        #[arg(long, value_parser = ["linear", "at"], default_value = "at")]
+        #[arg(long, value_parser = ["linear", "at", "trades-full"], default_value = "at")]
         mode: String,
         #[arg(long, value_enum, default_value = "projector")]
         features: HeadFeatures,
         #[command(flatten)]
         common: Common,
     },
-    /// Supervised baselines: plain cross-entropy or PGD adversarial training (Madry et al.).
+    /// Supervised baselines: cross-entropy, PGD adversarial training (Madry et al.),
+    /// TRADES (β = 6) or adversarial logit pairing.
     Supervised {
-        #[arg(long, value_parser = ["ce", "at"], default_value = "at")]
+        #[arg(long, value_parser = ["ce", "at", "trades", "alp"], default_value = "at")]
         method: String,
         #[command(flatten)]
         common: Common,

@@ -32,7 +32,7 @@ pub enum AttackView {
 pub struct RunConfig {
     /// `supervised`, `pretrain` or `finetune`.
     pub command: String,
-    /// ce | at (supervised), upat | simclr (pretrain), linear | at (finetune).
+    /// ce | at | trades | alp (supervised), upat | simclr (pretrain), linear | at | trades-full (finetune).
     pub method: String,
     pub data: String,
     pub arch: String,

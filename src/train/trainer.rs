@@ -58,6 +58,35 @@ pub fn class_pgd(
     adv.detach()
 }
 
+/// TRADES's inner maximisation (Zhang et al. 2019): from a small Gaussian
+/// start, ℓ∞ PGD on KL(f(x) ‖ f(x′)), the model in inference mode.
+fn trades_adversary(net: &Network, x: &Tensor, eps: f64, alpha: f64, steps: i64) -> Tensor {
+    let clean = tch::no_grad(|| net.logits_t(x, false).softmax(1, Kind::Float));
+    let mut adv = x + Tensor::randn_like(x) * 0.001;
+    for _ in 0..steps {
+        let xg = adv.detach().set_requires_grad(true);
+        let kl = net.logits_t(&xg, false).log_softmax(1, Kind::Float).kl_div(
+            &clean,
+            tch::Reduction::Sum,
+            false,
+        );
+        let grad = Tensor::run_backward(&[kl], &[&xg], false, false)
+            .pop()
+            .expect("one gradient");
+        let stepped = adv.detach() + grad.sign() * alpha;
+        adv = stepped
+            .maximum(&(x - eps))
+            .minimum(&(x + eps))
+            .clamp(0.0, 1.0);
+    }
+    adv.detach()
+}
+
+/// TRADES weight β of the robustness term (the paper's value).
+const TRADES_BETA: f64 = 6.0;
+/// Adversarial logit pairing weight (Kannan et al. 2018).
+const ALP_WEIGHT: f64 = 0.5;
+
 /// The training objective of one batch, per the run's command and method.
 fn batch_loss(
     config: &RunConfig,
@@ -73,8 +102,9 @@ fn batch_loss(
         loss: config.attack_loss,
         tau: config.tau,
     };
-    // A fine-tuned encoder is frozen, BatchNorm statistics included.
-    let train_encoder = config.command != "finetune";
+    // A fine-tuned encoder is frozen, BatchNorm statistics included
+    // (trades-full fine-tunes everything).
+    let train_encoder = config.command != "finetune" || config.method == "trades-full";
     Ok(match (config.command.as_str(), config.method.as_str()) {
         ("supervised", "ce") | ("finetune", "linear") => {
             net.logits_t(x, train_encoder).cross_entropy_for_logits(y)
@@ -83,6 +113,28 @@ fn batch_loss(
             let adv = class_pgd(net, x, y, config.eps, config.alpha, config.steps);
             net.logits_t(&adv, train_encoder)
                 .cross_entropy_for_logits(y)
+        }
+        // TRADES: CE(f(x), y) + β·KL(f(x) ‖ f(x_adv)); trades-full trains the whole network.
+        ("supervised", "trades") | ("finetune", "trades-full") => {
+            let adv = trades_adversary(net, x, config.eps, config.alpha, config.steps);
+            let logits = net.logits_t(x, true);
+            let robust = net.logits_t(&adv, true).log_softmax(1, Kind::Float).kl_div(
+                &logits.softmax(1, Kind::Float),
+                tch::Reduction::Sum,
+                false,
+            ) / x.size()[0] as f64;
+            logits.cross_entropy_for_logits(y) + robust * TRADES_BETA
+        }
+        // ALP: CE on clean and PGD examples, plus the squared distance of their logits.
+        ("supervised", "alp") => {
+            let adv = class_pgd(net, x, y, config.eps, config.alpha, config.steps);
+            let (clean, attacked) = (net.logits_t(x, true), net.logits_t(&adv, true));
+            let pairing = (&clean - &attacked)
+                .square()
+                .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+                .mean(Kind::Float);
+            (clean.cross_entropy_for_logits(y) + attacked.cross_entropy_for_logits(y)) * 0.5
+                + pairing * ALP_WEIGHT
         }
         ("pretrain", "simclr") => nt_xent(
             &net.project_t(&augment.view(x), true),
@@ -166,7 +218,7 @@ pub fn train(
     progress: &mut dyn Progress,
 ) -> Result<()> {
     let device = vs.device();
-    if config.command == "finetune" {
+    if config.command == "finetune" && config.method != "trades-full" {
         for (name, t) in vs.variables() {
             if !name.starts_with("head.") {
                 let _ = t.set_requires_grad(false);

@@ -92,7 +92,7 @@ fn every_method_runs_an_epoch_and_leaves_a_complete_run() {
         );
         assert_complete(&dir.path().join(method), 1);
     }
-    for mode in ["linear", "at"] {
+    for mode in ["linear", "at", "trades-full"] {
         let out = format!("ft-{mode}");
         train_ok(
             dir.path(),
@@ -113,7 +113,7 @@ fn every_method_runs_an_epoch_and_leaves_a_complete_run() {
         assert_complete(&dir.path().join(&out), 1);
         assert!(dir.path().join(&out).join("model.onnx").is_file());
     }
-    for method in ["ce", "at"] {
+    for method in ["ce", "at", "trades", "alp"] {
         let out = format!("sup-{method}");
         train_ok(
             dir.path(),
