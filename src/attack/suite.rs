@@ -313,6 +313,12 @@ fn parse_attack(entry: &toml::Table, index: usize, err: &ErrFn) -> Result<Attack
             ));
         }
     }
+    if loss == Loss::DlrTargeted && kind != AttackKind::ApgdT {
+        return Err(fail(
+            "loss",
+            format!("dlr-targeted needs target classes, which only kind `apgd-t` chooses; use ce, margin or dlr with `{}`", kind.as_str()),
+        ));
+    }
     let queries = count("queries")?;
     let targets = count("targets")?;
     Ok(AttackSpec {
@@ -458,6 +464,8 @@ mod tests {
         );
         let msg = error_of("[[attack]]\nid='a'\nkind='clean'\n[[attack]]\nid='a'\nkind='clean'\n");
         assert!(msg.contains("unique"), "{msg}");
+        let msg = error_of("[[attack]]\nid='t'\nkind='pgd'\neps=0.1\nsteps=2\nstep_size=0.1\nloss='dlr-targeted'\n");
+        assert!(msg.contains("apgd-t") && msg.contains("`loss`"), "{msg}");
         let msg = error_of("[[attack]]\nid='a'\nkind='deepfool'\n");
         assert!(msg.contains("deepfool") && msg.contains("`kind`"), "{msg}");
         assert!(error_of("name = \n").contains("not valid TOML"));
