@@ -177,6 +177,7 @@ fn config(
         attack_view: common.attack_view,
         attack_loss: common.attack_loss,
         features,
+        unit_features: command == "finetune",
         encoder,
         image_shape: [c, h, w],
         classes: data.num_classes as i64,

@@ -85,6 +85,7 @@ fn build(config: &RunConfig, vs: &nn::VarStore) -> Network {
         config.features,
         config.normalization.clone(),
     )
+    .with_unit_features(config.unit_features)
 }
 
 /// Starts (or, with `resume`, continues) the run in `dir`.

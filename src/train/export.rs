@@ -3,7 +3,7 @@
 //! output `logits` `[N, K]`, dynamic batch, and `upat.*` metadata. Written by
 //! the project's own protobuf types, node by node, from the network's layers.
 
-use super::model::{BasicBlock, ConvBn, HeadFeatures, Network, BN_EPS};
+use super::model::{BasicBlock, ConvBn, HeadFeatures, Network, BN_EPS, UNIT_FEATURES_EPS};
 use crate::onnx::grad::emit::{attr_float, attr_int, attr_ints};
 use crate::onnx::pb;
 use tch::{nn, Kind, Tensor};
@@ -118,6 +118,32 @@ impl GraphBuilder {
         self.node("Relu", &[&sum], vec![], None)
     }
 
+    /// `f / sqrt(Σ f² + ε)` along the feature axis.
+    fn unit_norm(&mut self, f: &str) -> String {
+        let squared = self.node("Mul", &[f, f], vec![], None);
+        let axes = "unit_features.axes".to_string();
+        self.initializers.push(pb::TensorProto {
+            name: axes.clone(),
+            dims: vec![1],
+            data_type: 7,
+            int64_data: vec![1],
+            ..Default::default()
+        });
+        let sum = self.node(
+            "ReduceSum",
+            &[&squared, &axes],
+            vec![attr_int("keepdims", 1)],
+            None,
+        );
+        let eps = self.weight(
+            "unit_features.eps",
+            &Tensor::from_slice(&[UNIT_FEATURES_EPS as f32]),
+        );
+        let shifted = self.node("Add", &[&sum, &eps], vec![], None);
+        let norm = self.node("Sqrt", &[&shifted], vec![], None);
+        self.node("Div", &[f, &norm], vec![], None)
+    }
+
     fn linear(
         &mut self,
         x: &str,
@@ -192,6 +218,9 @@ pub fn to_onnx(network: &Network, info: &ExportInfo) -> pb::ModelProto {
         );
         let hidden = g.node("Relu", &[&hidden], vec![], None);
         features = g.linear(&hidden, &network.projector.out, "projector.out", None);
+    }
+    if network.unit_features {
+        features = g.unit_norm(&features);
     }
     g.linear(&features, &network.head, "head", Some("logits"));
     let classes = network.head.ws.size()[0];

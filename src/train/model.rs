@@ -185,7 +185,15 @@ pub struct Network {
     pub head: nn::Linear,
     pub features: HeadFeatures,
     pub normalization: InputNormalization,
+    /// Scale the head's input features to unit ℓ2 norm. Fine-tuning heads
+    /// use it: contrastive training leaves feature norms free (NT-Xent only
+    /// sees directions), and a linear head on features of norm ~10 diverges at
+    /// the paper's learning rate of 0.5.
+    pub unit_features: bool,
 }
+
+/// Added to the squared norm before the square root (kept in the export too).
+pub const UNIT_FEATURES_EPS: f64 = 1e-12;
 
 impl Network {
     pub fn new(
@@ -209,7 +217,14 @@ impl Network {
             head,
             features,
             normalization,
+            unit_features: false,
         }
+    }
+
+    /// The same network with its head reading unit-norm features.
+    pub fn with_unit_features(mut self, unit: bool) -> Self {
+        self.unit_features = unit;
+        self
     }
 
     fn normalize(&self, xs: &Tensor) -> Tensor {
@@ -239,6 +254,16 @@ impl Network {
         let h = match self.features {
             HeadFeatures::Projector => h.apply(&self.projector),
             HeadFeatures::Backbone => h,
+        };
+        let h = if self.unit_features {
+            let norm = (h
+                .square()
+                .sum_dim_intlist([1i64].as_slice(), true, tch::Kind::Float)
+                + UNIT_FEATURES_EPS)
+                .sqrt();
+            h / norm
+        } else {
+            h
         };
         h.apply(&self.head)
     }

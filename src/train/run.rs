@@ -55,6 +55,9 @@ pub struct RunConfig {
     pub attack_view: AttackView,
     pub attack_loss: AttackLoss,
     pub features: HeadFeatures,
+    /// The head reads unit-norm features (fine-tuning runs).
+    #[serde(default)]
+    pub unit_features: bool,
     /// The pre-training run a fine-tuning run starts from.
     pub encoder: Option<PathBuf>,
     pub image_shape: [i64; 3],

@@ -14,7 +14,8 @@ fn network(features: HeadFeatures, channels: i64) -> (nn::VarStore, Network) {
         mean: vec![0.3; channels as usize],
         std: vec![0.4; channels as usize],
     };
-    let net = Network::new(&vs.root(), channels, 4, 7, features, normalization);
+    let net = Network::new(&vs.root(), channels, 4, 7, features, normalization)
+        .with_unit_features(features == HeadFeatures::Projector);
     // Non-trivial running statistics, so the exported inference-mode BatchNorm is exercised.
     tch::no_grad(|| {
         for (name, mut t) in vs.variables() {
