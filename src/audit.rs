@@ -174,8 +174,7 @@ pub fn run_audit(
         ));
         let model_rows = audit_model(
             plan,
-            &model,
-            &graph,
+            (&model, &graph),
             classifier.as_mut(),
             data,
             &transfer_sets,
@@ -393,10 +392,10 @@ fn gradient_attack(
     })
 }
 
+/// Audits one model (`target`: the file and its classifier graph).
 fn audit_model(
     plan: &AuditPlan,
-    model: &OnnxModel,
-    graph: &ClassifierGraph,
+    (model, graph): (&OnnxModel, &ClassifierGraph),
     classifier: &mut dyn Classifier,
     data: &Dataset,
     transfer_sets: &[TransferSet],
@@ -621,7 +620,7 @@ mod tests {
     fn gates_must_name_an_attack_of_the_audit() {
         let smoke = Suite::resolve("smoke").unwrap();
         let ok = AuditPlan::attacks_from_suites(
-            &[smoke.clone()],
+            std::slice::from_ref(&smoke),
             vec!["worst_case=0.1".parse().unwrap()],
         );
         assert!(ok.is_ok());
