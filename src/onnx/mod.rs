@@ -237,6 +237,30 @@ impl OnnxModel {
     }
 }
 
+/// A tensor's declared type: `dims` entries are fixed sizes, `None` the
+/// symbolic batch dimension `N`.
+pub fn tensor_value_info(name: &str, elem_type: i32, dims: &[Option<i64>]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(d.map_or(Value::DimParam("N".into()), Value::DimValue)),
+            ..Default::default()
+        })
+        .collect();
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type,
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Encodes a model to protobuf bytes.
 pub fn encode(proto: &pb::ModelProto) -> Vec<u8> {
     proto.encode_to_vec()

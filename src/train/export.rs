@@ -5,7 +5,7 @@
 
 use super::model::{BasicBlock, ConvBn, HeadFeatures, Network, BN_EPS, UNIT_FEATURES_EPS};
 use crate::onnx::grad::emit::{attr_float, attr_int, attr_ints};
-use crate::onnx::pb;
+use crate::onnx::{pb, tensor_value_info};
 use tch::{nn, Kind, Tensor};
 
 /// What the exported file says about itself.
@@ -160,28 +160,6 @@ impl GraphBuilder {
     }
 }
 
-fn value_info(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::{dimension::Value, Dimension};
-    let dim = dims
-        .iter()
-        .map(|d| Dimension {
-            value: Some(d.map_or(Value::DimParam("N".into()), Value::DimValue)),
-            ..Default::default()
-        })
-        .collect();
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// The classifier (normalisation, encoder, projector when the head reads it,
 /// head) in inference mode, as an ONNX model.
 pub fn to_onnx(network: &Network, info: &ExportInfo) -> pb::ModelProto {
@@ -229,11 +207,12 @@ pub fn to_onnx(network: &Network, info: &ExportInfo) -> pb::ModelProto {
         name: "upat".into(),
         node: g.nodes,
         initializer: g.initializers,
-        input: vec![value_info(
+        input: vec![tensor_value_info(
             "input",
+            1,
             &[None, Some(c), Some(height), Some(width)],
         )],
-        output: vec![value_info("logits", &[None, Some(classes)])],
+        output: vec![tensor_value_info("logits", 1, &[None, Some(classes)])],
         ..Default::default()
     };
     let meta = |key: &str, value: String| pb::StringStringEntryProto {

@@ -4,6 +4,7 @@
 
 use super::losses::{embedding_mse, nt_xent};
 use super::model::Network;
+use super::trainer::linf_ascent;
 use tch::Tensor;
 
 /// The metric the perturbation maximises between the two views' embeddings.
@@ -50,19 +51,14 @@ impl InstanceAttack {
     pub fn perturb(&self, network: &Network, view: &Tensor, other: &Tensor, train: bool) -> Tensor {
         let other_embedding = tch::no_grad(|| network.project_t(other, train));
         let origin = view.detach();
-        let mut x = origin.shallow_clone();
-        for _ in 0..self.steps {
-            let xg = x.detach().set_requires_grad(true);
-            let loss = self.metric(network, &xg, &other_embedding, train);
-            let grad = Tensor::run_backward(&[loss], &[&xg], false, false)
-                .pop()
-                .expect("one gradient");
-            let stepped = x.detach() + self.alpha * grad.sign();
-            let low = &origin - self.eps;
-            let high = &origin + self.eps;
-            x = stepped.maximum(&low).minimum(&high).clamp(0.0, 1.0);
-        }
-        x.detach()
+        linf_ascent(
+            &origin,
+            origin.shallow_clone(),
+            self.eps,
+            self.alpha,
+            self.steps,
+            |xg| self.metric(network, xg, &other_embedding, train),
+        )
     }
 }
 

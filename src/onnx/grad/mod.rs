@@ -25,7 +25,7 @@ pub use shapes::{Shapes, TensorShape};
 
 use crate::attack::Loss;
 use crate::error::{Error, Result};
-use crate::onnx::{pb, ClassifierGraph};
+use crate::onnx::{pb, tensor_value_info, ClassifierGraph};
 use emit::Emitter;
 use rules::{Ctx, DiffInputs};
 use std::collections::{HashMap, HashSet};
@@ -285,16 +285,10 @@ pub fn build(
     if loss == Loss::DlrTargeted {
         g.input.push(int_vector_input(TARGETS));
     }
-    g.output.push(float_output(LOSS, &[Dim::Batch]));
-    g.output.push(float_output(
-        INPUT_GRAD,
-        &[
-            Dim::Batch,
-            Dim::Fixed(image_shape[0]),
-            Dim::Fixed(image_shape[1]),
-            Dim::Fixed(image_shape[2]),
-        ],
-    ));
+    g.output.push(tensor_value_info(LOSS, 1, &[None]));
+    let [c, h, w] = image_shape.map(|d| Some(d as i64));
+    g.output
+        .push(tensor_value_info(INPUT_GRAD, 1, &[None, c, h, w]));
     set_opset(&mut proto, opset.max(GRAD_OPSET));
     Ok(GradientGraph {
         proto,
@@ -316,42 +310,8 @@ fn identity(from: &str, to: &str) -> pb::NodeProto {
     }
 }
 
-enum Dim {
-    Batch,
-    Fixed(usize),
-}
-
-fn tensor_value_info(name: &str, elem_type: i32, dims: &[Dim]) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::{dimension::Value, Dimension};
-    let dim = dims
-        .iter()
-        .map(|d| Dimension {
-            value: Some(match d {
-                Dim::Batch => Value::DimParam("N".into()),
-                Dim::Fixed(v) => Value::DimValue(*v as i64),
-            }),
-            ..Default::default()
-        })
-        .collect();
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type,
-                shape: Some(pb::TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 fn int_vector_input(name: &str) -> pb::ValueInfoProto {
-    tensor_value_info(name, 7, &[Dim::Batch])
-}
-
-fn float_output(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
-    tensor_value_info(name, 1, dims)
+    tensor_value_info(name, 7, &[None])
 }
 
 fn set_opset(proto: &mut pb::ModelProto, version: i64) {
