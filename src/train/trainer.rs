@@ -95,7 +95,7 @@ const TRADES_BETA: f64 = 6.0;
 const ALP_WEIGHT: f64 = 0.5;
 
 /// The training objective of one batch, per the run's command and method.
-fn batch_loss(
+pub fn batch_loss(
     config: &RunConfig,
     net: &Network,
     augment: &Augmentations,
