@@ -89,12 +89,7 @@ pub trait Classifier {
         let mut classes = 0;
         for start in (0..n).step_by(chunk) {
             let take = chunk.min(n - start);
-            let mut batch = images[start * image_len..(start + take) * image_len].to_vec();
-            // A fixed-batch model gets its last chunk padded with copies of the
-            // last image; their logits are dropped below.
-            while batch.len() < chunk * image_len {
-                batch.extend_from_within((take - 1) * image_len..take * image_len);
-            }
+            let batch = padded_chunk(images, image_len, start, take, chunk);
             let (out, shape) = self.run_batch(&batch, chunk)?;
             if shape.len() != 2
                 || shape[0] != chunk
@@ -141,6 +136,23 @@ pub trait Session {
     fn run(&mut self, feeds: &[Feed]) -> Result<Vec<Fetched>>;
     fn backend_name(&self) -> &'static str;
     fn device(&self) -> Device;
+}
+
+/// Images `start..start + take` as a batch of `chunk`, padded with copies of
+/// the last one; fixed-batch models need whole batches, and the padding's
+/// outputs are dropped by the caller.
+fn padded_chunk(
+    images: &[f32],
+    image_len: usize,
+    start: usize,
+    take: usize,
+    chunk: usize,
+) -> Vec<f32> {
+    let mut batch = images[start * image_len..(start + take) * image_len].to_vec();
+    while batch.len() < chunk * image_len {
+        batch.extend_from_within((take - 1) * image_len..take * image_len);
+    }
+    batch
 }
 
 /// How to open a backend.
@@ -283,10 +295,7 @@ impl GradientModel {
             let pad = |v: &[i64]| -> Vec<i64> {
                 (0..chunk).map(|i| v[start + i.min(take - 1)]).collect()
             };
-            let mut batch = images[start * image_len..(start + take) * image_len].to_vec();
-            while batch.len() < chunk * image_len {
-                batch.extend_from_within((take - 1) * image_len..take * image_len);
-            }
+            let batch = padded_chunk(images, image_len, start, take, chunk);
             let chunk_targets = targets.map(pad);
             let out = self.run_exact(&batch, &pad(labels), chunk_targets.as_deref(), chunk)?;
             all.logits.classes = out.logits.classes;
