@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         attack_view: AttackView::TPrime,
         attack_loss: AttackLoss::Contrastive,
         features: HeadFeatures::Projector,
-        unit_features: false,
+        standardized_features: false,
         encoder: None,
         image_shape: [3, 32, 32],
         classes: 10,

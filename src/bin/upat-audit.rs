@@ -10,6 +10,7 @@ use upat::attack::{Loss, Suite};
 use upat::audit::{run_audit, AuditPlan, Gate};
 use upat::data::{DataSpec, Split};
 use upat::onnx::{ClassifierGraph, Normalization, OnnxModel};
+use upat::progress::TerminalProgress;
 use upat::runtime::{resolve_backend, BackendChoice, Device, RuntimeOptions};
 
 #[derive(Debug, Parser)]
@@ -236,7 +237,7 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
         data.len(),
         data.image_shape
     );
-    let outcome = run_audit(&config.plan, &data, &mut TerminalProgress::new())?;
+    let outcome = run_audit(&config.plan, &data, &mut TerminalProgress::new("samples"))?;
     upat::report::write_reports(&config.out, &outcome.rows, &outcome.warnings)?;
     for warning in &outcome.warnings {
         eprintln!("warning: {warning}");
@@ -250,52 +251,6 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
         eprintln!("gate failed: {failure}");
     }
     Ok(ExitCode::from(1))
-}
-
-/// A progress bar per attack on a terminal; plain lines otherwise (CI logs).
-struct TerminalProgress {
-    bar: Option<indicatif::ProgressBar>,
-    tty: bool,
-}
-
-impl TerminalProgress {
-    fn new() -> Self {
-        TerminalProgress {
-            bar: None,
-            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        }
-    }
-}
-
-impl upat::progress::Progress for TerminalProgress {
-    fn line(&mut self, text: &str) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
-        eprintln!("{text}");
-    }
-
-    fn begin(&mut self, label: &str, total: u64) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
-        if self.tty {
-            let bar = indicatif::ProgressBar::new(total);
-            let style = indicatif::ProgressStyle::with_template(
-                "  {msg:<24} [{bar:30}] {pos}/{len} samples, {eta} left",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-            bar.set_style(style.progress_chars("=> "));
-            bar.set_message(label.to_string());
-            self.bar = Some(bar);
-        }
-    }
-
-    fn advance(&mut self, units: u64) {
-        if let Some(bar) = &self.bar {
-            bar.inc(units);
-        }
-    }
 }
 
 fn print_summary(rows: &[upat::report::ReportRow]) {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use upat::attack::suite::parse_number;
 use upat::data::{DataSpec, Split};
+use upat::progress::TerminalProgress;
 use upat::train::command::{channel_statistics, export, run_training};
 use upat::train::instance_attack::AttackLoss;
 use upat::train::model::HeadFeatures;
@@ -177,20 +178,12 @@ fn config(
         attack_view: common.attack_view,
         attack_loss: common.attack_loss,
         features,
-        unit_features: command == "finetune",
+        standardized_features: command == "finetune",
         encoder,
         image_shape: [c, h, w],
         classes: data.num_classes as i64,
         normalization: channel_statistics(&data),
     })
-}
-
-struct Lines;
-
-impl upat::progress::Progress for Lines {
-    fn line(&mut self, text: &str) {
-        eprintln!("{text}");
-    }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -202,7 +195,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &common.out,
                 common.resume,
                 &common.device,
-                &mut Lines,
+                &mut TerminalProgress::new("images"),
             )?;
         }
         Command::Finetune {
@@ -217,7 +210,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &common.out,
                 common.resume,
                 &common.device,
-                &mut Lines,
+                &mut TerminalProgress::new("images"),
             )?;
             println!("model: {}", common.out.join("model.onnx").display());
         }
@@ -228,7 +221,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &common.out,
                 common.resume,
                 &common.device,
-                &mut Lines,
+                &mut TerminalProgress::new("images"),
             )?;
             println!("model: {}", common.out.join("model.onnx").display());
         }

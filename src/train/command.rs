@@ -85,7 +85,7 @@ fn build(config: &RunConfig, vs: &nn::VarStore) -> Network {
         config.features,
         config.normalization.clone(),
     )
-    .with_unit_features(config.unit_features)
+    .with_standardized_features(&vs.root(), config.standardized_features)
 }
 
 /// Starts (or, with `resume`, continues) the run in `dir`.
@@ -121,7 +121,7 @@ pub fn run_training(
     let net = build(&config, &vs);
     if let Some(encoder) = &config.encoder {
         let source = existing(encoder)?;
-        if run.read_state()?.completed_epochs == 0 {
+        if run.completed_epochs()? == 0 {
             let missing = vs.load_partial(source.checkpoint()).map_err(|e| {
                 Error::data(source.checkpoint(), format!("cannot load the encoder: {e}"))
             })?;
@@ -143,7 +143,7 @@ pub fn run_training(
     train(
         &config,
         &run,
-        &mut vs,
+        &vs,
         &net,
         &train_data,
         &holdout,
@@ -159,7 +159,7 @@ pub fn run_training(
 pub fn export(dir: &Path, out: &Path) -> Result<()> {
     let run = existing(dir)?;
     let config = run.read_config()?;
-    if run.read_state()?.completed_epochs == 0 {
+    if run.completed_epochs()? == 0 {
         return Err(Error::Usage(format!(
             "{} has no completed epoch to export",
             dir.display()

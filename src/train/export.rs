@@ -3,7 +3,7 @@
 //! output `logits` `[N, K]`, dynamic batch, and `upat.*` metadata. Written by
 //! the project's own protobuf types, node by node, from the network's layers.
 
-use super::model::{BasicBlock, ConvBn, HeadFeatures, Network, BN_EPS, UNIT_FEATURES_EPS};
+use super::model::{BasicBlock, ConvBn, HeadFeatures, Network, BN_EPS};
 use crate::onnx::grad::emit::{attr_float, attr_int, attr_ints};
 use crate::onnx::{pb, tensor_value_info};
 use tch::{nn, Kind, Tensor};
@@ -118,32 +118,6 @@ impl GraphBuilder {
         self.node("Relu", &[&sum], vec![], None)
     }
 
-    /// `f / sqrt(Σ f² + ε)` along the feature axis.
-    fn unit_norm(&mut self, f: &str) -> String {
-        let squared = self.node("Mul", &[f, f], vec![], None);
-        let axes = "unit_features.axes".to_string();
-        self.initializers.push(pb::TensorProto {
-            name: axes.clone(),
-            dims: vec![1],
-            data_type: 7,
-            int64_data: vec![1],
-            ..Default::default()
-        });
-        let sum = self.node(
-            "ReduceSum",
-            &[&squared, &axes],
-            vec![attr_int("keepdims", 1)],
-            None,
-        );
-        let eps = self.weight(
-            "unit_features.eps",
-            &Tensor::from_slice(&[UNIT_FEATURES_EPS as f32]),
-        );
-        let shifted = self.node("Add", &[&sum, &eps], vec![], None);
-        let norm = self.node("Sqrt", &[&shifted], vec![], None);
-        self.node("Div", &[f, &norm], vec![], None)
-    }
-
     fn linear(
         &mut self,
         x: &str,
@@ -151,11 +125,21 @@ impl GraphBuilder {
         prefix: &str,
         output: Option<&str>,
     ) -> String {
-        let w = self.weight(&format!("{prefix}.weight"), &layer.ws);
-        let b = self.weight(
-            &format!("{prefix}.bias"),
-            layer.bs.as_ref().expect("linear layers have biases"),
-        );
+        let bias = layer.bs.as_ref().expect("linear layers have biases");
+        self.gemm(x, &layer.ws, bias, prefix, output)
+    }
+
+    /// `x·Wᵀ + b` with `weight` `[out, in]`.
+    fn gemm(
+        &mut self,
+        x: &str,
+        weight: &Tensor,
+        bias: &Tensor,
+        prefix: &str,
+        output: Option<&str>,
+    ) -> String {
+        let w = self.weight(&format!("{prefix}.weight"), weight);
+        let b = self.weight(&format!("{prefix}.bias"), bias);
         self.node("Gemm", &[x, &w, &b], vec![attr_int("transB", 1)], output)
     }
 }
@@ -197,10 +181,16 @@ pub fn to_onnx(network: &Network, info: &ExportInfo) -> pb::ModelProto {
         let hidden = g.node("Relu", &[&hidden], vec![], None);
         features = g.linear(&hidden, &network.projector.out, "projector.out", None);
     }
-    if network.unit_features {
-        features = g.unit_norm(&features);
-    }
-    g.linear(&features, &network.head, "head", Some("logits"));
+    match &network.standardization {
+        // W·((h − shift)·scale) + b = (W·diag(scale))·h + (b − W·diag(scale)·shift)
+        Some(s) => {
+            let weight = &network.head.ws * s.scale.unsqueeze(0);
+            let bias = network.head.bs.as_ref().expect("linear layers have biases")
+                - weight.matmul(&s.shift);
+            g.gemm(&features, &weight, &bias, "head", Some("logits"))
+        }
+        None => g.linear(&features, &network.head, "head", Some("logits")),
+    };
     let classes = network.head.ws.size()[0];
     let [_, height, width] = info.image_shape;
     let graph = pb::GraphProto {

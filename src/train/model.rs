@@ -177,6 +177,20 @@ pub struct InputNormalization {
     pub std: Vec<f32>,
 }
 
+/// A fixed affine map of the head's input, `(h − shift) · scale`, fitted
+/// once on the frozen encoder's features of the training data (fine-tuning
+/// runs). Contrastive features share a large common direction and have free
+/// norms: a linear head on them either diverges at the paper's learning rate
+/// (raw features, norm ~10) or learns very slowly (unit-norm features, whose
+/// class differences are a small part of each vector). Centred features
+/// scaled to unit variance per dimension and ~unit norm overall train stably
+/// and quickly. Being affine, the map folds into the head at export.
+#[derive(Debug)]
+pub struct FeatureStandardization {
+    pub shift: Tensor,
+    pub scale: Tensor,
+}
+
 /// Encoder, projector and head: everything a run trains or exports.
 #[derive(Debug)]
 pub struct Network {
@@ -185,15 +199,10 @@ pub struct Network {
     pub head: nn::Linear,
     pub features: HeadFeatures,
     pub normalization: InputNormalization,
-    /// Scale the head's input features to unit ℓ2 norm. Fine-tuning heads
-    /// use it: contrastive training leaves feature norms free (NT-Xent only
-    /// sees directions), and a linear head on features of norm ~10 diverges at
-    /// the paper's learning rate of 0.5.
-    pub unit_features: bool,
+    /// Standardisation of the head's input (fine-tuning runs); saved with
+    /// the weights as the non-trainable `head_input.shift` and `.scale`.
+    pub standardization: Option<FeatureStandardization>,
 }
-
-/// Added to the squared norm before the square root (kept in the export too).
-pub const UNIT_FEATURES_EPS: f64 = 1e-12;
 
 impl Network {
     pub fn new(
@@ -217,13 +226,21 @@ impl Network {
             head,
             features,
             normalization,
-            unit_features: false,
+            standardization: None,
         }
     }
 
-    /// The same network with its head reading unit-norm features.
-    pub fn with_unit_features(mut self, unit: bool) -> Self {
-        self.unit_features = unit;
+    /// The same network with its head reading standardised features (the
+    /// identity map until [`Network::fit_standardization`]).
+    pub fn with_standardized_features(mut self, p: &nn::Path, on: bool) -> Self {
+        if on {
+            let dim = self.head.ws.size()[1];
+            let q = p / "head_input";
+            self.standardization = Some(FeatureStandardization {
+                shift: q.zeros_no_train("shift", &[dim]),
+                scale: q.ones_no_train("scale", &[dim]),
+            });
+        }
         self
     }
 
@@ -248,22 +265,41 @@ impl Network {
         self.features_t(xs, train).apply(&self.projector)
     }
 
-    /// Class logits of [0, 1] images.
-    pub fn logits_t(&self, xs: &Tensor, train: bool) -> Tensor {
+    /// The features the head reads, before standardisation.
+    pub fn head_features_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let h = self.features_t(xs, train);
-        let h = match self.features {
+        match self.features {
             HeadFeatures::Projector => h.apply(&self.projector),
             HeadFeatures::Backbone => h,
+        }
+    }
+
+    /// Sets the standardisation from the head features `h` `[N, D]` of the
+    /// training data: per-dimension mean and standard deviation, scaled by
+    /// 1/√D so the standardised vectors have about unit norm. Dimensions that
+    /// barely vary (dead units) get the scale of a tenth of the mean spread
+    /// rather than an enormous one.
+    pub fn fit_standardization(&self, h: &Tensor) {
+        let Some(s) = &self.standardization else {
+            return;
         };
-        let h = if self.unit_features {
-            let norm = (h
-                .square()
-                .sum_dim_intlist([1i64].as_slice(), true, tch::Kind::Float)
-                + UNIT_FEATURES_EPS)
-                .sqrt();
-            h / norm
-        } else {
-            h
+        tch::no_grad(|| {
+            let mean = h.mean_dim([0i64].as_slice(), false, tch::Kind::Float);
+            let std = h.std_dim([0i64].as_slice(), false, false);
+            let floor = std.mean(tch::Kind::Float).double_value(&[]).max(1e-12) * 0.1;
+            let dim = h.size()[1] as f64;
+            let scale = (std.clamp_min(floor) * dim.sqrt()).reciprocal();
+            s.shift.shallow_clone().copy_(&mean);
+            s.scale.shallow_clone().copy_(&scale);
+        });
+    }
+
+    /// Class logits of [0, 1] images.
+    pub fn logits_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let h = self.head_features_t(xs, train);
+        let h = match &self.standardization {
+            Some(s) => (h - &s.shift) * &s.scale,
+            None => h,
         };
         h.apply(&self.head)
     }
@@ -272,5 +308,36 @@ impl Network {
 impl ModuleT for Network {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         self.logits_t(xs, train)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn fitted_standardization_centres_features_to_about_unit_norm() {
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let norm = InputNormalization {
+            mean: vec![0.5],
+            std: vec![0.5],
+        };
+        let net = Network::new(&vs.root(), 1, 2, 3, HeadFeatures::Backbone, norm)
+            .with_standardized_features(&vs.root(), true);
+        // Features with a large common offset and unequal spreads.
+        let h = Tensor::randn([400, 16], (Kind::Float, Device::Cpu))
+            * Tensor::linspace(0.5, 5.0, 16, (Kind::Float, Device::Cpu))
+            + 10.0;
+        net.fit_standardization(&h);
+        let s = net.standardization.as_ref().unwrap();
+        let z = (&h - &s.shift) * &s.scale;
+        let mean = z.mean_dim([0i64].as_slice(), false, Kind::Float).abs().max();
+        assert!(mean.double_value(&[]) < 1e-4, "{mean}");
+        let norm = z.square().sum_dim_intlist([1i64].as_slice(), false, Kind::Float).mean(Kind::Float);
+        assert!((norm.double_value(&[]) - 1.0).abs() < 0.05, "{norm}");
+        // The variables the checkpoint carries are the fitted ones.
+        assert!(vs.variables()["head_input.shift"].mean(Kind::Float).double_value(&[]) > 9.0);
     }
 }

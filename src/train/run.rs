@@ -1,7 +1,13 @@
 //! Run directories (DESIGN §5): `config.json` (everything needed to repeat
-//! the run), `checkpoint.safetensors` and `optimizer.safetensors` (written
-//! atomically at the end of every epoch), `state.json` (completed epochs),
-//! `metrics.csv` (one row per epoch) and `model.onnx` after export.
+//! the run), `checkpoint.safetensors` (weights, optimizer state and the
+//! number of completed epochs, in one file replaced atomically at the end of
+//! every epoch), `metrics.csv` (one row per epoch) and `model.onnx` after
+//! export.
+//!
+//! One file holds everything a resume needs so that its rename is the single
+//! moment an epoch becomes complete: with weights, optimizer state and epoch
+//! count in separate files, a run killed between two renames would resume
+//! from mismatched pieces.
 
 use super::instance_attack::AttackLoss;
 use super::model::{HeadFeatures, InputNormalization};
@@ -55,9 +61,9 @@ pub struct RunConfig {
     pub attack_view: AttackView,
     pub attack_loss: AttackLoss,
     pub features: HeadFeatures,
-    /// The head reads unit-norm features (fine-tuning runs).
+    /// The head reads standardised features (fine-tuning runs).
     #[serde(default)]
-    pub unit_features: bool,
+    pub standardized_features: bool,
     /// The pre-training run a fine-tuning run starts from.
     pub encoder: Option<PathBuf>,
     pub image_shape: [i64; 3],
@@ -65,10 +71,15 @@ pub struct RunConfig {
     pub normalization: InputNormalization,
 }
 
-/// How far a run got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RunState {
+/// Name of the completed-epoch count among a checkpoint's tensors (model
+/// variables are dotted paths, the optimizer's start `optimizer/`).
+const COMPLETED_EPOCHS: &str = "run/completed_epochs";
+
+/// What a run directory's checkpoint holds.
+pub struct Checkpoint {
     pub completed_epochs: usize,
+    /// Model variables and optimizer state, by name.
+    pub tensors: Vec<(String, tch::Tensor)>,
 }
 
 /// One line of `metrics.csv`.
@@ -95,12 +106,6 @@ impl RunDir {
     pub fn checkpoint(&self) -> PathBuf {
         self.0.join("checkpoint.safetensors")
     }
-    pub fn optimizer(&self) -> PathBuf {
-        self.0.join("optimizer.safetensors")
-    }
-    pub fn state(&self) -> PathBuf {
-        self.0.join("state.json")
-    }
     pub fn metrics(&self) -> PathBuf {
         self.0.join("metrics.csv")
     }
@@ -115,15 +120,34 @@ impl RunDir {
             .map_err(|e| Error::data(self.config(), format!("not a upat run config: {e}")))
     }
 
-    pub fn read_state(&self) -> Result<RunState> {
-        match std::fs::read_to_string(self.state()) {
-            Ok(text) => serde_json::from_str(&text)
-                .map_err(|e| Error::data(self.state(), format!("corrupt run state: {e}"))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RunState {
-                completed_epochs: 0,
-            }),
-            Err(e) => Err(Error::io(self.state(), e)),
+    /// The last complete epoch's checkpoint, or `None` before the first.
+    pub fn read_checkpoint(&self) -> Result<Option<Checkpoint>> {
+        let path = self.checkpoint();
+        if !path.exists() {
+            return Ok(None);
         }
+        let tensors = tch::Tensor::read_safetensors(&path)
+            .map_err(|e| Error::data(&path, format!("not a readable checkpoint: {e}")))?;
+        let completed_epochs = tensors
+            .iter()
+            .find(|(name, _)| name == COMPLETED_EPOCHS)
+            .and_then(|(_, t)| t.f_int64_value(&[]).ok())
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| {
+                Error::data(
+                    &path,
+                    "the checkpoint has no epoch count: it was not written by this version of upat-train",
+                )
+            })?;
+        Ok(Some(Checkpoint {
+            completed_epochs,
+            tensors,
+        }))
+    }
+
+    /// Epochs completed so far (0 for a new run).
+    pub fn completed_epochs(&self) -> Result<usize> {
+        Ok(self.read_checkpoint()?.map_or(0, |c| c.completed_epochs))
     }
 
     /// Creates the directory and writes the config of a new run.
@@ -133,30 +157,40 @@ impl RunDir {
         crate::atomic::write_atomic(&self.config(), &json)
     }
 
-    /// Writes weights, optimizer state, metrics and state after an epoch; the
-    /// state file goes last, so an interrupted write leaves the previous epoch
-    /// in force.
+    /// Records a finished epoch: its metrics row first, then the checkpoint
+    /// (weights, optimizer state, epoch count) by one atomic rename, which is
+    /// the moment the epoch counts as complete. A run killed before it
+    /// resumes from the previous epoch, and the metrics row of the epoch in
+    /// flight is dropped then.
     pub fn save_epoch(
         &self,
         vs: &tch::nn::VarStore,
         sgd: &super::sgd::Sgd,
         metrics: &EpochMetrics,
     ) -> Result<()> {
-        let tmp_weights = self.0.join(".checkpoint.tmp.safetensors");
-        vs.save(&tmp_weights)
-            .map_err(|e| Error::Usage(format!("cannot write {}: {e}", tmp_weights.display())))?;
-        std::fs::rename(&tmp_weights, self.checkpoint())
-            .map_err(|e| Error::io(self.checkpoint(), e))?;
-        let tmp_optimizer = self.0.join(".optimizer.tmp.safetensors");
-        sgd.save(&tmp_optimizer)?;
-        std::fs::rename(&tmp_optimizer, self.optimizer())
-            .map_err(|e| Error::io(self.optimizer(), e))?;
         self.append_metrics(metrics)?;
-        let state = serde_json::to_vec(&RunState {
-            completed_epochs: metrics.epoch,
-        })
-        .expect("state serialises");
-        crate::atomic::write_atomic(&self.state(), &state)
+        let mut named: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+        named.extend(sgd.state());
+        named.push((
+            COMPLETED_EPOCHS.to_string(),
+            tch::Tensor::from(metrics.epoch as i64),
+        ));
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let refs: Vec<(&str, &tch::Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let tmp = self.0.join(".checkpoint.tmp.safetensors");
+        let path = self.checkpoint();
+        let written = tch::Tensor::write_safetensors(&refs, &tmp)
+            .map_err(|e| Error::Usage(format!("cannot write {}: {e}", tmp.display())))
+            .and_then(|()| {
+                std::fs::File::open(&tmp)
+                    .and_then(|f| f.sync_all())
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+                    .map_err(|e| Error::io(&path, e))
+            });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 
     /// Rewrites metrics.csv with the rows of completed epochs plus `row`

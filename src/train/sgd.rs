@@ -61,32 +61,32 @@ impl Sgd {
         });
     }
 
-    /// Writes the momentum buffers (safetensors).
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let named: Vec<(&str, &Tensor)> = self
-            .params
+    /// The momentum buffers, named `optimizer/<parameter>`, for a checkpoint.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        self.params
             .iter()
             .zip(&self.buffers)
-            .map(|((n, _), b)| (n.as_str(), b))
-            .collect();
-        Tensor::write_safetensors(&named, path)
-            .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))
+            .map(|((n, _), b)| (format!("{OPTIMIZER_PREFIX}{n}"), b.shallow_clone()))
+            .collect()
     }
 
-    /// Restores momentum buffers written by [`Sgd::save`].
-    pub fn load(&mut self, path: &Path) -> Result<()> {
-        let saved = Tensor::read_safetensors(path)
-            .map_err(|e| Error::data(path, format!("not a readable optimizer state: {e}")))?;
+    /// Restores momentum buffers from the tensors of a checkpoint written
+    /// with [`Sgd::state`]; `source` names it in errors.
+    pub fn restore(&mut self, saved: &[(String, Tensor)], source: &Path) -> Result<()> {
         for ((name, _), buffer) in self.params.iter().zip(&mut self.buffers) {
+            let key = format!("{OPTIMIZER_PREFIX}{name}");
             let (_, value) = saved
                 .iter()
-                .find(|(n, _)| n == name)
-                .ok_or_else(|| Error::data(path, format!("no momentum buffer for `{name}`; the run directory does not match this network")))?;
+                .find(|(n, _)| *n == key)
+                .ok_or_else(|| Error::data(source, format!("no momentum buffer for `{name}`; the run directory does not match this network")))?;
             tch::no_grad(|| buffer.copy_(value));
         }
         Ok(())
     }
 }
+
+/// Prefix of the optimizer's tensors in a checkpoint (model variables use dots).
+const OPTIMIZER_PREFIX: &str = "optimizer/";
 
 #[cfg(test)]
 mod tests {

@@ -202,6 +202,44 @@ fn holdout_accuracy(
     (clean as f64 / n, robust as f64 / n)
 }
 
+/// The head's input features `[N, D]` of every training image, clean, the
+/// network in inference mode.
+fn head_features(config: &RunConfig, net: &Network, data: &Dataset, device: Device) -> Tensor {
+    let ids: Vec<usize> = (0..data.len()).collect();
+    let chunks: Vec<Tensor> = ids
+        .chunks(config.batch_size.max(1))
+        .map(|chunk| {
+            let (x, _) = batch(data, chunk, device);
+            tch::no_grad(|| net.head_features_t(&x, false))
+        })
+        .collect();
+    Tensor::cat(&chunks, 0)
+}
+
+/// Copies every variable of `vs` from a checkpoint's tensors.
+fn restore_variables(
+    vs: &nn::VarStore,
+    saved: &[(String, Tensor)],
+    source: &std::path::Path,
+) -> Result<()> {
+    for (name, mut variable) in vs.variables() {
+        let (_, value) = saved.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+            Error::data(
+                source,
+                format!("no `{name}` in the checkpoint; the run directory does not match this network"),
+            )
+        })?;
+        if value.size() != variable.size() {
+            return Err(Error::data(
+                source,
+                format!("`{name}` has shape {:?} in the checkpoint, {:?} in this network", value.size(), variable.size()),
+            ));
+        }
+        tch::no_grad(|| variable.copy_(value));
+    }
+    Ok(())
+}
+
 /// The learning rate of `epoch` (1-based): fine-tuning drops it ×0.1 halfway (paper §4.1).
 fn learning_rate(config: &RunConfig, epoch: usize) -> f64 {
     if config.command == "finetune" && epoch > config.epochs / 2 && config.epochs > 1 {
@@ -218,7 +256,7 @@ fn learning_rate(config: &RunConfig, epoch: usize) -> f64 {
 pub fn train(
     config: &RunConfig,
     run: &RunDir,
-    vs: &mut nn::VarStore,
+    vs: &nn::VarStore,
     net: &Network,
     train_data: &Dataset,
     holdout: &Dataset,
@@ -233,14 +271,25 @@ pub fn train(
         }
     }
     let mut sgd = Sgd::new(vs, config.lr, config.momentum, config.weight_decay);
-    let completed = run.read_state()?.completed_epochs;
-    if completed > 0 {
-        vs.load(run.checkpoint()).map_err(|e| {
-            Error::data(run.checkpoint(), format!("cannot load the checkpoint: {e}"))
-        })?;
-        sgd.load(&run.optimizer())?;
-        progress.line(&format!("resuming after epoch {completed}"));
-    }
+    let completed = match run.read_checkpoint()? {
+        Some(checkpoint) => {
+            restore_variables(vs, &checkpoint.tensors, &run.checkpoint())?;
+            sgd.restore(&checkpoint.tensors, &run.checkpoint())?;
+            progress.line(&format!(
+                "resuming after epoch {}",
+                checkpoint.completed_epochs
+            ));
+            checkpoint.completed_epochs
+        }
+        None => {
+            if net.standardization.is_some() {
+                progress.line("fitting the head's feature standardisation on the training data");
+                let features = head_features(config, net, train_data, device);
+                net.fit_standardization(&features);
+            }
+            0
+        }
+    };
     let augment = Augmentations::default();
     for epoch in completed + 1..=config.epochs {
         let started = Instant::now();
@@ -273,6 +322,7 @@ pub fn train(
             total += value * chunk.len() as f64;
             seen += chunk.len();
             progress.advance(chunk.len() as u64);
+            progress.status(&format!("loss {:.4}", total / seen as f64));
         }
         let (clean_acc, pgd_acc) = if config.command == "pretrain" || holdout.is_empty() {
             (None, None)

@@ -15,7 +15,7 @@ fn network(features: HeadFeatures, channels: i64) -> (nn::VarStore, Network) {
         std: vec![0.4; channels as usize],
     };
     let net = Network::new(&vs.root(), channels, 4, 7, features, normalization)
-        .with_unit_features(features == HeadFeatures::Projector);
+        .with_standardized_features(&vs.root(), features == HeadFeatures::Projector);
     // Non-trivial running statistics, so the exported inference-mode BatchNorm is exercised.
     tch::no_grad(|| {
         for (name, mut t) in vs.variables() {
@@ -26,6 +26,9 @@ fn network(features: HeadFeatures, channels: i64) -> (nn::VarStore, Network) {
             }
         }
     });
+    // A fitted standardisation, which the export folds into the head.
+    let images = Tensor::rand([16, channels, 12, 12], (Kind::Float, Device::Cpu));
+    net.fit_standardization(&tch::no_grad(|| net.head_features_t(&images, false)));
     (vs, net)
 }
 
