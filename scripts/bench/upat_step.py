@@ -2,7 +2,7 @@
 written in PyTorch, same width, batch and K, same machine, same run.
 
     source scripts/env.sh && cargo build --example bench_upat_step
-    .venv/bin/python scripts/bench/upat_step.py [--width 16] [--batch 128] [--steps 5] [--iterations 5]
+    .venv/bin/python scripts/bench/upat_step.py [--width 16] [--batch 128] [--steps 5] [--iterations 5] [--rounds 3]
 
 The step: two SimCLR views (resized crop + flip via affine_grid, colour jitter
 with YIQ hue rotation, random grey, per-sample Gaussian blur), K steps of the
@@ -15,6 +15,7 @@ import argparse
 import math
 import os
 import re
+import statistics
 import subprocess
 import time
 
@@ -108,10 +109,24 @@ def upat_step(net, opt, x, steps, eps=0.03, alpha=2 / 256, lam=1 / 256):
         adv.requires_grad_(True)
         (grad,) = torch.autograd.grad(nt_xent(net(adv), other), adv)
         adv = torch.min(torch.max(adv.detach() + alpha * grad.sign(), tp - eps), tp + eps).clamp(0, 1)
-    loss = nt_xent(net(t), net(adv)) + lam * nt_xent(net(tp), net(adv))
+    z_adv = net(adv)
+    loss = nt_xent(net(t), z_adv) + lam * nt_xent(net(tp), z_adv)
     opt.zero_grad()
     loss.backward()
     opt.step()
+
+
+def pytorch_rate(args, net, opt, x):
+    started = time.perf_counter()
+    for _ in range(args.iterations):
+        upat_step(net, opt, x, args.steps)
+    return args.batch * args.iterations / (time.perf_counter() - started)
+
+
+def upat_rate(args):
+    command = ["target/debug/examples/bench_upat_step", str(args.width), str(args.batch), str(args.steps), str(args.iterations)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return float(re.search(r"images_per_second=([0-9.]+)", out).group(1))
 
 
 def main():
@@ -120,24 +135,25 @@ def main():
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating PyTorch/upat rounds; medians are compared")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     net = Net(args.width).train()
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     x = torch.rand(args.batch, 3, 32, 32)
-    upat_step(net, opt, x, args.steps)
-    started = time.perf_counter()
-    for _ in range(args.iterations):
-        upat_step(net, opt, x, args.steps)
-    reference = args.batch * args.iterations / (time.perf_counter() - started)
-    out = subprocess.run(["target/debug/examples/bench_upat_step", str(args.width), str(args.batch), str(args.steps), str(args.iterations)],
-                         check=True, capture_output=True, text=True).stdout
-    ours = float(re.search(r"images_per_second=([0-9.]+)", out).group(1))
-    print(f"UPAT step, ResNet-18 width {args.width}, batch {args.batch}, K={args.steps}, 3x32x32, {os.cpu_count()} cores")
-    print(f"PyTorch {torch.__version__}: {reference:8.1f} images/s")
-    print(f"upat-train (tch):  {ours:8.1f} images/s")
-    print(f"ratio upat / PyTorch: {ours / reference:.2f}")
+    upat_step(net, opt, x, args.steps)  # warm-up
+    # Alternating rounds, so a slower or busier stretch of the machine hits both.
+    reference, ours = [], []
+    for _ in range(args.rounds):
+        reference.append(pytorch_rate(args, net, opt, x))
+        ours.append(upat_rate(args))
+    ref_median, our_median = statistics.median(reference), statistics.median(ours)
+    print(f"UPAT step, ResNet-18 width {args.width}, batch {args.batch}, K={args.steps}, 3x32x32, {os.cpu_count()} cores, "
+          f"{args.rounds} rounds of {args.iterations} steps")
+    print(f"PyTorch {torch.__version__}: {ref_median:8.1f} images/s (rounds: {', '.join(f'{r:.1f}' for r in reference)})")
+    print(f"upat-train (tch):  {our_median:8.1f} images/s (rounds: {', '.join(f'{r:.1f}' for r in ours)})")
+    print(f"ratio upat / PyTorch (medians): {our_median / ref_median:.2f}")
 
 
 if __name__ == "__main__":

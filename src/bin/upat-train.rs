@@ -148,7 +148,7 @@ fn config(
         "finetune" => (100, 0.5),
         _ => (100, 0.1),
     };
-    Ok(RunConfig {
+    let config = RunConfig {
         command: command.into(),
         method: method.into(),
         data: common.data.clone(),
@@ -183,7 +183,53 @@ fn config(
         image_shape: [c, h, w],
         classes: data.num_classes as i64,
         normalization: channel_statistics(&data),
-    })
+    };
+    validate(&config)?;
+    Ok(config)
+}
+
+/// Refuses settings that would crash libtorch or train nothing, naming the flag.
+fn validate(config: &RunConfig) -> upat::Result<()> {
+    let checks: [(bool, &str); 10] = [
+        (config.width >= 1, "--width must be at least 1"),
+        (
+            config.batch_size >= 2,
+            "--batch-size must be at least 2 (contrastive losses and BatchNorm need pairs)",
+        ),
+        (config.epochs >= 1, "--epochs must be at least 1"),
+        (
+            config.lr.is_finite() && config.lr >= 0.0,
+            "--lr must be a number ≥ 0",
+        ),
+        (
+            (0.0..1.0).contains(&config.momentum),
+            "--momentum must be in [0, 1)",
+        ),
+        (
+            config.weight_decay.is_finite() && config.weight_decay >= 0.0,
+            "--weight-decay must be ≥ 0",
+        ),
+        (
+            config.eps.is_finite() && config.eps >= 0.0,
+            "--eps must be ≥ 0 (pixels are in [0, 1])",
+        ),
+        (
+            config.alpha.is_finite() && config.alpha > 0.0,
+            "--alpha must be > 0",
+        ),
+        (config.steps >= 0, "--steps must be ≥ 0"),
+        (
+            config.tau.is_finite()
+                && config.tau > 0.0
+                && config.lambda.is_finite()
+                && config.lambda >= 0.0,
+            "--tau must be > 0 and --lambda ≥ 0",
+        ),
+    ];
+    match checks.iter().find(|(ok, _)| !ok) {
+        Some((_, message)) => Err(upat::Error::Usage((*message).into())),
+        None => Ok(()),
+    }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

@@ -140,15 +140,7 @@ pub fn run_training(
         train_data.len(),
         holdout.len()
     ));
-    train(
-        &config,
-        &run,
-        &vs,
-        &net,
-        &train_data,
-        &holdout,
-        progress,
-    )?;
+    train(&config, &run, &vs, &net, &train_data, &holdout, progress)?;
     if config.command == "finetune" || config.command == "supervised" {
         export(dir, &run.model())?;
     }

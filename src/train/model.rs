@@ -333,11 +333,22 @@ mod tests {
         net.fit_standardization(&h);
         let s = net.standardization.as_ref().unwrap();
         let z = (&h - &s.shift) * &s.scale;
-        let mean = z.mean_dim([0i64].as_slice(), false, Kind::Float).abs().max();
+        let mean = z
+            .mean_dim([0i64].as_slice(), false, Kind::Float)
+            .abs()
+            .max();
         assert!(mean.double_value(&[]) < 1e-4, "{mean}");
-        let norm = z.square().sum_dim_intlist([1i64].as_slice(), false, Kind::Float).mean(Kind::Float);
+        let norm = z
+            .square()
+            .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+            .mean(Kind::Float);
         assert!((norm.double_value(&[]) - 1.0).abs() < 0.05, "{norm}");
         // The variables the checkpoint carries are the fitted ones.
-        assert!(vs.variables()["head_input.shift"].mean(Kind::Float).double_value(&[]) > 9.0);
+        assert!(
+            vs.variables()["head_input.shift"]
+                .mean(Kind::Float)
+                .double_value(&[])
+                > 9.0
+        );
     }
 }

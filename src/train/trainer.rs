@@ -226,13 +226,19 @@ fn restore_variables(
         let (_, value) = saved.iter().find(|(n, _)| *n == name).ok_or_else(|| {
             Error::data(
                 source,
-                format!("no `{name}` in the checkpoint; the run directory does not match this network"),
+                format!(
+                    "no `{name}` in the checkpoint; the run directory does not match this network"
+                ),
             )
         })?;
         if value.size() != variable.size() {
             return Err(Error::data(
                 source,
-                format!("`{name}` has shape {:?} in the checkpoint, {:?} in this network", value.size(), variable.size()),
+                format!(
+                    "`{name}` has shape {:?} in the checkpoint, {:?} in this network",
+                    value.size(),
+                    variable.size()
+                ),
             ));
         }
         tch::no_grad(|| variable.copy_(value));
@@ -305,7 +311,13 @@ pub fn train(
             train_data.len() as u64,
         );
         let (mut total, mut seen) = (0.0, 0usize);
-        for (b, chunk) in order.chunks(config.batch_size.max(1)).enumerate() {
+        // A last batch of one image is left out: BatchNorm's training
+        // statistics and NT-Xent's negatives need at least two.
+        for (b, chunk) in order
+            .chunks(config.batch_size.max(2))
+            .filter(|chunk| chunk.len() >= 2)
+            .enumerate()
+        {
             let (x, y) = batch(train_data, chunk, device);
             let loss = batch_loss(config, net, &augment, &x, &y)?;
             let value = loss.double_value(&[]);

@@ -235,6 +235,37 @@ fn training_refuses_to_overwrite_a_run_and_bad_options() {
     let out = upat_train(dir.path(), &again);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--resume"), "{}", stderr(&out));
+    for (flag, value) in [
+        ("--width", "0"),
+        ("--batch-size", "1"),
+        ("--epochs", "0"),
+        ("--eps", "-1"),
+        ("--tau", "0"),
+        ("--steps", "-1"),
+    ] {
+        let option = format!("{flag}={value}");
+        let out = upat_train(
+            dir.path(),
+            &[
+                "pretrain",
+                "--data",
+                "npz:tiny.npz",
+                "--holdout",
+                "12",
+                "--device",
+                "cpu",
+                &option,
+                "--out",
+                "bad",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{option}: {}", stderr(&out));
+        assert!(stderr(&out).contains(flag), "{option}: {}", stderr(&out));
+        assert!(
+            !dir.path().join("bad").exists(),
+            "{option} left a run directory"
+        );
+    }
     let out = upat_train(dir.path(), &["export", "nowhere", "-o", "x.onnx"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not a run directory"));
