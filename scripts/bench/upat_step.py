@@ -102,15 +102,15 @@ def view(x):
 
 def upat_step(net, opt, x, steps, eps=0.03, alpha=2 / 256, lam=1 / 256):
     t, tp = view(x), view(x)
-    with torch.no_grad():
-        other = net(t)
+    z_t = net(t)  # the attack's target and the loss's first view, computed once
+    target = z_t.detach()
     adv = tp.clone()
     for _ in range(steps):
         adv.requires_grad_(True)
-        (grad,) = torch.autograd.grad(nt_xent(net(adv), other), adv)
+        (grad,) = torch.autograd.grad(nt_xent(net(adv), target), adv)
         adv = torch.min(torch.max(adv.detach() + alpha * grad.sign(), tp - eps), tp + eps).clamp(0, 1)
     z_adv = net(adv)
-    loss = nt_xent(net(t), z_adv) + lam * nt_xent(net(tp), z_adv)
+    loss = nt_xent(z_t, z_adv) + lam * nt_xent(net(tp), z_adv)
     opt.zero_grad()
     loss.backward()
     opt.step()

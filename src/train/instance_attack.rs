@@ -46,10 +46,17 @@ impl InstanceAttack {
     }
 
     /// Perturbs `view` within ‖δ‖∞ ≤ ε (and [0, 1]) to maximise the metric
-    /// against `other` (Eq. 3, ascent). `train` sets the network's mode
+    /// against the other view's embedding `other_embedding` (Eq. 3, ascent;
+    /// the embedding is taken as fixed). `train` sets the network's mode
     /// during the attack's forward passes.
-    pub fn perturb(&self, network: &Network, view: &Tensor, other: &Tensor, train: bool) -> Tensor {
-        let other_embedding = tch::no_grad(|| network.project_t(other, train));
+    pub fn perturb(
+        &self,
+        network: &Network,
+        view: &Tensor,
+        other_embedding: &Tensor,
+        train: bool,
+    ) -> Tensor {
+        let target = other_embedding.detach();
         let origin = view.detach();
         linf_ascent(
             &origin,
@@ -57,7 +64,7 @@ impl InstanceAttack {
             self.eps,
             self.alpha,
             self.steps,
-            |xg| self.metric(network, xg, &other_embedding, train),
+            |xg| self.metric(network, xg, &target, train),
         )
     }
 }
@@ -91,7 +98,7 @@ mod tests {
             let other_z = tch::no_grad(|| network.project_t(&other, false));
             let before =
                 tch::no_grad(|| attack.metric(&network, &view, &other_z, false)).double_value(&[]);
-            let adv = attack.perturb(&network, &view, &other, false);
+            let adv = attack.perturb(&network, &view, &other_z, false);
             let after =
                 tch::no_grad(|| attack.metric(&network, &adv, &other_z, false)).double_value(&[]);
             assert!(after > before, "{loss:?}: metric {before} -> {after}");

@@ -150,17 +150,27 @@ pub fn batch_loss(
         ),
         ("pretrain", "upat") => {
             let (t, t_prime) = (augment.view(x), augment.view(x));
-            // Algorithm 1: perturb one view against the other.
-            let adv = match config.attack_view {
-                AttackView::T => attack.perturb(net, &t, &t_prime, true),
-                AttackView::TPrime => attack.perturb(net, &t_prime, &t, true),
-                AttackView::X => attack.perturb(net, x, &t, true),
+            // Algorithm 1: perturb one view (or x) against the other view's
+            // embedding. That embedding is the loss's too: computed once, with
+            // its graph, and held fixed during the attack.
+            let (z_t, z_t_prime, adv) = match config.attack_view {
+                AttackView::T => {
+                    let z_t_prime = net.project_t(&t_prime, true);
+                    let adv = attack.perturb(net, &t, &z_t_prime, true);
+                    (net.project_t(&t, true), z_t_prime, adv)
+                }
+                AttackView::TPrime | AttackView::X => {
+                    let z_t = net.project_t(&t, true);
+                    let origin = if config.attack_view == AttackView::X {
+                        x
+                    } else {
+                        &t_prime
+                    };
+                    let adv = attack.perturb(net, origin, &z_t, true);
+                    (z_t, net.project_t(&t_prime, true), adv)
+                }
             };
-            let (z_t, z_t_prime, z_adv) = (
-                net.project_t(&t, true),
-                net.project_t(&t_prime, true),
-                net.project_t(&adv, true),
-            );
+            let z_adv = net.project_t(&adv, true);
             upat_loss(&z_t, &z_t_prime, &z_adv, config.lambda, config.tau)
         }
         (command, method) => {
