@@ -14,8 +14,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 out="$UPAT_ROOT/runs/demo"
 train="$UPAT_ROOT/target/debug/upat-train"
 audit="$UPAT_ROOT/target/debug/upat-audit"
-common=(--data fashion-mnist --samples "${SAMPLES:-2256}" --width "${WIDTH:-16}"
-        --batch-size 128 --holdout 256 --device auto --eps 0.1 --alpha 0.025)
+common=(--data fashion-mnist --samples "${SAMPLES:-4256}" --width "${WIDTH:-8}"
+        --batch-size 64 --holdout 256 --device auto --eps 0.1 --alpha 0.025)
 rm -rf "$out"
 mkdir -p "$out"
 step() { echo; echo "== $*" >&2; }
