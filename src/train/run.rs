@@ -93,6 +93,9 @@ pub struct EpochMetrics {
     /// Accuracy under PGD (ℓ∞, the run's ε, 10 steps) on the held-out slice.
     pub pgd_acc: Option<f64>,
     pub seconds: f64,
+    /// Pre-training runs: held-out accuracy of a k-nearest-neighbour vote on
+    /// encoder features (labels used for this measurement only).
+    pub knn_acc: Option<f64>,
 }
 
 /// Paths of a run directory.

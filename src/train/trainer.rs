@@ -181,6 +181,53 @@ pub fn batch_loss(
     })
 }
 
+/// Neighbours that vote in pre-training's kNN monitor.
+const KNN_NEIGHBOURS: i64 = 20;
+
+/// Unit-norm encoder features `[N, D]` of a dataset's clean images, the
+/// network in inference mode.
+fn encoder_features(config: &RunConfig, net: &Network, data: &Dataset, device: Device) -> Tensor {
+    let ids: Vec<usize> = (0..data.len()).collect();
+    let chunks: Vec<Tensor> = ids
+        .chunks(config.batch_size.max(1))
+        .map(|chunk| tch::no_grad(|| net.features_t(&batch(data, chunk, device).0, false)))
+        .collect();
+    let h = Tensor::cat(&chunks, 0);
+    &h / h.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12)
+}
+
+/// Pre-training's monitor: held-out accuracy of a vote among the k = 20
+/// training images whose encoder features are nearest (cosine). The labels
+/// serve this measurement only, never the training; a loss near chance
+/// with a kNN accuracy that does not rise says the encoder is not learning.
+fn knn_accuracy(
+    config: &RunConfig,
+    net: &Network,
+    train_data: &Dataset,
+    holdout: &Dataset,
+    device: Device,
+) -> f64 {
+    let bank = encoder_features(config, net, train_data, device);
+    let queries = encoder_features(config, net, holdout, device);
+    let k = KNN_NEIGHBOURS.min(train_data.len() as i64);
+    let (_, nearest) = queries
+        .matmul(&bank.transpose(0, 1))
+        .topk(k, 1, true, false);
+    let labels = Tensor::from_slice(&train_data.labels).to_device(device);
+    let votes = labels
+        .index_select(0, &nearest.flatten(0, -1))
+        .view([-1, k])
+        .one_hot(train_data.num_classes as i64)
+        .sum_dim_intlist([1i64].as_slice(), false, Kind::Int64);
+    let truth = Tensor::from_slice(&holdout.labels).to_device(device);
+    let correct = votes
+        .argmax(1, false)
+        .eq_tensor(&truth)
+        .sum(Kind::Int64)
+        .int64_value(&[]);
+    correct as f64 / holdout.len().max(1) as f64
+}
+
 /// Accuracy, clean and under 10-step PGD, on the held-out slice.
 fn holdout_accuracy(
     config: &RunConfig,
@@ -346,11 +393,14 @@ pub fn train(
             progress.advance(chunk.len() as u64);
             progress.status(&format!("loss {:.4}", total / seen as f64));
         }
-        let (clean_acc, pgd_acc) = if config.command == "pretrain" || holdout.is_empty() {
-            (None, None)
+        let (clean_acc, pgd_acc, knn_acc) = if holdout.is_empty() {
+            (None, None, None)
+        } else if config.command == "pretrain" {
+            let knn = knn_accuracy(config, net, train_data, holdout, device);
+            (None, None, Some(knn))
         } else {
             let (c, r) = holdout_accuracy(config, net, holdout, device);
-            (Some(c), Some(r))
+            (Some(c), Some(r), None)
         };
         let metrics = EpochMetrics {
             epoch,
@@ -359,11 +409,14 @@ pub fn train(
             clean_acc,
             pgd_acc,
             seconds: started.elapsed().as_secs_f64(),
+            knn_acc,
         };
         run.save_epoch(vs, &sgd, &metrics)?;
-        let accuracy = clean_acc.map_or(String::new(), |c| {
-            format!(", held-out clean {c:.3}, PGD {:.3}", pgd_acc.unwrap_or(0.0))
-        });
+        let accuracy = match (clean_acc, pgd_acc, knn_acc) {
+            (Some(c), Some(r), _) => format!(", held-out clean {c:.3}, PGD {r:.3}"),
+            (_, _, Some(k)) => format!(", held-out kNN {k:.3}"),
+            _ => String::new(),
+        };
         progress.line(&format!(
             "epoch {epoch}: loss {:.4}{accuracy} ({:.1}s)",
             metrics.loss, metrics.seconds

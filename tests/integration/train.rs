@@ -85,6 +85,23 @@ fn every_method_runs_an_epoch_and_leaves_a_complete_run() {
             ],
         );
         assert_complete(&dir.path().join(method), 1);
+        // Pre-training's monitor: a kNN vote on the held-out slice. The
+        // classes of the tiny data differ in where the bright square is,
+        // which even a barely trained encoder's features tell apart.
+        let metrics = std::fs::read_to_string(dir.path().join(method).join("metrics.csv")).unwrap();
+        let knn: f64 = metrics
+            .lines()
+            .last()
+            .unwrap()
+            .rsplit(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            knn > 0.5 && knn <= 1.0,
+            "{method}: kNN accuracy {knn}\n{metrics}"
+        );
     }
     for mode in ["linear", "at", "trades-full"] {
         let out = format!("ft-{mode}");
@@ -193,13 +210,53 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
         named.sort_by(|a, b| a.0.cmp(&b.0));
         named
     };
-    let (a, b) = (weights("straight"), weights("interrupted"));
-    assert_eq!(a.len(), b.len());
-    for ((name, x), (other, y)) in a.iter().zip(&b) {
-        assert_eq!(name, other);
-        let diff = (x - y).abs().max().double_value(&[]);
-        assert_eq!(diff, 0.0, "{name} differs by {diff} after resuming");
-    }
+    let same = |first: &str, second: &str| {
+        let (a, b) = (weights(first), weights(second));
+        assert_eq!(a.len(), b.len());
+        for ((name, x), (other, y)) in a.iter().zip(&b) {
+            assert_eq!(name, other);
+            let diff = (x - y).abs().max().double_value(&[]);
+            assert_eq!(
+                diff, 0.0,
+                "{name} differs by {diff} after resuming {second}"
+            );
+        }
+    };
+    same("straight", "interrupted");
+    // Fine-tuning resumes too, its fitted feature standardisation included
+    // (fitted once, when the run starts, and restored from the checkpoint).
+    let finetune = [
+        "finetune",
+        "--encoder",
+        "straight",
+        "--mode",
+        "at",
+        "--data",
+        "npz:tiny.npz",
+    ];
+    train_ok(
+        dir.path(),
+        &with(&finetune, &["--epochs", "2", "--out", "ft-straight"]),
+    );
+    train_ok(
+        dir.path(),
+        &with(&finetune, &["--epochs", "1", "--out", "ft-interrupted"]),
+    );
+    train_ok(
+        dir.path(),
+        &with(
+            &finetune,
+            &["--epochs", "2", "--out", "ft-interrupted", "--resume"],
+        ),
+    );
+    same("ft-straight", "ft-interrupted");
+    let named = weights("ft-straight");
+    let shift = &named
+        .iter()
+        .find(|(n, _)| n == "head_input.shift")
+        .expect("the checkpoint holds the standardisation")
+        .1;
+    assert!(shift.abs().sum(tch::Kind::Float).double_value(&[]) > 0.0);
 }
 
 #[test]
