@@ -184,16 +184,20 @@ pub fn batch_loss(
 /// Neighbours that vote in pre-training's kNN monitor.
 const KNN_NEIGHBOURS: i64 = 20;
 
-/// Unit-norm encoder features `[N, D]` of a dataset's clean images, the
-/// network in inference mode.
-fn encoder_features(config: &RunConfig, net: &Network, data: &Dataset, device: Device) -> Tensor {
+/// `features` `[n, D]` of every image of `data`, clean, batch by batch,
+/// without gradients, concatenated to `[N, D]`.
+fn features_of(
+    config: &RunConfig,
+    data: &Dataset,
+    device: Device,
+    features: impl Fn(&Tensor) -> Tensor,
+) -> Tensor {
     let ids: Vec<usize> = (0..data.len()).collect();
     let chunks: Vec<Tensor> = ids
         .chunks(config.batch_size.max(1))
-        .map(|chunk| tch::no_grad(|| net.features_t(&batch(data, chunk, device).0, false)))
+        .map(|chunk| tch::no_grad(|| features(&batch(data, chunk, device).0)))
         .collect();
-    let h = Tensor::cat(&chunks, 0);
-    &h / h.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12)
+    Tensor::cat(&chunks, 0)
 }
 
 /// Pre-training's monitor: held-out accuracy of a vote among the k = 20
@@ -207,8 +211,11 @@ fn knn_accuracy(
     holdout: &Dataset,
     device: Device,
 ) -> f64 {
-    let bank = encoder_features(config, net, train_data, device);
-    let queries = encoder_features(config, net, holdout, device);
+    let unit_features = |data: &Dataset| {
+        let h = features_of(config, data, device, |x| net.features_t(x, false));
+        &h / h.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12)
+    };
+    let (bank, queries) = (unit_features(train_data), unit_features(holdout));
     let k = KNN_NEIGHBOURS.min(train_data.len() as i64);
     let (_, nearest) = queries
         .matmul(&bank.transpose(0, 1))
@@ -257,20 +264,6 @@ fn holdout_accuracy(
     }
     let n = holdout.len().max(1) as f64;
     (clean as f64 / n, robust as f64 / n)
-}
-
-/// The head's input features `[N, D]` of every training image, clean, the
-/// network in inference mode.
-fn head_features(config: &RunConfig, net: &Network, data: &Dataset, device: Device) -> Tensor {
-    let ids: Vec<usize> = (0..data.len()).collect();
-    let chunks: Vec<Tensor> = ids
-        .chunks(config.batch_size.max(1))
-        .map(|chunk| {
-            let (x, _) = batch(data, chunk, device);
-            tch::no_grad(|| net.head_features_t(&x, false))
-        })
-        .collect();
-    Tensor::cat(&chunks, 0)
 }
 
 /// Copies every variable of `vs` from a checkpoint's tensors.
@@ -347,7 +340,9 @@ pub fn train(
         None => {
             if net.standardization.is_some() {
                 progress.line("fitting the head's feature standardisation on the training data");
-                let features = head_features(config, net, train_data, device);
+                let features = features_of(config, train_data, device, |x| {
+                    net.head_features_t(x, false)
+                });
                 net.fit_standardization(&features);
             }
             0
