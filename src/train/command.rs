@@ -151,16 +151,15 @@ pub fn run_training(
 pub fn export(dir: &Path, out: &Path) -> Result<()> {
     let run = existing(dir)?;
     let config = run.read_config()?;
-    if run.completed_epochs()? == 0 {
-        return Err(Error::Usage(format!(
+    let checkpoint = run.read_checkpoint()?.ok_or_else(|| {
+        Error::Usage(format!(
             "{} has no completed epoch to export",
             dir.display()
-        )));
-    }
-    let mut vs = nn::VarStore::new(Device::Cpu);
+        ))
+    })?;
+    let vs = nn::VarStore::new(Device::Cpu);
     let net = build(&config, &vs);
-    vs.load(run.checkpoint())
-        .map_err(|e| Error::data(run.checkpoint(), format!("cannot load the checkpoint: {e}")))?;
+    checkpoint.restore_variables(&vs, &run.checkpoint())?;
     let info = ExportInfo {
         method: format!("{}:{}", config.command, config.method),
         dataset: config.data.clone(),

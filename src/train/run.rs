@@ -82,6 +82,37 @@ pub struct Checkpoint {
     pub tensors: Vec<(String, tch::Tensor)>,
 }
 
+impl Checkpoint {
+    /// Copies every variable of `vs` from the checkpoint; `source` names it
+    /// in errors.
+    pub fn restore_variables(&self, vs: &tch::nn::VarStore, source: &Path) -> Result<()> {
+        for (name, mut variable) in vs.variables() {
+            let (_, value) = self
+                .tensors
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| {
+                    Error::data(
+                        source,
+                        format!("no `{name}` in the checkpoint; the run directory does not match this network"),
+                    )
+                })?;
+            if value.size() != variable.size() {
+                return Err(Error::data(
+                    source,
+                    format!(
+                        "`{name}` has shape {:?} in the checkpoint, {:?} in this network",
+                        value.size(),
+                        variable.size()
+                    ),
+                ));
+            }
+            tch::no_grad(|| variable.copy_(value));
+        }
+        Ok(())
+    }
+}
+
 /// One line of `metrics.csv`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EpochMetrics {
@@ -180,20 +211,9 @@ impl RunDir {
         ));
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let refs: Vec<(&str, &tch::Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let tmp = self.0.join(".checkpoint.tmp.safetensors");
-        let path = self.checkpoint();
-        let written = tch::Tensor::write_safetensors(&refs, &tmp)
-            .map_err(|e| Error::Usage(format!("cannot write {}: {e}", tmp.display())))
-            .and_then(|()| {
-                std::fs::File::open(&tmp)
-                    .and_then(|f| f.sync_all())
-                    .and_then(|()| std::fs::rename(&tmp, &path))
-                    .map_err(|e| Error::io(&path, e))
-            });
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
+        crate::atomic::write_atomic_with(&self.checkpoint(), |tmp| {
+            tch::Tensor::write_safetensors(&refs, tmp).map_err(std::io::Error::other)
+        })
     }
 
     /// Rewrites metrics.csv with the rows of completed epochs plus `row`

@@ -266,36 +266,6 @@ fn holdout_accuracy(
     (clean as f64 / n, robust as f64 / n)
 }
 
-/// Copies every variable of `vs` from a checkpoint's tensors.
-fn restore_variables(
-    vs: &nn::VarStore,
-    saved: &[(String, Tensor)],
-    source: &std::path::Path,
-) -> Result<()> {
-    for (name, mut variable) in vs.variables() {
-        let (_, value) = saved.iter().find(|(n, _)| *n == name).ok_or_else(|| {
-            Error::data(
-                source,
-                format!(
-                    "no `{name}` in the checkpoint; the run directory does not match this network"
-                ),
-            )
-        })?;
-        if value.size() != variable.size() {
-            return Err(Error::data(
-                source,
-                format!(
-                    "`{name}` has shape {:?} in the checkpoint, {:?} in this network",
-                    value.size(),
-                    variable.size()
-                ),
-            ));
-        }
-        tch::no_grad(|| variable.copy_(value));
-    }
-    Ok(())
-}
-
 /// The learning rate of `epoch` (1-based): fine-tuning drops it ×0.1 halfway (paper §4.1).
 fn learning_rate(config: &RunConfig, epoch: usize) -> f64 {
     if config.command == "finetune" && epoch > config.epochs / 2 && config.epochs > 1 {
@@ -329,7 +299,7 @@ pub fn train(
     let mut sgd = Sgd::new(vs, config.lr, config.momentum, config.weight_decay);
     let completed = match run.read_checkpoint()? {
         Some(checkpoint) => {
-            restore_variables(vs, &checkpoint.tensors, &run.checkpoint())?;
+            checkpoint.restore_variables(vs, &run.checkpoint())?;
             sgd.restore(&checkpoint.tensors, &run.checkpoint())?;
             progress.line(&format!(
                 "resuming after epoch {}",

@@ -171,34 +171,38 @@ fn every_method_runs_an_epoch_and_leaves_a_complete_run() {
     );
 }
 
+/// Runs `args` for 2 epochs into `{prefix}straight`, and for 1 epoch into
+/// `{prefix}interrupted`, which `between` may then tamper with before the
+/// same run resumes to 2 epochs.
+fn straight_and_resumed(dir: &Path, args: &[&str], prefix: &str, between: impl FnOnce(&Path)) {
+    let run = |extra: &[&str]| {
+        let all: Vec<&str> = args.iter().chain(extra).copied().collect();
+        train_ok(dir, &all);
+    };
+    let (straight, interrupted) = (format!("{prefix}straight"), format!("{prefix}interrupted"));
+    run(&["--epochs", "2", "--out", &straight]);
+    run(&["--epochs", "1", "--out", &interrupted]);
+    between(&dir.join(&interrupted));
+    run(&["--epochs", "2", "--out", &interrupted, "--resume"]);
+}
+
 #[test]
 fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
     tiny_dataset(&dir.path().join("tiny.npz"));
-    let base = ["pretrain", "--method", "upat", "--data", "npz:tiny.npz"];
-    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
-        base.iter().chain(extra).copied().collect()
-    }
-    train_ok(
-        dir.path(),
-        &with(&base, &["--epochs", "2", "--out", "straight"]),
-    );
-    train_ok(
-        dir.path(),
-        &with(&base, &["--epochs", "1", "--out", "interrupted"]),
-    );
     // A run killed after writing epoch 2's metrics row but before its
     // checkpoint: the resume redoes epoch 2 and keeps one row for it.
     let metrics = dir.path().join("interrupted/metrics.csv");
-    let mut text = std::fs::read_to_string(&metrics).unwrap();
-    text.push_str("2,9.99,0.01,,,1.0\n");
-    std::fs::write(&metrics, text).unwrap();
-    train_ok(
+    straight_and_resumed(
         dir.path(),
-        &with(
-            &base,
-            &["--epochs", "2", "--out", "interrupted", "--resume"],
-        ),
+        &["pretrain", "--method", "upat", "--data", "npz:tiny.npz"],
+        "",
+        |run| {
+            let metrics = run.join("metrics.csv");
+            let mut text = std::fs::read_to_string(&metrics).unwrap();
+            text.push_str("2,9.99,0.01,,,1.0\n");
+            std::fs::write(&metrics, text).unwrap();
+        },
     );
     let text = std::fs::read_to_string(&metrics).unwrap();
     assert!(!text.contains("9.99"), "{text}");
@@ -225,29 +229,19 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     same("straight", "interrupted");
     // Fine-tuning resumes too, its fitted feature standardisation included
     // (fitted once, when the run starts, and restored from the checkpoint).
-    let finetune = [
-        "finetune",
-        "--encoder",
-        "straight",
-        "--mode",
-        "at",
-        "--data",
-        "npz:tiny.npz",
-    ];
-    train_ok(
+    straight_and_resumed(
         dir.path(),
-        &with(&finetune, &["--epochs", "2", "--out", "ft-straight"]),
-    );
-    train_ok(
-        dir.path(),
-        &with(&finetune, &["--epochs", "1", "--out", "ft-interrupted"]),
-    );
-    train_ok(
-        dir.path(),
-        &with(
-            &finetune,
-            &["--epochs", "2", "--out", "ft-interrupted", "--resume"],
-        ),
+        &[
+            "finetune",
+            "--encoder",
+            "straight",
+            "--mode",
+            "at",
+            "--data",
+            "npz:tiny.npz",
+        ],
+        "ft-",
+        |_| {},
     );
     same("ft-straight", "ft-interrupted");
     let named = weights("ft-straight");
