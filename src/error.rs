@@ -45,6 +45,11 @@ pub enum Error {
     /// A command-line value or combination of values that cannot work.
     #[error("{0}")]
     Usage(String),
+
+    /// An attack broke its contract (left the ε-ball or the box, or asked
+    /// for what it declared it would not): a bug, never a report row.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {

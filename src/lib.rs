@@ -6,9 +6,9 @@
 //!  onnx/ ── OnnxModel ─┼─ ClassifierGraph (one image input, one logits output,
 //!                      │                   normalisation folded in)
 //!  runtime/ ───────────┤  trait Classifier: ort (ONNX Runtime, loaded at run time), tract
-//!  attack/ ────────────┤  AttackSpec, Suite (TOML, built-ins embedded from audits/)
-//!  audit ──────────────┤  models × attacks → ReportRow, gates
-//!  report/ ────────────┘  report.csv, summary.csv (atomic writes)
+//!  attack/ ────────────┤  trait Attack + trait Model, one file per attack, registry, Suite (TOML)
+//!  audit/ ─────────────┤  plan, the one batching loop (drive), victim, gates → per-sample outcomes
+//!  report/ ────────────┘  outcomes → rows (Tally); report.csv, summary.csv, samples.csv (atomic)
 //!  bin/upat-audit.rs, bin/upat-train.rs: thin CLIs over the above
 //! ```
 //!

@@ -1,76 +1,34 @@
-//! Attack specifications and suites.
+//! The attack layer: one [`Attack`] trait, one file per attack, one
+//! [`registry`] of kinds, and the suites (TOML) that name them.
 //!
-//! A suite (TOML, see `docs/suite-format.md`) lists attacks by id; each entry
-//! becomes an [`AttackSpec`]. The attacks themselves are added one file per
-//! attack family as they land; [`AttackKind::is_available`] says which run in
-//! this build, so a suite that names one that does not is refused up front
-//! instead of producing a report that silently lacks it.
+//! An attack talks to the model under attack only through [`Model`] (classes,
+//! logits, loss and input gradient), so it can be unit-tested on an analytic
+//! model written in Rust as well as run on an ONNX model. It declares what it
+//! needs of that model ([`Oracle`]); the audit hands a scores-only attack a
+//! model that refuses gradient calls, so the declaration is enforced.
+//!
+//! Adding an attack: its file under `src/attack/` (a type implementing
+//! [`Attack`] and a build function owning its suite-field rules) and one line
+//! in [`registry::ATTACKS`]. See `docs/architecture.md`.
 
+pub mod active;
+pub mod fgsm;
+#[cfg(test)]
+pub(crate) mod linear;
+pub mod noise;
 pub mod pgd;
 pub mod project;
+pub mod registry;
 pub mod rng;
 pub mod suite;
-pub mod transfer;
 
-pub use pgd::{Perturbed, Pgd};
-pub use suite::{builtin_suite, AttackSpec, Suite, BUILTIN_SUITES};
+pub use crate::onnx::grad::Loss;
+pub use crate::runtime::{Logits, LossAndGrad};
+pub use pgd::Pgd;
+pub use registry::{Entry, ATTACKS};
+pub use suite::{builtin_suite, AttackSpec, Fields, Step, Suite, BUILTIN_SUITES};
 
-/// The attack families a suite may name (`kind = ...`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AttackKind {
-    /// No perturbation: clean accuracy.
-    Clean,
-    Fgsm,
-    Pgd,
-    ApgdCe,
-    ApgdT,
-    FabT,
-    Square,
-    Transfer,
-}
-
-impl AttackKind {
-    pub const ALL: [AttackKind; 8] = [
-        AttackKind::Clean,
-        AttackKind::Fgsm,
-        AttackKind::Pgd,
-        AttackKind::ApgdCe,
-        AttackKind::ApgdT,
-        AttackKind::FabT,
-        AttackKind::Square,
-        AttackKind::Transfer,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttackKind::Clean => "clean",
-            AttackKind::Fgsm => "fgsm",
-            AttackKind::Pgd => "pgd",
-            AttackKind::ApgdCe => "apgd-ce",
-            AttackKind::ApgdT => "apgd-t",
-            AttackKind::FabT => "fab-t",
-            AttackKind::Square => "square",
-            AttackKind::Transfer => "transfer",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
-    /// Whether this build can run the attack.
-    pub fn is_available(self) -> bool {
-        matches!(
-            self,
-            AttackKind::Clean | AttackKind::Fgsm | AttackKind::Pgd | AttackKind::Transfer
-        )
-    }
-
-    /// Whether the attack perturbs inputs (and so has a norm and budget).
-    pub fn perturbs(self) -> bool {
-        self != AttackKind::Clean
-    }
-}
+use crate::error::{Error, Result};
 
 /// The threat model's norm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +39,8 @@ pub enum Norm {
 }
 
 impl Norm {
+    pub const ALL: [Norm; 3] = [Norm::Linf, Norm::L2, Norm::L1];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Norm::Linf => "linf",
@@ -90,37 +50,266 @@ impl Norm {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Norm::Linf, Norm::L2, Norm::L1]
-            .into_iter()
-            .find(|n| n.as_str() == s)
+        Self::ALL.into_iter().find(|n| n.as_str() == s)
     }
 }
 
-/// The objective an attack maximises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Loss {
-    /// Cross-entropy.
-    Ce,
-    /// Carlini–Wagner margin: max_{j≠y} z_j − z_y.
-    Margin,
-    /// Difference of logits ratio (Croce & Hein 2020).
-    Dlr,
-    DlrTargeted,
+/// What an attack may ask of the model under attack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Oracle {
+    /// Logits only: the attack never asks for a gradient.
+    Scores,
+    /// Logits, and loss-and-gradient for these losses.
+    Gradients(Vec<Loss>),
 }
 
-impl Loss {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Loss::Ce => "ce",
-            Loss::Margin => "margin",
-            Loss::Dlr => "dlr",
-            Loss::DlrTargeted => "dlr-targeted",
+/// An attack's settings: the threat model and the report's columns (`norm,
+/// eps, steps, step_size, restarts, loss`). `None` is an empty cell.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub norm: Norm,
+    /// Budget in `[0, 1]` pixel units, in `norm`.
+    pub eps: f32,
+    pub steps: Option<u32>,
+    pub step_size: Option<f32>,
+    pub restarts: Option<u32>,
+    pub loss: Option<Loss>,
+    /// Query budget per sample, for attacks that have one (not a report
+    /// column: the report's `queries` is what was spent).
+    pub query_budget: Option<u32>,
+}
+
+/// A batch of samples to attack.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// NCHW in `[0, 1]`, `len()` images.
+    pub images: &'a [f32],
+    /// True labels.
+    pub labels: &'a [i64],
+    /// Each sample's global id (its index in its data file): with `seed`, it
+    /// keys the sample's random streams, so a result does not depend on the
+    /// batch a sample lands in, or on the shard.
+    pub ids: &'a [u64],
+    /// The audit's `--seed`.
+    pub seed: u64,
+}
+
+impl<'a> Batch<'a> {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Pixels per image.
+    pub fn image_len(&self) -> usize {
+        self.images.len() / self.len().max(1)
+    }
+
+    /// The pixels of sample `i`.
+    pub fn image(&self, i: usize) -> &'a [f32] {
+        let len = self.image_len();
+        &self.images[i * len..(i + 1) * len]
+    }
+}
+
+/// What an attack returns for a batch, per sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Perturbed {
+    /// The fooling iterate, or the attack's last iterate when none fooled; NCHW.
+    pub adversarial: Vec<f32>,
+    /// Misclassified at some iterate, by the attack's own evaluation (the
+    /// audit re-predicts every example itself before it believes this).
+    pub fooled: Vec<bool>,
+    /// Model evaluations (forward, or forward and gradient) spent on the sample.
+    pub queries: Vec<u32>,
+}
+
+impl Perturbed {
+    /// Every sample unperturbed, unfooled, with no queries spent: where an
+    /// attack starts.
+    pub fn unperturbed(batch: &Batch) -> Self {
+        Perturbed {
+            adversarial: batch.images.to_vec(),
+            fooled: vec![false; batch.len()],
+            queries: vec![0; batch.len()],
+        }
+    }
+}
+
+/// The model under attack, as an attack sees it.
+pub trait Model {
+    /// Number of classes (the logits' width).
+    fn classes(&self) -> usize;
+
+    /// Logits of `n` images (NCHW, `[0, 1]`).
+    fn logits(&mut self, images: &[f32], n: usize) -> Result<Logits>;
+
+    /// Logits, per-sample loss and d(Σ loss)/d(images) for `labels.len()`
+    /// images. `targets` is given exactly when `loss.is_targeted()`.
+    fn loss_and_grad(
+        &mut self,
+        loss: Loss,
+        images: &[f32],
+        labels: &[i64],
+        targets: Option<&[i64]>,
+    ) -> Result<LossAndGrad>;
+}
+
+/// An attack, configured and ready to run on batches.
+pub trait Attack: std::fmt::Debug + Send + Sync {
+    /// The registry kind that built it (the report's `attack` column).
+    fn kind(&self) -> &'static str;
+
+    /// What it asks of the model; enforced by [`Guarded`].
+    fn oracle(&self) -> Oracle;
+
+    fn settings(&self) -> Settings;
+
+    /// Attacks `batch`. Must leave every example in the ε-ball and the
+    /// `[0, 1]` box (the audit checks, and a violation is an error), and
+    /// depend on randomness only through streams keyed by sample id.
+    fn run(&self, model: &mut dyn Model, batch: &Batch) -> Result<Perturbed>;
+}
+
+/// A model that answers only what an attack's [`Oracle`] declared: a
+/// scores-only attack that asks for a gradient, or a gradient attack that
+/// asks for an undeclared loss, gets an error naming it.
+pub struct Guarded<'m> {
+    inner: &'m mut dyn Model,
+    attack: &'static str,
+    oracle: Oracle,
+}
+
+impl<'m> Guarded<'m> {
+    pub fn new(inner: &'m mut dyn Model, attack: &dyn Attack) -> Self {
+        Guarded {
+            inner,
+            attack: attack.kind(),
+            oracle: attack.oracle(),
+        }
+    }
+}
+
+impl Model for Guarded<'_> {
+    fn classes(&self) -> usize {
+        self.inner.classes()
+    }
+
+    fn logits(&mut self, images: &[f32], n: usize) -> Result<Logits> {
+        self.inner.logits(images, n)
+    }
+
+    fn loss_and_grad(
+        &mut self,
+        loss: Loss,
+        images: &[f32],
+        labels: &[i64],
+        targets: Option<&[i64]>,
+    ) -> Result<LossAndGrad> {
+        match &self.oracle {
+            Oracle::Gradients(losses) if losses.contains(&loss) => {
+                self.inner.loss_and_grad(loss, images, labels, targets)
+            }
+            declared => Err(Error::Internal(format!(
+                "attack `{}` declared {declared:?} but asked for the gradient of the {} loss; \
+                 its declaration is what lets gradient-free audits trust it, so this is a bug in the attack",
+                self.attack,
+                loss.as_str()
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::linear::LinearModel;
+    use super::*;
+
+    /// Declares scores only, then asks for a gradient anyway.
+    #[derive(Debug)]
+    struct Cheat;
+
+    impl Attack for Cheat {
+        fn kind(&self) -> &'static str {
+            "cheat"
+        }
+        fn oracle(&self) -> Oracle {
+            Oracle::Scores
+        }
+        fn settings(&self) -> Settings {
+            Settings {
+                norm: Norm::Linf,
+                eps: 0.1,
+                steps: None,
+                step_size: None,
+                restarts: None,
+                loss: None,
+                query_budget: None,
+            }
+        }
+        fn run(&self, model: &mut dyn Model, batch: &Batch) -> Result<Perturbed> {
+            model.loss_and_grad(Loss::Ce, batch.images, batch.labels, None)?;
+            Ok(Perturbed::unperturbed(batch))
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        [Loss::Ce, Loss::Margin, Loss::Dlr, Loss::DlrTargeted]
-            .into_iter()
-            .find(|l| l.as_str() == s)
+    #[test]
+    fn a_scores_only_attack_that_asks_for_a_gradient_fails_loudly() {
+        let mut model = LinearModel::new(vec![1.0, -1.0], vec![0.0, 0.0]);
+        let batch = Batch {
+            images: &[0.5],
+            labels: &[0],
+            ids: &[0],
+            seed: 0,
+        };
+        let err = Cheat
+            .run(&mut Guarded::new(&mut model, &Cheat), &batch)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cheat") && err.contains("Scores"), "{err}");
+        assert_eq!(model.gradient_calls, 0, "the call never reached the model");
+        // The same model, unguarded, answers: the guard is what refused.
+        assert!(Cheat.run(&mut model, &batch).is_ok());
+    }
+
+    #[test]
+    fn a_gradient_attack_gets_only_the_losses_it_declared() {
+        let mut model = LinearModel::new(vec![1.0, -1.0], vec![0.0, 0.0]);
+        let pgd = Pgd::new("pgd", Norm::Linf, 0.1, 1, 0.1, 1, false, Loss::Ce);
+        let mut guarded = Guarded::new(&mut model, &pgd);
+        assert!(guarded.loss_and_grad(Loss::Ce, &[0.5], &[0], None).is_ok());
+        assert!(guarded
+            .loss_and_grad(Loss::Margin, &[0.5], &[0], None)
+            .is_err());
+    }
+
+    #[test]
+    fn every_registered_scores_only_attack_runs_without_gradients() {
+        for entry in ATTACKS {
+            let fields = Fields {
+                eps: Some(0.1),
+                ..Fields::default()
+            };
+            let Ok(attack) = (entry.build)(&fields) else {
+                continue;
+            };
+            if attack.oracle() != Oracle::Scores {
+                continue;
+            }
+            let mut model = LinearModel::new(vec![1.0, -1.0], vec![0.0, 0.0]);
+            let batch = Batch {
+                images: &[0.5, 0.02],
+                labels: &[0, 0],
+                ids: &[0, 1],
+                seed: 0,
+            };
+            attack
+                .run(&mut Guarded::new(&mut model, attack.as_ref()), &batch)
+                .unwrap_or_else(|e| panic!("{}: {e}", entry.kind));
+            assert_eq!(model.gradient_calls, 0, "{}", entry.kind);
+        }
     }
 }

@@ -3,9 +3,11 @@
 //! Parsing walks the TOML table by hand rather than through serde so that
 //! every error names the file, the attack id and the field at fault.
 
-use super::{AttackKind, Loss, Norm};
+use super::registry::{self, FieldError};
+use super::{Attack, Loss, Norm, Oracle, Settings};
 use crate::error::{Error, Result};
 use std::path::Path;
+use std::sync::Arc;
 
 /// The built-in suites: the files in `audits/`, embedded.
 pub const BUILTIN_SUITES: &[(&str, &str)] = &[
@@ -19,26 +21,198 @@ pub const BUILTIN_SUITES: &[(&str, &str)] = &[
     ),
 ];
 
-/// One attack of a suite, validated.
+/// The fields of a suite entry, type-checked; what each kind makes of them
+/// is that kind's build function's business (`registry.rs`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct AttackSpec {
-    /// Unique within the suite; names the attack in reports and gates.
-    pub id: String,
-    pub kind: AttackKind,
+pub struct Fields {
+    /// Default `linf`.
     pub norm: Norm,
     /// Budget in `[0, 1]` pixel units, in `norm`.
-    pub eps: f32,
-    pub steps: u32,
-    pub step_size: f32,
+    pub eps: Option<f32>,
+    pub steps: Option<u32>,
+    pub step_size: Option<f32>,
+    /// Default 1, never 0.
     pub restarts: u32,
-    pub random_start: bool,
-    pub loss: Loss,
+    pub random_start: Option<bool>,
+    pub loss: Option<Loss>,
     /// Query budget of score-based attacks.
     pub queries: Option<u32>,
     /// Number of target classes of targeted attacks.
     pub targets: Option<u32>,
+    /// The white-box kind a transfer step crafts with (default `pgd`).
+    pub craft: Option<String>,
+}
+
+impl Default for Fields {
+    fn default() -> Self {
+        Fields {
+            norm: Norm::Linf,
+            eps: None,
+            steps: None,
+            step_size: None,
+            restarts: 1,
+            random_start: None,
+            loss: None,
+            queries: None,
+            targets: None,
+            craft: None,
+        }
+    }
+}
+
+impl Fields {
+    /// The required budget of an attack of `kind`.
+    pub fn eps(&self, kind: &str) -> Result<f32, FieldError> {
+        self.eps
+            .ok_or_else(|| FieldError::new("eps", format!("is required for kind `{kind}`")))
+    }
+
+    /// The loss of an attack of `kind` that chooses no target classes
+    /// (default ce).
+    pub fn untargeted_loss(&self, kind: &str) -> Result<Loss, FieldError> {
+        match self.loss.unwrap_or(Loss::Ce) {
+            l if l.is_targeted() => Err(FieldError::new(
+                "loss",
+                format!(
+                    "{} needs target classes, which kind `{kind}` does not choose (targeted kinds such as apgd-t do); use ce, margin or dlr",
+                    l.as_str()
+                ),
+            )),
+            l => Ok(l),
+        }
+    }
+}
+
+/// What a suite entry does in the audit.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Accuracy on the unperturbed data.
+    Clean,
+    /// A registered attack on each audited model.
+    Attack(Arc<dyn Attack>),
+    /// Examples crafted by this white-box attack on each `--source` model,
+    /// evaluated on each audited model.
+    Transfer(Arc<dyn Attack>),
+}
+
+/// One entry of a suite, validated and built.
+#[derive(Debug, Clone)]
+pub struct AttackSpec {
+    /// Unique within the suite; names the attack in reports and gates.
+    pub id: String,
+    /// The suite's `kind`: a registered attack, `clean` or `transfer`.
+    pub kind: String,
+    pub fields: Fields,
     /// Gate: the audit fails (exit 1) when robust accuracy is below this.
     pub min_robust_acc: Option<f32>,
+    pub step: Step,
+}
+
+/// Two entries are the same attack when they built the same step: the
+/// same kind with the same effective settings, whether a default was
+/// written out (`random_start = true`) or left implicit. Attacks are
+/// compared by their `Debug` form, which shows every setting they hold.
+impl PartialEq for AttackSpec {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.id, &self.kind, self.min_robust_acc)
+            == (&other.id, &other.kind, other.min_robust_acc)
+            && format!("{:?}", self.step) == format!("{:?}", other.step)
+    }
+}
+
+impl AttackSpec {
+    /// Resolves `kind` (a registered attack, `clean` or `transfer`) and builds
+    /// its step from `fields`. `set` names the fields the suite gave, which
+    /// must all be read by the kind. The error names the field at fault.
+    pub fn build(
+        id: &str,
+        kind: &str,
+        fields: Fields,
+        set: &[&str],
+    ) -> Result<AttackSpec, FieldError> {
+        let unread = |reads: &[&str]| -> Result<(), FieldError> {
+            match set.iter().find(|f| !reads.contains(f)) {
+                None => Ok(()),
+                Some(f) => Err(FieldError::new(
+                    "kind",
+                    format!(
+                        "kind `{kind}` does not use field `{f}`{}; remove it or choose another kind",
+                        if reads.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (it reads {})", reads.join(", "))
+                        }
+                    ),
+                )),
+            }
+        };
+        let step = match kind {
+            "clean" => {
+                unread(&[])?;
+                Step::Clean
+            }
+            "transfer" => {
+                let craft = fields.craft.as_deref().unwrap_or("pgd");
+                let entry = registry::lookup(craft).ok_or_else(|| {
+                    FieldError::new(
+                        "craft",
+                        format!(
+                            "`{craft}` is not a registered attack kind; use one of {}",
+                            registered()
+                        ),
+                    )
+                })?;
+                let mut reads = entry.fields.to_vec();
+                reads.push("craft");
+                unread(&reads)?;
+                let attack = (entry.build)(&fields)?;
+                if attack.oracle() == Oracle::Scores {
+                    return Err(FieldError::new(
+                        "craft",
+                        format!("`{craft}` needs no gradients; transfer crafts with a white-box attack such as pgd"),
+                    ));
+                }
+                Step::Transfer(attack)
+            }
+            _ => {
+                let entry = registry::lookup(kind).ok_or_else(|| {
+                    FieldError::new(
+                        "kind",
+                        format!(
+                            "attack kind `{kind}` is not available in this version of upat-audit; use one of {}",
+                            registered()
+                        ),
+                    )
+                })?;
+                unread(entry.fields)?;
+                Step::Attack((entry.build)(&fields)?)
+            }
+        };
+        Ok(AttackSpec {
+            id: id.to_string(),
+            kind: kind.to_string(),
+            fields,
+            min_robust_acc: None,
+            step,
+        })
+    }
+
+    /// The settings of the attack (of the crafting attack, for transfer);
+    /// `None` for `clean`.
+    pub fn settings(&self) -> Option<Settings> {
+        match &self.step {
+            Step::Clean => None,
+            Step::Attack(a) | Step::Transfer(a) => Some(a.settings()),
+        }
+    }
+}
+
+fn registered() -> String {
+    registry::kinds()
+        .iter()
+        .map(|(k, _)| *k)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A named list of attacks.
@@ -63,6 +237,7 @@ const ATTACK_FIELDS: &[&str] = &[
     "loss",
     "queries",
     "targets",
+    "craft",
     "min_robust_acc",
 ];
 
@@ -158,23 +333,6 @@ impl Suite {
             attacks,
         })
     }
-
-    /// Refuses suites naming attacks this build cannot run.
-    pub fn check_runnable(&self) -> Result<()> {
-        match self.attacks.iter().find(|a| !a.kind.is_available()) {
-            None => Ok(()),
-            Some(a) => Err(Error::Suite {
-                file: self.origin.clone(),
-                attack: Some(a.id.clone()),
-                field: Some("kind".into()),
-                message: format!(
-                    "attack kind `{}` is not available in this version of upat-audit; run a suite of attacks it has (kinds: {})",
-                    a.kind.as_str(),
-                    AttackKind::ALL.iter().filter(|k| k.is_available()).map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            }),
-        }
-    }
 }
 
 type ErrFn<'a> = dyn Fn(Option<&str>, Option<&str>, String) -> Error + 'a;
@@ -219,29 +377,23 @@ fn parse_attack(entry: &toml::Table, index: usize, err: &ErrFn) -> Result<Attack
             Some(_) => Err(fail(field, "must be a string".into())),
         }
     };
-    let kind_text = string("kind")?.ok_or_else(|| fail("kind", "is missing".into()))?;
-    let kind = AttackKind::parse(kind_text).ok_or_else(|| {
-        fail(
-            "kind",
-            format!(
-                "`{kind_text}` is not an attack kind; use one of {}",
-                AttackKind::ALL.map(|k| k.as_str()).join(", ")
-            ),
-        )
-    })?;
+    let kind = string("kind")?.ok_or_else(|| fail("kind", "is missing".into()))?;
     let norm = match string("norm")? {
         None => Norm::Linf,
         Some(n) => Norm::parse(n)
             .ok_or_else(|| fail("norm", format!("`{n}` is not a norm; use linf, l2 or l1")))?,
     };
     let loss = match string("loss")? {
-        None => Loss::Ce,
-        Some(l) => Loss::parse(l).ok_or_else(|| {
+        None => None,
+        Some(l) => Some(Loss::parse(l).ok_or_else(|| {
             fail(
                 "loss",
-                format!("`{l}` is not a loss; use ce, margin, dlr or dlr-targeted"),
+                format!(
+                    "`{l}` is not a loss; use {}",
+                    Loss::ALL.map(Loss::as_str).join(", ")
+                ),
             )
-        })?,
+        })?),
     };
     let number = |field: &str| -> Result<Option<f32>> {
         match entry.get(field) {
@@ -259,19 +411,12 @@ fn parse_attack(entry: &toml::Table, index: usize, err: &ErrFn) -> Result<Attack
         }
     };
     let random_start = match entry.get("random_start") {
-        None => kind != AttackKind::Fgsm,
-        Some(toml::Value::Boolean(b)) => *b,
+        None => None,
+        Some(toml::Value::Boolean(b)) => Some(*b),
         Some(_) => return Err(fail("random_start", "must be true or false".into())),
     };
     let eps = number("eps")?;
-    let step_size = number("step_size")?;
-    let steps = count("steps")?;
-    let restarts = count("restarts")?.unwrap_or(1);
-    let min_robust_acc = number("min_robust_acc")?;
-
-    if kind.perturbs() {
-        let eps =
-            eps.ok_or_else(|| fail("eps", format!("is required for kind `{}`", kind.as_str())))?;
+    if let Some(eps) = eps {
         if eps < 0.0 {
             return Err(fail("eps", format!("{eps} is negative")));
         }
@@ -282,29 +427,11 @@ fn parse_attack(entry: &toml::Table, index: usize, err: &ErrFn) -> Result<Attack
             ));
         }
     }
-    if matches!(kind, AttackKind::Pgd | AttackKind::Transfer) {
-        if steps.unwrap_or(0) == 0 {
-            return Err(fail(
-                "steps",
-                format!("kind `{}` needs steps >= 1", kind.as_str()),
-            ));
-        }
-        if step_size.is_none_or(|s| s <= 0.0) {
-            return Err(fail(
-                "step_size",
-                format!("kind `{}` needs a positive step_size", kind.as_str()),
-            ));
-        }
-    }
-    if kind == AttackKind::Fgsm && steps.is_some_and(|s| s != 1) {
-        return Err(fail(
-            "steps",
-            "FGSM is a single step; use kind = \"pgd\" for more".into(),
-        ));
-    }
+    let restarts = count("restarts")?.unwrap_or(1);
     if restarts == 0 {
         return Err(fail("restarts", "must be at least 1".into()));
     }
+    let min_robust_acc = number("min_robust_acc")?;
     if let Some(acc) = min_robust_acc {
         if !(0.0..=1.0).contains(&acc) {
             return Err(fail(
@@ -313,30 +440,27 @@ fn parse_attack(entry: &toml::Table, index: usize, err: &ErrFn) -> Result<Attack
             ));
         }
     }
-    if loss == Loss::DlrTargeted && kind != AttackKind::ApgdT {
-        return Err(fail(
-            "loss",
-            format!("dlr-targeted needs target classes, which only kind `apgd-t` chooses; use ce, margin or dlr with `{}`", kind.as_str()),
-        ));
-    }
-    let queries = count("queries")?;
-    let targets = count("targets")?;
-    Ok(AttackSpec {
-        id: id.clone(),
-        kind,
+    let fields = Fields {
         norm,
-        eps: eps.unwrap_or(0.0),
-        steps: steps.unwrap_or(if kind == AttackKind::Fgsm { 1 } else { 0 }),
-        step_size: step_size
-            .or(if kind == AttackKind::Fgsm { eps } else { None })
-            .unwrap_or(0.0),
+        eps,
+        steps: count("steps")?,
+        step_size: number("step_size")?,
         restarts,
         random_start,
         loss,
-        queries,
-        targets,
-        min_robust_acc,
-    })
+        queries: count("queries")?,
+        targets: count("targets")?,
+        craft: string("craft")?.map(str::to_string),
+    };
+    let set: Vec<&str> = entry
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !["id", "kind", "min_robust_acc"].contains(k))
+        .collect();
+    let mut spec =
+        AttackSpec::build(&id, kind, fields, &set).map_err(|e| fail(e.field, e.message))?;
+    spec.min_robust_acc = min_robust_acc;
+    Ok(spec)
 }
 
 /// A number, or a string fraction such as `"8/255"`.
@@ -348,7 +472,7 @@ pub fn parse_number(value: &toml::Value) -> std::result::Result<f32, String> {
         _ => None,
     };
     match parsed {
-        Some(v) if v.is_finite() => Ok(v as f32),
+        Some(v) if v.is_finite() && (v as f32).is_finite() => Ok(v as f32),
         _ => Err(format!(
             "`{value}` is not a number; write 0.03, 8, or a fraction like \"8/255\""
         )),
@@ -416,14 +540,19 @@ mod tests {
             ids("blackbox"),
             ["transfer-pgd20-linf-8", "transfer-pgd20-linf-16"]
         );
-        let pgd = &Suite::resolve("whitebox").unwrap().attacks[2];
+        let pgd = Suite::resolve("whitebox").unwrap().attacks[2]
+            .settings()
+            .unwrap();
         assert_eq!(
             (pgd.eps, pgd.step_size, pgd.steps),
-            (8.0 / 255.0, 2.0 / 256.0, 20)
+            (8.0 / 255.0, Some(2.0 / 256.0), Some(20))
         );
         assert_eq!(
-            Suite::resolve("whitebox").unwrap().attacks[5].loss,
-            Loss::Margin
+            Suite::resolve("whitebox").unwrap().attacks[5]
+                .settings()
+                .unwrap()
+                .loss,
+            Some(Loss::Margin)
         );
     }
 
@@ -468,10 +597,56 @@ mod tests {
         assert!(msg.contains("apgd-t") && msg.contains("`loss`"), "{msg}");
         let msg = error_of("[[attack]]\nid='a'\nkind='deepfool'\n");
         assert!(msg.contains("deepfool") && msg.contains("`kind`"), "{msg}");
+        let msg = error_of(
+            "[[attack]]\nid='a'\nkind='pgd'\neps=0.1\nsteps=2\nstep_size=0.1\nqueries=10\n",
+        );
+        assert!(msg.contains("`queries`") && msg.contains("pgd"), "{msg}");
+        let msg = error_of("[[attack]]\nid='a'\nkind='fgsm'\neps=0.1\nstep_size=0.01\n");
+        assert!(msg.contains("`step_size`"), "{msg}");
+        let msg = error_of("[[attack]]\nid='a'\nkind='transfer'\ncraft='noise'\neps=0.1\n");
+        assert!(
+            msg.contains("`craft`") && msg.contains("white-box"),
+            "{msg}"
+        );
+        let msg = error_of("[[attack]]\nid='a'\nkind='pgd'\neps=1e39\nsteps=2\nstep_size=0.1\n");
+        assert!(
+            msg.contains("`eps`") && msg.contains("not a number"),
+            "{msg}"
+        );
         assert!(error_of("name = \n").contains("not valid TOML"));
         assert!(error_of("name='x'\n").contains("at least one"));
         let msg = error_of("[[attack]]\nid='a'\nkind='clean'\nmin_robust_acc=40\n");
         assert!(msg.contains("min_robust_acc"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_kinds_are_refused_with_the_registered_ones() {
+        let msg = error_of("[[attack]]\nid = 'sq'\nkind = 'square'\neps = 0.03\n");
+        assert!(
+            msg.contains("not available") && msg.contains("`sq`"),
+            "{msg}"
+        );
+        for (kind, _) in registry::kinds() {
+            assert!(msg.contains(kind), "{kind} missing from: {msg}");
+        }
+    }
+
+    #[test]
+    fn transfer_crafts_with_the_kind_it_names() {
+        let suite = Suite::parse(
+            "[[attack]]\nid='t'\nkind='transfer'\ncraft='fgsm'\neps=0.1\n[[attack]]\nid='u'\nkind='transfer'\neps=0.1\nsteps=3\nstep_size=0.01\n",
+            "t.toml",
+        )
+        .unwrap();
+        let crafts: Vec<_> = suite
+            .attacks
+            .iter()
+            .map(|a| match &a.step {
+                Step::Transfer(craft) => craft.kind(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(crafts, ["fgsm", "pgd"]);
     }
 
     #[test]

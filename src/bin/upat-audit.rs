@@ -3,11 +3,11 @@
 //! exit code: 0 success, 1 a gate failed, 2 anything else.
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use upat::attack::{Loss, Suite};
-use upat::audit::{run_audit, AuditPlan, Gate};
+use upat::attack::{registry, Loss, Suite, BUILTIN_SUITES};
+use upat::audit::{run_audit, AuditPlan, AuditRequest, Gate};
 use upat::data::{DataSpec, Split};
 use upat::onnx::{ClassifierGraph, Normalization, OnnxModel};
 use upat::progress::TerminalProgress;
@@ -36,7 +36,7 @@ enum Command {
         /// The ONNX model.
         model: PathBuf,
         #[arg(long, value_enum, default_value = "ce")]
-        loss: LossArg,
+        loss: Loss,
         /// Where to write the gradient graph.
         #[arg(short = 'o', long = "output-file", value_name = "OUT.onnx")]
         out: PathBuf,
@@ -64,33 +64,14 @@ enum Command {
     },
 }
 
-/// The loss heads of the gradient graph.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LossArg {
-    Ce,
-    Margin,
-    Dlr,
-    DlrTargeted,
-}
-
-impl From<LossArg> for Loss {
-    fn from(l: LossArg) -> Loss {
-        match l {
-            LossArg::Ce => Loss::Ce,
-            LossArg::Margin => Loss::Margin,
-            LossArg::Dlr => Loss::Dlr,
-            LossArg::DlrTargeted => Loss::DlrTargeted,
-        }
-    }
-}
-
 /// What the user typed for an audit.
 #[derive(Debug, Args)]
 struct AuditArgs {
     /// ONNX models to audit; several give one comparative report.
     #[arg(value_name = "MODEL.onnx")]
     models: Vec<PathBuf>,
-    /// Suite name (smoke, whitebox, unseen, blackbox, fashion-mnist) or a suite TOML file; repeatable.
+    /// A built-in suite's name or a suite TOML file; repeatable. (The list of
+    /// built-in suites is added from the library at start-up.)
     #[arg(long = "suite", value_name = "NAME|FILE.toml", default_value = "smoke")]
     suites: Vec<String>,
     /// Test data: cifar10:DIR, cifar100:DIR, fashion-mnist[:DIR], mnist:DIR or npz:FILE.
@@ -127,6 +108,9 @@ struct AuditArgs {
     /// Fail (exit 1) when ATTACK_ID's robust accuracy is below ACC; repeatable.
     #[arg(long = "fail-under", value_name = "ATTACK_ID=ACC")]
     fail_under: Vec<String>,
+    /// Also write samples.csv: one row per model, attack, source and sample.
+    #[arg(long)]
+    per_sample: bool,
 }
 
 /// Validated audit arguments.
@@ -135,6 +119,7 @@ struct AuditConfig {
     data: DataSpec,
     samples: Option<usize>,
     out: PathBuf,
+    per_sample: bool,
 }
 
 impl TryFrom<AuditArgs> for AuditConfig {
@@ -150,9 +135,6 @@ impl TryFrom<AuditArgs> for AuditConfig {
             upat::Error::Usage("--data SPEC is required: cifar10:DIR, cifar100:DIR, fashion-mnist[:DIR], mnist:DIR or npz:FILE".into())
         })?;
         let data: DataSpec = data.parse()?;
-        if args.batch_size == 0 {
-            return Err(upat::Error::Usage("--batch-size must be at least 1".into()));
-        }
         if args.samples == Some(0) {
             return Err(upat::Error::Usage("--samples must be at least 1".into()));
         }
@@ -166,27 +148,15 @@ impl TryFrom<AuditArgs> for AuditConfig {
             .iter()
             .map(|g| g.parse::<Gate>())
             .collect::<upat::Result<Vec<_>>>()?;
-        let (attacks, gates) = AuditPlan::attacks_from_suites(&suites, gates)?;
         let normalization = args
             .normalize
             .as_deref()
             .map(str::parse::<Normalization>)
             .transpose()?;
-        let has_transfer = attacks
-            .iter()
-            .any(|a| a.kind == upat::attack::AttackKind::Transfer);
-        if has_transfer && args.sources.is_empty() {
-            return Err(upat::Error::Usage(
-                "the transfer attacks of this suite need at least one --source MODEL.onnx to craft adversarial examples on".into(),
-            ));
-        }
-        if !has_transfer && !args.sources.is_empty() {
-            return Err(upat::Error::Usage("--source is only used by transfer attacks (e.g. --suite blackbox), and this audit has none".into()));
-        }
-        let plan = AuditPlan {
+        let plan = AuditPlan::new(AuditRequest {
             models: args.models,
             sources: args.sources,
-            attacks,
+            suites,
             gates,
             runtime: RuntimeOptions {
                 backend: args.backend,
@@ -197,20 +167,21 @@ impl TryFrom<AuditArgs> for AuditConfig {
             output: args.output,
             batch_size: args.batch_size,
             seed: args.seed,
-        };
+        })?;
         Ok(AuditConfig {
             plan,
             data,
             samples: args.samples,
             out: args.out,
+            per_sample: args.per_sample,
         })
     }
 }
 
 fn audit(args: AuditArgs) -> Result<ExitCode> {
     let config = AuditConfig::try_from(args)?;
-    let backend = resolve_backend(config.plan.runtime);
-    match (config.plan.runtime.backend, &backend) {
+    let backend = resolve_backend(config.plan.runtime());
+    match (config.plan.runtime().backend, &backend) {
         (BackendChoice::Auto, Ok("tract")) => {
             eprintln!("backend: tract (ONNX Runtime's library was not found; see --backend)")
         }
@@ -238,12 +209,16 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
         data.image_shape
     );
     let outcome = run_audit(&config.plan, &data, &mut TerminalProgress::new("samples"))?;
-    upat::report::write_reports(&config.out, &outcome.rows, &outcome.warnings)?;
+    let samples = config.per_sample.then_some(outcome.outcomes.as_slice());
+    upat::report::write_reports(&config.out, &outcome.rows, samples, &outcome.warnings)?;
     for warning in &outcome.warnings {
         eprintln!("warning: {warning}");
     }
     print_summary(&outcome.rows);
     println!("reports: {}", config.out.join("report.csv").display());
+    if config.per_sample {
+        println!("per sample: {}", config.out.join("samples.csv").display());
+    }
     if outcome.gate_failures.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
@@ -367,8 +342,31 @@ fn grad(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The CLI, with the lists that come from the library: built-in suites and
+/// the registry's attack kinds.
+fn command() -> clap::Command {
+    let suites: Vec<&str> = BUILTIN_SUITES.iter().map(|(name, _)| *name).collect();
+    let kinds: String = registry::kinds()
+        .iter()
+        .map(|(kind, about)| format!("  {kind:<10} {about}\n"))
+        .collect();
+    Cli::command()
+        .mut_arg("suites", |a| {
+            a.help(format!(
+                "Suite: a built-in ({}) or a suite TOML file; repeatable",
+                suites.join(", ")
+            ))
+        })
+        .after_help(format!(
+            "Attack kinds a suite may name (docs/suite-format.md):\n{kinds}"
+        ))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Some(Command::Inspect {
             model,
@@ -382,7 +380,7 @@ fn main() -> ExitCode {
             image_shape,
             input,
             output,
-        }) => grad(model, loss.into(), out, image_shape, input, output),
+        }) => grad(model, loss, out, image_shape, input, output),
         None => audit(cli.audit),
     };
     result.unwrap_or_else(|e| {
@@ -394,11 +392,24 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
+        command().debug_assert();
+    }
+
+    #[test]
+    fn help_lists_every_registered_kind_and_builtin_suite() {
+        let help = command().render_long_help().to_string();
+        for (kind, _) in registry::kinds() {
+            assert!(
+                help.contains(&format!("  {kind} ")),
+                "{kind} missing from:\n{help}"
+            );
+        }
+        for (suite, _) in BUILTIN_SUITES {
+            assert!(help.contains(suite), "{suite} missing from:\n{help}");
+        }
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub struct Dataset {
     pub labels: Vec<i64>,
     /// Number of classes the dataset defines (at least `max(labels) + 1`).
     pub num_classes: usize,
+    /// Each sample's index in its source file: the id reports name it by and
+    /// its random streams are keyed by, kept through `truncate` (and any
+    /// later slicing) so a sample is the same sample however the data is cut.
+    pub ids: Vec<u64>,
 }
 
 impl Dataset {
@@ -104,12 +108,14 @@ impl Dataset {
                 format!("label {y} of sample {i} is outside 0..{num_classes}"),
             ));
         }
+        let ids = (0..labels.len() as u64).collect();
         Ok(Dataset {
             name: name.into(),
             image_shape,
             pixels,
             labels,
             num_classes,
+            ids,
         })
     }
 
@@ -133,11 +139,25 @@ impl Dataset {
         &self.pixels[range.start * n..range.end * n]
     }
 
+    /// Splits off the samples from `at` on (ids kept), leaving the first `at`.
+    pub fn split_off(&mut self, at: usize) -> Dataset {
+        let at = at.min(self.len());
+        Dataset {
+            name: self.name.clone(),
+            image_shape: self.image_shape,
+            pixels: self.pixels.split_off(at * self.image_len()),
+            labels: self.labels.split_off(at),
+            num_classes: self.num_classes,
+            ids: self.ids.split_off(at),
+        }
+    }
+
     /// Keeps only the first `n` samples (no-op when `n >= len`).
     pub fn truncate(&mut self, n: usize) {
         if n < self.len() {
             self.pixels.truncate(n * self.image_len());
             self.labels.truncate(n);
+            self.ids.truncate(n);
         }
     }
 }
@@ -249,5 +269,18 @@ mod tests {
         assert!(Dataset::new("t", [1, 1, 2], vec![0.0, 1.0, 0.5], vec![1], 2, p).is_err());
         let ok = Dataset::new("t", [1, 1, 2], vec![0.0, 1.0], vec![1], 2, p).unwrap();
         assert_eq!(ok.len(), 1);
+        assert_eq!(ok.ids, [0]);
+    }
+
+    #[test]
+    fn truncation_keeps_each_samples_file_index() {
+        let p = Path::new("t");
+        let mut d = Dataset::new("t", [1, 1, 1], vec![0.0, 0.5, 1.0], vec![0, 1, 0], 2, p).unwrap();
+        assert_eq!(d.ids, [0, 1, 2]);
+        d.truncate(2);
+        assert_eq!(
+            (d.ids.as_slice(), d.labels.as_slice()),
+            (&[0u64, 1][..], &[0i64, 1][..])
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! Report rows and the CSV files of an audit (schema in `docs/csv-schema.md`).
 
 mod markdown;
+pub mod outcome;
 mod svg;
+
+pub use outcome::{summarise, RowMeta, SampleOutcome, Tally};
 
 use crate::atomic::write_atomic;
 use crate::error::{Error, Result};
@@ -164,25 +167,64 @@ pub fn transfer_csv(rows: &[ReportRow]) -> Result<Option<Vec<u8>>> {
     .map(Some)
 }
 
+/// `samples.csv`: one row per model × attack × source × sample.
+pub fn samples_csv(outcomes: &[SampleOutcome]) -> Result<Vec<u8>> {
+    csv_bytes(|w| outcomes.iter().try_for_each(|o| w.serialize(o)))
+}
+
 /// Writes `summary.csv`, `transfer.csv` (when there were transfer attacks),
-/// `report.md`, `robustness.svg` and `report.csv` into `out`, each atomically.
-pub fn write_reports(out: &Path, rows: &[ReportRow], warnings: &[String]) -> Result<()> {
+/// `samples.csv` (when `samples` is given), `report.md`, `robustness.svg`
+/// and `report.csv` into `out`, each atomically. A `samples.csv` or
+/// `transfer.csv` left by an earlier audit is removed when this one has
+/// none, so every file in `out` belongs to one audit.
+pub fn write_reports(
+    out: &Path,
+    rows: &[ReportRow],
+    samples: Option<&[SampleOutcome]>,
+    warnings: &[String],
+) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     // Build everything before writing anything, so a formatting error leaves nothing new behind.
     let report = report_csv(rows)?;
+    let samples = samples.map(samples_csv).transpose()?;
     let summary = summary_csv(rows)?;
     let transfer = transfer_csv(rows)?;
     let markdown = markdown::report_md(rows, warnings);
     let picture = svg::robustness_svg(rows);
     write_atomic(&out.join("summary.csv"), &summary)?;
-    if let Some(transfer) = transfer {
-        write_atomic(&out.join("transfer.csv"), &transfer)?;
-    }
+    write_or_remove(&out.join("transfer.csv"), transfer.as_deref())?;
+    write_or_remove(&out.join("samples.csv"), samples.as_deref())?;
     write_atomic(&out.join("report.md"), markdown.as_bytes())?;
     write_atomic(&out.join("robustness.svg"), picture.as_bytes())?;
     // report.csv last: its presence marks a complete audit.
     write_atomic(&out.join("report.csv"), &report)
 }
+
+fn write_or_remove(path: &Path, bytes: Option<&[u8]>) -> Result<()> {
+    match bytes {
+        Some(bytes) => write_atomic(path, bytes),
+        None => match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// The CSV header of `samples.csv`, for docs and tests.
+pub const SAMPLE_COLUMNS: &[&str] = &[
+    "model",
+    "model_sha256",
+    "attack_id",
+    "source",
+    "sample",
+    "label",
+    "clean_pred",
+    "adv_pred",
+    "attacked",
+    "robust",
+    "norm",
+    "queries",
+];
 
 /// The CSV header of `report.csv`, for docs and tests.
 pub const REPORT_COLUMNS: &[&str] = &[

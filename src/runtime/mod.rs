@@ -258,7 +258,7 @@ impl GradientModel {
         Ok(GradientModel {
             session,
             image_shape,
-            targeted: graph.loss == crate::attack::Loss::DlrTargeted,
+            targeted: graph.loss.is_targeted(),
             fixed_batch: graph.fixed_batch,
         })
     }

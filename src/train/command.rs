@@ -48,16 +48,8 @@ pub fn training_split(config: &RunConfig) -> Result<(Dataset, Dataset)> {
             data.len()
         )));
     }
-    let len = data.image_len();
     let cut = data.len() - config.holdout;
-    let holdout = Dataset {
-        name: data.name.clone(),
-        image_shape: data.image_shape,
-        pixels: data.pixels[cut * len..].to_vec(),
-        labels: data.labels[cut..].to_vec(),
-        num_classes: data.num_classes,
-    };
-    data.truncate(cut);
+    let holdout = data.split_off(cut);
     Ok((data, holdout))
 }
 

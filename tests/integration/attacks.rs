@@ -1,129 +1,200 @@
-//! Attack invariants (DESIGN §3) on both backends, and attack strength.
+//! Attack invariants (DESIGN §3) on both backends, for every registered
+//! attack, and attack strength.
 
-use crate::util::{cpu, fashion_mnist_dir, fixture, repo_path, BACKENDS};
+use crate::util::{cpu, fashion_mnist_dir, fixture, repo_path};
+use std::sync::Arc;
 use upat::attack::project::norm_of;
-use upat::attack::{AttackKind, AttackSpec, Loss, Norm, Pgd};
+use upat::attack::{registry, Attack, Batch, Fields, Guarded, Loss, Model, Norm, ATTACKS};
+use upat::audit::victim::Victim;
 use upat::data::{load_npz, DataSpec, Dataset, Split};
-use upat::onnx::{grad, ClassifierGraph, OnnxModel};
-use upat::runtime::{BackendChoice, GradientModel};
+use upat::onnx::{ClassifierGraph, OnnxModel};
+use upat::runtime::BackendChoice;
 
-fn spec(
-    kind: AttackKind,
+/// A model file with its classifier graph, for [`Victim`]s to borrow.
+struct Loaded {
+    model: OnnxModel,
+    graph: ClassifierGraph,
+}
+
+fn load(model: &str) -> Loaded {
+    let model = OnnxModel::load(&repo_path(model)).unwrap();
+    let graph = ClassifierGraph::prepare(&model, None, None, None).unwrap();
+    Loaded { model, graph }
+}
+
+fn victim<'a>(loaded: &'a Loaded, data: &Dataset, backend: BackendChoice) -> Victim<'a> {
+    Victim::open(
+        &loaded.model,
+        &loaded.graph,
+        data.image_shape,
+        cpu(backend),
+        data.pixels_of(0..1),
+    )
+    .unwrap()
+}
+
+/// A registered attack built from suite fields, as a suite would.
+fn attack(kind: &str, fields: Fields) -> Arc<dyn Attack> {
+    (registry::lookup(kind).unwrap().build)(&fields).unwrap_or_else(|e| panic!("{kind}: {e:?}"))
+}
+
+fn pgd(
     norm: Norm,
     eps: f32,
     steps: u32,
     step_size: f32,
     restarts: u32,
     loss: Loss,
-) -> AttackSpec {
-    AttackSpec {
-        id: format!("{}-{}-{eps}", kind.as_str(), norm.as_str()),
-        kind,
-        norm,
-        eps,
-        steps,
-        step_size,
-        restarts,
-        random_start: kind != AttackKind::Fgsm,
-        loss,
-        queries: None,
-        targets: None,
-        min_robust_acc: None,
-    }
-}
-
-fn gradient_model(
-    model: &str,
-    loss: Loss,
-    image_shape: [usize; 3],
-    backend: BackendChoice,
-) -> GradientModel {
-    let model = OnnxModel::load(&repo_path(model)).unwrap();
-    let graph = ClassifierGraph::prepare(&model, None, None, None).unwrap();
-    GradientModel::open(
-        &grad::build(&graph, image_shape, loss).unwrap(),
-        image_shape,
-        cpu(backend),
+) -> Arc<dyn Attack> {
+    attack(
+        "pgd",
+        Fields {
+            norm,
+            eps: Some(eps),
+            steps: Some(steps),
+            step_size: Some(step_size),
+            restarts,
+            loss: Some(loss),
+            ..Fields::default()
+        },
     )
-    .unwrap()
 }
 
-/// The attacks of the invariant tests: every norm, FGSM and PGD with restarts, every loss.
-fn invariant_attacks() -> Vec<AttackSpec> {
+/// Runs `attack` on the model as the audit does: through the guard that
+/// holds it to its declared oracle.
+fn run(
+    attack: &dyn Attack,
+    model: &mut dyn Model,
+    data: &Dataset,
+    range: std::ops::Range<usize>,
+    seed: u64,
+) -> upat::attack::Perturbed {
+    let batch = Batch {
+        images: data.pixels_of(range.clone()),
+        labels: &data.labels[range.clone()],
+        ids: &data.ids[range],
+        seed,
+    };
+    attack
+        .run(&mut Guarded::new(model, attack), &batch)
+        .unwrap_or_else(|e| panic!("{attack:?}: {e}"))
+}
+
+/// Settings for the invariant test, per norm: every field an attack may
+/// read; each registered kind is built from these, keeping only the fields
+/// it reads, with the first step count it accepts.
+fn invariant_settings() -> Vec<(Norm, f32, f32, Loss)> {
     vec![
-        spec(AttackKind::Fgsm, Norm::Linf, 0.05, 1, 0.05, 1, Loss::Ce),
-        spec(AttackKind::Pgd, Norm::Linf, 0.03, 5, 0.01, 2, Loss::Ce),
-        spec(AttackKind::Pgd, Norm::Linf, 0.03, 5, 0.01, 1, Loss::Margin),
-        spec(AttackKind::Pgd, Norm::Linf, 0.03, 5, 0.01, 1, Loss::Dlr),
-        spec(AttackKind::Pgd, Norm::L2, 0.3, 5, 0.1, 2, Loss::Ce),
-        spec(AttackKind::Pgd, Norm::L1, 2.0, 8, 0.5, 2, Loss::Ce),
+        (Norm::Linf, 0.03, 0.01, Loss::Ce),
+        (Norm::Linf, 0.03, 0.01, Loss::Margin),
+        (Norm::Linf, 0.03, 0.01, Loss::Dlr),
+        (Norm::L2, 0.3, 0.1, Loss::Ce),
+        (Norm::L1, 2.0, 0.5, Loss::Ce),
     ]
 }
 
-#[test]
-fn every_attack_keeps_the_invariants_on_both_backends() {
+/// Every registered attack in every invariant setting it accepts.
+fn registered_attacks() -> Vec<Arc<dyn Attack>> {
+    let mut attacks = Vec::new();
+    for entry in ATTACKS {
+        let mut built = 0;
+        for (norm, eps, step_size, loss) in invariant_settings() {
+            let reads = |f: &str| entry.fields.contains(&f);
+            let candidate = |steps: u32| Fields {
+                norm,
+                eps: Some(eps),
+                steps: reads("steps").then_some(steps),
+                step_size: reads("step_size").then_some(step_size),
+                restarts: if reads("restarts") { 2 } else { 1 },
+                random_start: reads("random_start").then_some(true),
+                loss: reads("loss").then_some(loss),
+                ..Fields::default()
+            };
+            if !reads("loss") && loss != Loss::Ce {
+                continue;
+            }
+            if let Some(attack) = [5, 1]
+                .into_iter()
+                .find_map(|s| (entry.build)(&candidate(s)).ok())
+            {
+                attacks.push(attack);
+                built += 1;
+            }
+        }
+        assert!(
+            built > 0,
+            "no invariant setting builds kind `{}`: add one",
+            entry.kind
+        );
+    }
+    attacks
+}
+
+/// One test body, one `#[test]` per backend.
+macro_rules! test_backend {
+    ($body:ident: $($name:ident => $backend:expr),+) => {
+        $(#[test] fn $name() { $body($backend) })+
+    };
+}
+
+test_backend!(every_registered_attack_keeps_the_invariants:
+    every_registered_attack_keeps_the_invariants_on_ort => BackendChoice::Ort,
+    every_registered_attack_keeps_the_invariants_on_tract => BackendChoice::Tract);
+
+fn every_registered_attack_keeps_the_invariants(backend: BackendChoice) {
     let data = load_npz(&fixture("tiny_cnn_golden.npz")).unwrap();
     let original = data.pixels.clone();
-    let ids: Vec<u64> = (0..data.len() as u64).collect();
     let len = data.image_len();
-    for backend in BACKENDS {
-        for attack in invariant_attacks() {
-            let mut model = gradient_model(
-                "tests/fixtures/tiny_cnn.onnx",
-                attack.loss,
-                data.image_shape,
-                backend,
-            );
-            let pgd = Pgd::from_spec(&attack, 7);
-            let out = pgd
-                .run(&mut model, &data.pixels, &data.labels, &ids)
-                .unwrap();
-            let what = format!("{} on {backend:?}", attack.id);
-            assert_eq!(data.pixels, original, "{what}: input data changed");
+    let loaded = load("tests/fixtures/tiny_cnn.onnx");
+    let mut model = victim(&loaded, &data, backend);
+    let all = 0..data.len();
+    for attack in registered_attacks() {
+        let settings = attack.settings();
+        let out = run(attack.as_ref(), &mut model, &data, all.clone(), 7);
+        let what = format!("{attack:?} on {backend:?}");
+        assert_eq!(data.pixels, original, "{what}: input data changed");
+        assert!(
+            out.adversarial
+                .iter()
+                .all(|v| v.is_finite() && (0.0..=1.0).contains(v)),
+            "{what}: outside [0,1] or NaN"
+        );
+        for i in 0..data.len() {
+            let delta = out.adversarial[i * len..(i + 1) * len]
+                .iter()
+                .zip(&data.pixels[i * len..(i + 1) * len])
+                .map(|(a, b)| a - b);
+            let size = norm_of(delta, settings.norm);
             assert!(
-                out.adversarial
-                    .iter()
-                    .all(|v| v.is_finite() && (0.0..=1.0).contains(v)),
-                "{what}: outside [0,1] or NaN"
+                size <= settings.eps + 1e-6,
+                "{what}: sample {i} perturbation {size} > eps {}",
+                settings.eps
             );
-            for i in 0..data.len() {
-                let delta = out.adversarial[i * len..(i + 1) * len]
-                    .iter()
-                    .zip(&data.pixels[i * len..(i + 1) * len])
-                    .map(|(a, b)| a - b);
-                let size = norm_of(delta, attack.norm);
-                assert!(
-                    size <= attack.eps + 1e-6,
-                    "{what}: sample {i} perturbation {size} > eps {}",
-                    attack.eps
-                );
+            assert!(out.queries[i] >= 1, "{what}: sample {i} never evaluated");
+        }
+        // What the attack claims is what the model says of its examples.
+        let predicted = model.logits(&out.adversarial, data.len()).unwrap().argmax();
+        for (i, (&p, &y)) in predicted.iter().zip(&data.labels).enumerate() {
+            if out.fooled[i] {
+                assert_ne!(p as i64, y, "{what}: sample {i} claimed fooled");
             }
-            // Same seed, same result; a sample alone, the same as inside the batch.
-            let again = pgd
-                .run(&mut model, &data.pixels, &data.labels, &ids)
-                .unwrap();
-            assert_eq!(again, out, "{what}: not reproducible");
-            for i in [0usize, 4] {
-                let alone = pgd
-                    .run(
-                        &mut model,
-                        data.pixels_of(i..i + 1),
-                        &data.labels[i..i + 1],
-                        &ids[i..i + 1],
-                    )
-                    .unwrap();
-                assert_eq!(
-                    alone.fooled[0], out.fooled[i],
-                    "{what}: sample {i} alone differs"
-                );
-                let drift = alone
-                    .adversarial
-                    .iter()
-                    .zip(&out.adversarial[i * len..(i + 1) * len])
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f32::max);
-                assert!(drift <= 1e-4, "{what}: sample {i} alone drifts by {drift}");
-            }
+        }
+        // Same seed, same result; a sample alone, the same as inside the batch.
+        let again = run(attack.as_ref(), &mut model, &data, all.clone(), 7);
+        assert_eq!(again, out, "{what}: not reproducible");
+        for i in [0usize, 4] {
+            let alone = run(attack.as_ref(), &mut model, &data, i..i + 1, 7);
+            assert_eq!(
+                alone.fooled[0], out.fooled[i],
+                "{what}: sample {i} alone differs"
+            );
+            let drift = alone
+                .adversarial
+                .iter()
+                .zip(&out.adversarial[i * len..(i + 1) * len])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(drift <= 1e-4, "{what}: sample {i} alone drifts by {drift}");
         }
     }
 }
@@ -131,20 +202,11 @@ fn every_attack_keeps_the_invariants_on_both_backends() {
 #[test]
 fn another_seed_gives_another_random_start() {
     let data = load_npz(&fixture("tiny_cnn_golden.npz")).unwrap();
-    let ids: Vec<u64> = (0..data.len() as u64).collect();
-    let attack = spec(AttackKind::Pgd, Norm::Linf, 0.01, 1, 1e-6, 1, Loss::Ce);
-    let mut model = gradient_model(
-        "tests/fixtures/tiny_cnn.onnx",
-        Loss::Ce,
-        data.image_shape,
-        BackendChoice::Tract,
-    );
-    let a = Pgd::from_spec(&attack, 1)
-        .run(&mut model, &data.pixels, &data.labels, &ids)
-        .unwrap();
-    let b = Pgd::from_spec(&attack, 2)
-        .run(&mut model, &data.pixels, &data.labels, &ids)
-        .unwrap();
+    let attack = pgd(Norm::Linf, 0.01, 1, 1e-6, 1, Loss::Ce);
+    let loaded = load("tests/fixtures/tiny_cnn.onnx");
+    let mut model = victim(&loaded, &data, BackendChoice::Tract);
+    let a = run(attack.as_ref(), &mut model, &data, 0..data.len(), 1);
+    let b = run(attack.as_ref(), &mut model, &data, 0..data.len(), 2);
     assert_ne!(a.adversarial, b.adversarial);
 }
 
@@ -156,27 +218,17 @@ fn fashion_mnist(n: usize) -> Option<Dataset> {
 }
 
 /// Robust accuracy of `model` under `attack` on the clean-correct samples of `data`.
-fn robust_accuracy(model_file: &str, attack: &AttackSpec, data: &Dataset) -> f64 {
-    let mut model = gradient_model(
-        model_file,
-        attack.loss,
-        data.image_shape,
-        BackendChoice::Ort,
-    );
-    let ids: Vec<u64> = (0..data.len() as u64).collect();
-    let clean = model
-        .loss_and_grad(&data.pixels, &data.labels, None, data.len())
-        .unwrap();
+fn robust_accuracy(model_file: &str, attack: &dyn Attack, data: &Dataset) -> f64 {
+    let loaded = load(model_file);
+    let mut model = victim(&loaded, data, BackendChoice::Ort);
+    let clean = model.logits(&data.pixels, data.len()).unwrap();
     let correct: Vec<bool> = clean
-        .logits
         .argmax()
         .iter()
         .zip(&data.labels)
         .map(|(p, y)| *p as i64 == *y)
         .collect();
-    let out = Pgd::from_spec(attack, 0)
-        .run(&mut model, &data.pixels, &data.labels, &ids)
-        .unwrap();
+    let out = run(attack, &mut model, data, 0..data.len(), 0);
     correct
         .iter()
         .zip(&out.fooled)
@@ -191,24 +243,15 @@ fn stronger_attacks_never_do_worse_beyond_noise() {
         return;
     };
     let model = "models/fmnist-cnn.onnx";
-    let pgd = |eps: f32, steps: u32| {
-        spec(
-            AttackKind::Pgd,
-            Norm::Linf,
-            eps,
-            steps,
-            eps / 4.0,
-            1,
-            Loss::Ce,
-        )
-    };
+    let linf =
+        |eps: f32, steps: u32| pgd(Norm::Linf, eps, steps, (eps / 4.0).max(1e-6), 1, Loss::Ce);
     let by_eps: Vec<f64> = [0.0, 0.02, 0.05, 0.1]
         .iter()
-        .map(|&e| robust_accuracy(model, &pgd(e, 10), &data))
+        .map(|&e| robust_accuracy(model, linf(e, 10).as_ref(), &data))
         .collect();
     let by_steps: Vec<f64> = [1, 5, 20]
         .iter()
-        .map(|&s| robust_accuracy(model, &pgd(0.05, s), &data))
+        .map(|&s| robust_accuracy(model, linf(0.05, s).as_ref(), &data))
         .collect();
     let noise = 0.01;
     for w in by_eps.windows(2).chain(by_steps.windows(2)) {
@@ -228,9 +271,9 @@ fn a_plain_model_collapses_and_an_adversarially_trained_one_holds() {
     let Some(data) = fashion_mnist(500) else {
         return;
     };
-    let attack = spec(AttackKind::Pgd, Norm::Linf, 0.1, 20, 0.01, 1, Loss::Ce);
-    let plain = robust_accuracy("models/fmnist-cnn.onnx", &attack, &data);
-    let trained = robust_accuracy("models/fmnist-cnn-at.onnx", &attack, &data);
+    let attack = pgd(Norm::Linf, 0.1, 20, 0.01, 1, Loss::Ce);
+    let plain = robust_accuracy("models/fmnist-cnn.onnx", attack.as_ref(), &data);
+    let trained = robust_accuracy("models/fmnist-cnn-at.onnx", attack.as_ref(), &data);
     assert!(plain < 0.15, "plain model keeps {plain}");
     assert!(
         trained > plain + 0.4,

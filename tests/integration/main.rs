@@ -8,6 +8,7 @@ mod cli;
 #[cfg(feature = "train")]
 mod export;
 mod grad;
+mod outcomes;
 #[cfg(feature = "train")]
 mod train;
 mod util;

@@ -21,13 +21,7 @@ fn tiny_dataset(path: &Path) {
             }
         }
     }
-    let data = Dataset {
-        name: "tiny".into(),
-        image_shape: [1, side, side],
-        pixels,
-        labels,
-        num_classes: 3,
-    };
+    let data = Dataset::new("tiny", [1, side, side], pixels, labels, 3, path).unwrap();
     save_npz(path, &data).unwrap();
 }
 

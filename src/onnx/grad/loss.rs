@@ -4,8 +4,52 @@
 
 use super::emit::{attr_int, Emitter};
 use super::{LABELS, TARGETS};
-use crate::attack::Loss;
 use crate::error::{Error, Result};
+
+/// The objective an attack maximises: the gradient graph's loss head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Loss {
+    /// Cross-entropy.
+    Ce,
+    /// Carlini–Wagner margin: max_{j≠y} z_j − z_y.
+    Margin,
+    /// Difference of logits ratio (Croce & Hein 2020).
+    Dlr,
+    /// Targeted DLR: needs a target class per sample.
+    DlrTargeted,
+}
+
+impl Loss {
+    pub const ALL: [Loss; 4] = [Loss::Ce, Loss::Margin, Loss::Dlr, Loss::DlrTargeted];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Loss::Ce => "ce",
+            Loss::Margin => "margin",
+            Loss::Dlr => "dlr",
+            Loss::DlrTargeted => "dlr-targeted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+
+    /// Whether the loss needs target classes (the graph's `targets` input).
+    pub fn is_targeted(self) -> bool {
+        self == Loss::DlrTargeted
+    }
+
+    /// The fewest classes the loss is defined for.
+    pub fn min_classes(self) -> usize {
+        match self {
+            Loss::Ce => 1,
+            Loss::Margin => 2,
+            Loss::Dlr => 3,
+            Loss::DlrTargeted => 4,
+        }
+    }
+}
 
 /// The emitted head: `loss` `[N]` and d(Σ loss)/dz `[N, K]`.
 pub struct Head {
@@ -32,16 +76,13 @@ pub fn emit_head(emit: &mut Emitter, z: &str, classes: usize, loss: Loss) -> Res
     );
     let labels = emit.unsqueeze(LABELS, &[1]);
     let hot_y = one_hot(emit, &class_ids, &labels);
-    let need = |k: usize| {
-        if classes < k {
-            Err(Error::Usage(format!(
-                "the {} loss needs at least {k} classes; the model has {classes}",
-                loss.as_str()
-            )))
-        } else {
-            Ok(())
-        }
-    };
+    if classes < loss.min_classes() {
+        return Err(Error::Usage(format!(
+            "the {} loss needs at least {} classes; the model has {classes}",
+            loss.as_str(),
+            loss.min_classes()
+        )));
+    }
     let (loss_keep, logits_grad) = match loss {
         // CE: loss = −log softmax(z)_y; gradient softmax(z) − onehot(y).
         Loss::Ce => {
@@ -55,7 +96,6 @@ pub fn emit_head(emit: &mut Emitter, z: &str, classes: usize, loss: Loss) -> Res
         }
         // CW margin: loss = max_{j≠y} z_j − z_y; gradient onehot(j*) − onehot(y).
         Loss::Margin => {
-            need(2)?;
             let (max_other, hot_other) = max_other(emit, z, &hot_y, &class_ids);
             let z_y = pick(emit, z, &hot_y);
             (
@@ -65,7 +105,6 @@ pub fn emit_head(emit: &mut Emitter, z: &str, classes: usize, loss: Loss) -> Res
         }
         // DLR (Croce & Hein 2020): loss = −(z_y − max_{j≠y} z_j) / (z_π1 − z_π3 + 1e−12).
         Loss::Dlr => {
-            need(3)?;
             let (max_other, hot_other) = max_other(emit, z, &hot_y, &class_ids);
             let z_y = pick(emit, z, &hot_y);
             let numerator = emit.binary("Sub", &z_y, &max_other);
@@ -75,7 +114,6 @@ pub fn emit_head(emit: &mut Emitter, z: &str, classes: usize, loss: Loss) -> Res
         }
         // Targeted DLR: loss = −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 1e−12).
         Loss::DlrTargeted => {
-            need(4)?;
             let targets = emit.unsqueeze(TARGETS, &[1]);
             let hot_t = one_hot(emit, &class_ids, &targets);
             let z_y = pick(emit, z, &hot_y);

@@ -21,9 +21,9 @@ mod loss;
 mod rules;
 mod shapes;
 
+pub use loss::Loss;
 pub use shapes::{Shapes, TensorShape};
 
-use crate::attack::Loss;
 use crate::error::{Error, Result};
 use crate::onnx::{pb, tensor_value_info, ClassifierGraph};
 use emit::Emitter;
@@ -282,7 +282,7 @@ pub fn build(
     g.node.extend(emit.nodes);
     g.initializer.extend(emit.initializers);
     g.input.push(int_vector_input(LABELS));
-    if loss == Loss::DlrTargeted {
+    if loss.is_targeted() {
         g.input.push(int_vector_input(TARGETS));
     }
     g.output.push(tensor_value_info(LOSS, 1, &[None]));

@@ -1,0 +1,141 @@
+//! The one batching loop of an audit. Every step — the clean pass, an
+//! attack, the evaluation of transferred examples, their crafting on a
+//! source — runs through [`drive`]: it batches a pool of samples, gets each
+//! batch's examples from the step, **re-predicts every example itself** on
+//! the model under audit (an attack's own claim of success is never the
+//! verdict, as in AutoAttack), and checks each against the ε-ball and the
+//! `[0, 1]` box: a violation is an error, never a report row.
+
+use super::victim::Victim;
+use crate::attack::project::norm_of;
+use crate::attack::{Batch, Model, Norm, Perturbed};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+
+/// The verdict of the loop on one sample of the pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judged {
+    /// Position in the dataset.
+    pub index: usize,
+    /// The model's prediction on the example.
+    pub prediction: u32,
+    /// Predicted the true label, with finite logits.
+    pub correct: bool,
+    /// Finite logits that look like probabilities (in [0, 1], summing to 1).
+    pub probability_like: bool,
+    pub finite: bool,
+    /// ‖example − image‖ in the step's norm (`None` for the clean pass).
+    pub norm: Option<f32>,
+    pub queries: u32,
+    /// The step claimed to have fooled the model on this sample.
+    pub claimed_fooled: bool,
+}
+
+/// How to run one step over a pool.
+pub struct Drive<'s> {
+    /// Names the step in messages and progress.
+    pub label: &'s str,
+    pub batch_size: usize,
+    pub seed: u64,
+    /// The threat model the examples must satisfy; `None` for the clean pass.
+    pub budget: Option<(Norm, f32)>,
+}
+
+/// What makes the examples of one batch: given the model, the batch's
+/// dataset positions and the batch itself.
+pub type Perturb<'p> = dyn FnMut(&mut Victim, &[usize], &Batch) -> Result<Perturbed> + 'p;
+
+/// Runs `perturb` on the samples of `data` at `pool` (dataset positions),
+/// batch by batch, and judges every example on `victim`. With `keep`, the
+/// examples themselves are appended to it, in pool order.
+pub fn drive(
+    step: &Drive,
+    victim: &mut Victim,
+    data: &Dataset,
+    pool: &[usize],
+    perturb: &mut Perturb,
+    mut keep: Option<&mut Vec<f32>>,
+    progress: &mut dyn Progress,
+) -> Result<Vec<Judged>> {
+    let len = data.image_len();
+    let mut judged = Vec::with_capacity(pool.len());
+    progress.begin(step.label, pool.len() as u64);
+    for chunk in pool.chunks(step.batch_size.max(1)) {
+        let images: Vec<f32> = chunk
+            .iter()
+            .flat_map(|&i| data.pixels_of(i..i + 1).iter().copied())
+            .collect();
+        let labels: Vec<i64> = chunk.iter().map(|&i| data.labels[i]).collect();
+        let ids: Vec<u64> = chunk.iter().map(|&i| data.ids[i]).collect();
+        let batch = Batch {
+            images: &images,
+            labels: &labels,
+            ids: &ids,
+            seed: step.seed,
+        };
+        let out = perturb(victim, chunk, &batch)?;
+        if out.adversarial.len() != images.len()
+            || out.fooled.len() != chunk.len()
+            || out.queries.len() != chunk.len()
+        {
+            return Err(Error::Internal(format!(
+                "`{}` returned {} pixels, {} verdicts and {} query counts for a batch of {} images of {len} pixels",
+                step.label,
+                out.adversarial.len(),
+                out.fooled.len(),
+                out.queries.len(),
+                chunk.len()
+            )));
+        }
+        let logits = victim.logits(&out.adversarial, chunk.len())?;
+        for (j, ((row, prediction), &index)) in
+            logits.rows().zip(logits.argmax()).zip(chunk).enumerate()
+        {
+            let example = &out.adversarial[j * len..(j + 1) * len];
+            let norm = check_example(step, example, batch.image(j), ids[j])?;
+            let finite = row.iter().all(|v| v.is_finite());
+            let sum: f32 = row.iter().sum();
+            judged.push(Judged {
+                index,
+                prediction: prediction as u32,
+                correct: finite && prediction as i64 == labels[j],
+                probability_like: finite
+                    && row.iter().all(|v| (0.0..=1.0).contains(v))
+                    && (sum - 1.0).abs() < 1e-3,
+                finite,
+                norm,
+                queries: out.queries[j],
+                claimed_fooled: out.fooled[j],
+            });
+        }
+        if let Some(keep) = keep.as_deref_mut() {
+            keep.extend_from_slice(&out.adversarial);
+        }
+        progress.advance(chunk.len() as u64);
+    }
+    Ok(judged)
+}
+
+/// The example's perturbation size, after checking it is finite, in the box
+/// and in the ball (up to float rounding: 1e-6, relative and absolute).
+fn check_example(step: &Drive, example: &[f32], image: &[f32], id: u64) -> Result<Option<f32>> {
+    if let Some(v) = example.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+        return Err(Error::Internal(format!(
+            "`{}` produced an example for sample {id} with pixel value {v}, outside the [0, 1] box",
+            step.label
+        )));
+    }
+    let Some((norm, eps)) = step.budget else {
+        return Ok(None);
+    };
+    let size = norm_of(example.iter().zip(image).map(|(a, b)| a - b), norm);
+    if size > eps * (1.0 + 1e-6) + 1e-6 {
+        return Err(Error::Internal(format!(
+            "`{}` produced an example for sample {id} of {} size {size}, outside its budget {eps}",
+            step.label,
+            norm.as_str()
+        )));
+    }
+    Ok(Some(size))
+}
