@@ -67,17 +67,6 @@ impl Error {
         }
     }
 
-    /// Fills in the model path of a model error raised without one.
-    pub fn with_model_path(self, model: &std::path::Path) -> Self {
-        match self {
-            Error::Model { path, message } if path.as_os_str().is_empty() => Error::Model {
-                path: model.to_path_buf(),
-                message,
-            },
-            other => other,
-        }
-    }
-
     pub(crate) fn model(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::Model {
             path: path.into(),

@@ -51,8 +51,7 @@ impl<'a> Victim<'a> {
 
     fn gradients(&mut self, loss: Loss) -> Result<&mut GradientModel> {
         if !self.by_loss.contains_key(&loss) {
-            let gradient = grad::build(self.graph, self.image_shape, loss)
-                .map_err(|e| e.with_model_path(&self.model.path))?;
+            let gradient = grad::build(self.graph, self.image_shape, loss)?;
             let opened = GradientModel::open(&gradient, self.image_shape, self.runtime)?;
             self.by_loss.insert(loss, opened);
         }

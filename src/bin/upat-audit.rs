@@ -327,8 +327,7 @@ fn grad(
     let model = OnnxModel::load(&model)?;
     let graph = ClassifierGraph::prepare(&model, input.as_deref(), output.as_deref(), None)?;
     let shape = image_shape_of(&graph, image_shape.as_deref())?;
-    let gradient =
-        upat::onnx::grad::build(&graph, shape, loss).map_err(|e| e.with_model_path(&model.path))?;
+    let gradient = upat::onnx::grad::build(&graph, shape, loss)?;
     upat::atomic::write_atomic(&out, &upat::onnx::encode(&gradient.proto))?;
     println!(
         "wrote {} ({} loss, input [N,{},{},{}], {} classes)",

@@ -62,6 +62,8 @@ pub struct InputLayout {
 /// A model reduced to the classifier contract, ready for any backend.
 #[derive(Debug, Clone)]
 pub struct ClassifierGraph {
+    /// The model file it was prepared from, for messages.
+    pub path: std::path::PathBuf,
     /// One input (the image), one output (the logits).
     pub proto: pb::ModelProto,
     pub input: InputLayout,
@@ -201,6 +203,7 @@ impl ClassifierGraph {
             fold_normalization(graph, &layout.name, norm);
         }
         Ok(ClassifierGraph {
+            path: model.path.clone(),
             proto,
             input: layout,
             output_name: logits.name,

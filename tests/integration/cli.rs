@@ -292,6 +292,42 @@ fn white_box_suites_on_a_model_without_gradients_name_the_op() {
     );
 }
 
+#[test]
+fn scores_only_attacks_run_on_a_model_without_gradients() {
+    let model = arg(&fixture("unsupported_op.onnx"));
+    let dir = tempfile::tempdir().unwrap();
+    let npz = dir.path().join("three.npz");
+    let mut golden = upat::data::load_npz(&fixture("tiny_cnn_golden.npz")).unwrap();
+    golden.labels = vec![0, 1, 2, 0, 1, 2];
+    upat::data::save_npz(&npz, &golden).unwrap();
+    let suite = dir.path().join("noise.toml");
+    std::fs::write(
+        &suite,
+        "name = 'noise'\n[[attack]]\nid = 'noise-0.3'\nkind = 'noise'\neps = 0.3\nrestarts = 4\n",
+    )
+    .unwrap();
+    let out = upat_audit(
+        dir.path(),
+        &[
+            &model,
+            "--data",
+            &format!("npz:{}", arg(&npz)),
+            "--suite",
+            &arg(&suite),
+            "--backend",
+            "tract",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (header, rows) = read_csv(&dir.path().join("audit-report/report.csv"));
+    let noise = rows
+        .iter()
+        .find(|r| cell(&header, r, "attack_id") == "noise-0.3")
+        .unwrap();
+    assert_eq!(cell(&header, noise, "restarts"), "4");
+    assert_eq!(cell(&header, noise, "steps"), "");
+}
+
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn cuda_without_cuda_support_fails_loudly_instead_of_falling_back() {
@@ -409,6 +445,23 @@ fn inspect_describes_the_model_and_the_contract() {
     std::fs::write(&garbage, b"garbage").unwrap();
     let out = upat_audit(dir.path(), &["inspect", &arg(&garbage)]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn inspect_names_the_model_when_it_cannot_be_differentiated() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = arg(&fixture("unsupported_op.onnx"));
+    let out = upat_audit(dir.path(), &["inspect", &model]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let verdict = text
+        .lines()
+        .find(|l| l.starts_with("differentiable:"))
+        .unwrap_or_else(|| panic!("no verdict in\n{text}"));
+    assert!(
+        verdict.contains(&format!("model {model}: op Sin")),
+        "{verdict}"
+    );
 }
 
 #[cfg(feature = "train")]

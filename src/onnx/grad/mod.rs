@@ -60,9 +60,9 @@ pub struct GradientGraph {
 
 /// Why a model cannot be differentiated: the first op without a rule on the
 /// path from input to logits.
-fn unsupported(node: &pb::NodeProto) -> Error {
+fn unsupported(node: &pb::NodeProto, path: &std::path::Path) -> Error {
     Error::Model {
-        path: Default::default(),
+        path: path.to_path_buf(),
         message: format!(
             "op {} (node `{}`) lies between the input and the logits and has no gradient rule, \
              so white-box attacks cannot run on this model; use a gradient-free suite (square, blackbox)",
@@ -78,7 +78,7 @@ fn is_float(shapes: &Shapes, name: &str) -> bool {
 }
 
 /// Orders nodes so every input is produced before it is used.
-fn topological_order(graph: &pb::GraphProto) -> Result<Vec<usize>> {
+fn topological_order(graph: &pb::GraphProto, path: &std::path::Path) -> Result<Vec<usize>> {
     let mut available: HashSet<&str> = graph.input.iter().map(|i| i.name.as_str()).collect();
     available.extend(graph.initializer.iter().map(|t| t.name.as_str()));
     available.insert("");
@@ -102,7 +102,7 @@ fn topological_order(graph: &pb::GraphProto) -> Result<Vec<usize>> {
                 .map(|(_, n)| n.name.clone())
                 .unwrap_or_default();
             return Err(Error::Model {
-                path: Default::default(),
+                path: path.to_path_buf(),
                 message: format!(
                     "the graph has a cycle or an input nobody produces (at node `{stuck}`)"
                 ),
@@ -138,7 +138,7 @@ pub fn build(
         .map_or(0, |o| o.version);
     if opset < MIN_OPSET {
         return Err(Error::Model {
-            path: Default::default(),
+            path: graph.path.clone(),
             message: format!("declares opset {opset}; the gradient graph needs opset {MIN_OPSET} or later: re-export with opset_version=17"),
         });
     }
@@ -146,7 +146,7 @@ pub fn build(
     let g = proto.graph.as_mut().expect("ClassifierGraph has a graph");
     let input = graph.input.name.clone();
     let logits = graph.output_name.clone();
-    let order = topological_order(g)?;
+    let order = topological_order(g, &graph.path)?;
 
     // Forward activity: tensors that depend on the input along differentiable edges.
     let mut active: HashSet<String> = HashSet::from([input.clone()]);
@@ -166,7 +166,7 @@ pub fn build(
     }
     if !active.contains(&logits) {
         return Err(Error::Model {
-            path: Default::default(),
+            path: graph.path.clone(),
             message: "the logits do not depend on the input through float operations".into(),
         });
     }
@@ -189,7 +189,7 @@ pub fn build(
         if rules::lookup(&node.op_type).is_none()
             || !node.domain.is_empty() && node.domain != "ai.onnx"
         {
-            return Err(unsupported(node));
+            return Err(unsupported(node, &graph.path));
         }
         needed.extend(inputs.iter().map(|&p| node.input[p].clone()));
         on_path.push(i);
@@ -221,7 +221,7 @@ pub fn build(
         .get(&logits)
         .and_then(|s| s.dims.get(1).copied())
         .ok_or_else(|| Error::Model {
-            path: Default::default(),
+            path: graph.path.clone(),
             message: format!("the shape of the logits `{logits}` could not be inferred"),
         })?;
     let head = loss::emit_head(&mut emit, &logits, classes, loss)?;
@@ -258,7 +258,7 @@ pub fn build(
         };
         let input_grads = (rule.backward)(&mut ctx, &output_grads).map_err(|e| match e {
             Error::Model { message, .. } => Error::Model {
-                path: Default::default(),
+                path: graph.path.clone(),
                 message: format!(
                     "gradient of {} (node `{}`): {message}",
                     node.op_type, node.name
