@@ -9,6 +9,7 @@ use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 use upat::train::augment::Augmentations;
 use upat::train::instance_attack::AttackLoss;
+use upat::train::method::Method;
 use upat::train::model::{HeadFeatures, InputNormalization, Network};
 use upat::train::run::{AttackView, RunConfig};
 use upat::train::sgd::Sgd;
@@ -39,8 +40,7 @@ fn main() -> anyhow::Result<()> {
         normalization.clone(),
     );
     let config = RunConfig {
-        command: "pretrain".into(),
-        method: "upat".into(),
+        method: Method::Upat,
         data: "synthetic".into(),
         arch: "resnet18".into(),
         width,

@@ -11,6 +11,9 @@ use upat::data::{DataSpec, Split};
 use upat::progress::TerminalProgress;
 use upat::train::command::{channel_statistics, export, run_training};
 use upat::train::instance_attack::AttackLoss;
+use upat::train::method::{
+    Command as TrainCommand, FinetuneMode, Method, PretrainMethod, SupervisedMethod,
+};
 use upat::train::model::HeadFeatures;
 use upat::train::run::{AttackView, RunConfig};
 
@@ -29,8 +32,8 @@ struct Cli {
 enum Command {
     /// Self-supervised pre-training without labels: UPAT (paper Algorithm 1, Eq. 6) or SimCLR.
     Pretrain {
-        #[arg(long, value_parser = ["upat", "simclr"], default_value = "upat")]
-        method: String,
+        #[arg(long, value_enum, default_value = "upat")]
+        method: PretrainMethod,
         #[command(flatten)]
         common: Common,
     },
@@ -39,8 +42,8 @@ enum Command {
         /// The pre-training run directory.
         #[arg(long)]
         encoder: PathBuf,
-        #[arg(long, value_parser = ["linear", "at", "trades-full"], default_value = "at")]
-        mode: String,
+        #[arg(long, value_enum, default_value = "at")]
+        mode: FinetuneMode,
         #[arg(long, value_enum, default_value = "projector")]
         features: HeadFeatures,
         #[command(flatten)]
@@ -49,8 +52,8 @@ enum Command {
     /// Supervised baselines: cross-entropy, PGD adversarial training (Madry et al.),
     /// TRADES (β = 6) or adversarial logit pairing.
     Supervised {
-        #[arg(long, value_parser = ["ce", "at", "trades", "alp"], default_value = "at")]
-        method: String,
+        #[arg(long, value_enum, default_value = "at")]
+        method: SupervisedMethod,
         #[command(flatten)]
         common: Common,
     },
@@ -130,13 +133,13 @@ fn number(flag: &str, text: &str) -> upat::Result<f64> {
 
 /// Validated run config from what the user typed, with per-command defaults.
 fn config(
-    command: &str,
-    method: &str,
+    method: Method,
     common: &Common,
     encoder: Option<PathBuf>,
     features: HeadFeatures,
 ) -> upat::Result<RunConfig> {
-    let pretrain = command == "pretrain";
+    let command = method.command();
+    let pretrain = command == TrainCommand::Pretrain;
     let spec: DataSpec = common.data.parse()?;
     let mut data = spec.load(Split::Train)?;
     if let Some(n) = common.samples {
@@ -144,13 +147,12 @@ fn config(
     }
     let [c, h, w] = data.image_shape.map(|d| d as i64);
     let (epochs, lr) = match command {
-        "pretrain" => (300, 0.1),
-        "finetune" => (100, 0.5),
-        _ => (100, 0.1),
+        TrainCommand::Pretrain => (300, 0.1),
+        TrainCommand::Finetune => (100, 0.5),
+        TrainCommand::Supervised => (100, 0.1),
     };
     let config = RunConfig {
-        command: command.into(),
-        method: method.into(),
+        method,
         data: common.data.clone(),
         arch: common.arch.clone(),
         width: common.width,
@@ -178,7 +180,7 @@ fn config(
         attack_view: common.attack_view,
         attack_loss: common.attack_loss,
         features,
-        standardized_features: command == "finetune",
+        standardized_features: command == TrainCommand::Finetune,
         encoder,
         image_shape: [c, h, w],
         classes: data.num_classes as i64,
@@ -235,7 +237,7 @@ fn validate(config: &RunConfig) -> upat::Result<()> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Pretrain { method, common } => {
-            let config = config("pretrain", &method, &common, None, HeadFeatures::Projector)?;
+            let config = config(method.into(), &common, None, HeadFeatures::Projector)?;
             run_training(
                 config,
                 &common.out,
@@ -250,7 +252,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             features,
             common,
         } => {
-            let config = config("finetune", &mode, &common, Some(encoder), features)?;
+            let config = config(mode.into(), &common, Some(encoder), features)?;
             run_training(
                 config,
                 &common.out,
@@ -261,7 +263,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("model: {}", common.out.join("model.onnx").display());
         }
         Command::Supervised { method, common } => {
-            let config = config("supervised", &method, &common, None, HeadFeatures::Backbone)?;
+            let config = config(method.into(), &common, None, HeadFeatures::Backbone)?;
             run_training(
                 config,
                 &common.out,

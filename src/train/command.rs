@@ -126,14 +126,13 @@ pub fn run_training(
         }
     }
     progress.line(&format!(
-        "{} {}: {} training, {} held out, on {device:?}",
-        config.command,
+        "{}: {} training, {} held out, on {device:?}",
         config.method,
         train_data.len(),
         holdout.len()
     ));
     train(&config, &run, &vs, &net, &train_data, &holdout, progress)?;
-    if config.command == "finetune" || config.command == "supervised" {
+    if config.method.makes_classifier() {
         export(dir, &run.model())?;
     }
     Ok(())
@@ -153,7 +152,7 @@ pub fn export(dir: &Path, out: &Path) -> Result<()> {
     let net = build(&config, &vs);
     checkpoint.restore_variables(&vs, &run.checkpoint())?;
     let info = ExportInfo {
-        method: format!("{}:{}", config.command, config.method),
+        method: config.method.label(),
         dataset: config.data.clone(),
         image_shape: config.image_shape,
         train_config: serde_json::to_string(&config).expect("configs serialise"),

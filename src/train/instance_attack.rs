@@ -2,9 +2,9 @@
 //! Eq. 3): PGD on one augmented view that pushes its embedding away from the
 //! other view's — no labels involved.
 
+use super::adversary::linf_ascent;
 use super::losses::{embedding_mse, nt_xent};
 use super::model::Network;
-use super::trainer::linf_ascent;
 use tch::Tensor;
 
 /// The metric the perturbation maximises between the two views' embeddings.

@@ -10,6 +10,7 @@
 //! from mismatched pieces.
 
 use super::instance_attack::AttackLoss;
+use super::method::Method;
 use super::model::{HeadFeatures, InputNormalization};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -36,10 +37,9 @@ pub enum AttackView {
 /// Everything a run needs to be repeated or resumed.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunConfig {
-    /// `supervised`, `pretrain` or `finetune`.
-    pub command: String,
-    /// ce | at | trades | alp (supervised), upat | simclr (pretrain), linear | at | trades-full (finetune).
-    pub method: String,
+    /// The command and method (written as `"command"` and `"method"`).
+    #[serde(flatten)]
+    pub method: Method,
     pub data: String,
     pub arch: String,
     pub width: i64,

@@ -2,9 +2,11 @@
 //! objectives: supervised CE and PGD adversarial training, SimCLR, UPAT
 //! (paper Eq. 6), and linear or adversarial fine-tuning of a frozen encoder.
 
+use super::adversary::{class_pgd, trades_adversary};
 use super::augment::Augmentations;
 use super::instance_attack::InstanceAttack;
 use super::losses::{nt_xent, upat_loss};
+use super::method::{Command, Method};
 use super::model::Network;
 use super::run::{AttackView, EpochMetrics, RunConfig, RunDir};
 use super::sgd::Sgd;
@@ -31,64 +33,6 @@ fn batch(data: &Dataset, ids: &[usize], device: Device) -> (Tensor, Tensor) {
     )
 }
 
-/// ℓ∞ projected sign-gradient ascent of `objective` from `start`, within ε
-/// of `x` and inside [0, 1]: the inner loop of every training-time attack.
-pub fn linf_ascent(
-    x: &Tensor,
-    start: Tensor,
-    eps: f64,
-    alpha: f64,
-    steps: i64,
-    objective: impl Fn(&Tensor) -> Tensor,
-) -> Tensor {
-    let mut adv = start
-        .maximum(&(x - eps))
-        .minimum(&(x + eps))
-        .clamp(0.0, 1.0);
-    for _ in 0..steps {
-        let xg = adv.detach().set_requires_grad(true);
-        let grad = Tensor::run_backward(&[objective(&xg)], &[&xg], false, false)
-            .pop()
-            .expect("one gradient");
-        let stepped = adv.detach() + grad.sign() * alpha;
-        adv = stepped
-            .maximum(&(x - eps))
-            .minimum(&(x + eps))
-            .clamp(0.0, 1.0);
-    }
-    adv.detach()
-}
-
-/// ℓ∞ PGD with a uniform random start on the cross-entropy of the classifier
-/// (Madry et al.), for adversarial training and the held-out PGD accuracy.
-pub fn class_pgd(
-    net: &Network,
-    x: &Tensor,
-    y: &Tensor,
-    eps: f64,
-    alpha: f64,
-    steps: i64,
-) -> Tensor {
-    let start = x + (Tensor::rand_like(x) * (2.0 * eps) - eps);
-    linf_ascent(x, start, eps, alpha, steps, |xg| {
-        net.logits_t(xg, false).cross_entropy_for_logits(y)
-    })
-}
-
-/// TRADES's inner maximisation (Zhang et al. 2019): from a small Gaussian
-/// start, ℓ∞ PGD on KL(f(x) ‖ f(x′)), the model in inference mode.
-fn trades_adversary(net: &Network, x: &Tensor, eps: f64, alpha: f64, steps: i64) -> Tensor {
-    let clean = tch::no_grad(|| net.logits_t(x, false).softmax(1, Kind::Float));
-    let start = x + Tensor::randn_like(x) * 0.001;
-    linf_ascent(x, start, eps, alpha, steps, |xg| {
-        net.logits_t(xg, false).log_softmax(1, Kind::Float).kl_div(
-            &clean,
-            tch::Reduction::Sum,
-            false,
-        )
-    })
-}
-
 /// TRADES weight β of the robustness term (the paper's value).
 const TRADES_BETA: f64 = 6.0;
 /// Adversarial logit pairing weight (Kannan et al. 2018).
@@ -111,18 +55,16 @@ pub fn batch_loss(
     };
     // A fine-tuned encoder is frozen, BatchNorm statistics included
     // (trades-full fine-tunes everything).
-    let train_encoder = config.command != "finetune" || config.method == "trades-full";
-    Ok(match (config.command.as_str(), config.method.as_str()) {
-        ("supervised", "ce") | ("finetune", "linear") => {
-            net.logits_t(x, train_encoder).cross_entropy_for_logits(y)
-        }
-        ("supervised", "at") | ("finetune", "at") => {
+    let train_encoder = config.method.trains_encoder();
+    Ok(match config.method {
+        Method::Ce | Method::Linear => net.logits_t(x, train_encoder).cross_entropy_for_logits(y),
+        Method::At | Method::FinetuneAt => {
             let adv = class_pgd(net, x, y, config.eps, config.alpha, config.steps);
             net.logits_t(&adv, train_encoder)
                 .cross_entropy_for_logits(y)
         }
         // TRADES: CE(f(x), y) + β·KL(f(x) ‖ f(x_adv)); trades-full trains the whole network.
-        ("supervised", "trades") | ("finetune", "trades-full") => {
+        Method::Trades | Method::TradesFull => {
             let adv = trades_adversary(net, x, config.eps, config.alpha, config.steps);
             let logits = net.logits_t(x, true);
             let robust = net.logits_t(&adv, true).log_softmax(1, Kind::Float).kl_div(
@@ -133,7 +75,7 @@ pub fn batch_loss(
             logits.cross_entropy_for_logits(y) + robust * TRADES_BETA
         }
         // ALP: CE on clean and PGD examples, plus the squared distance of their logits.
-        ("supervised", "alp") => {
+        Method::Alp => {
             let adv = class_pgd(net, x, y, config.eps, config.alpha, config.steps);
             let (clean, attacked) = (net.logits_t(x, true), net.logits_t(&adv, true));
             let pairing = (&clean - &attacked)
@@ -143,12 +85,12 @@ pub fn batch_loss(
             (clean.cross_entropy_for_logits(y) + attacked.cross_entropy_for_logits(y)) * 0.5
                 + pairing * ALP_WEIGHT
         }
-        ("pretrain", "simclr") => nt_xent(
+        Method::Simclr => nt_xent(
             &net.project_t(&augment.view(x), true),
             &net.project_t(&augment.view(x), true),
             config.tau,
         ),
-        ("pretrain", "upat") => {
+        Method::Upat => {
             let (t, t_prime) = (augment.view(x), augment.view(x));
             // Algorithm 1: perturb one view (or x) against the other view's
             // embedding. That embedding is the loss's too: computed once, with
@@ -172,11 +114,6 @@ pub fn batch_loss(
             };
             let z_adv = net.project_t(&adv, true);
             upat_loss(&z_t, &z_t_prime, &z_adv, config.lambda, config.tau)
-        }
-        (command, method) => {
-            return Err(Error::Usage(format!(
-                "`{command} --method {method}` is not available in this version"
-            )))
         }
     })
 }
@@ -268,7 +205,10 @@ fn holdout_accuracy(
 
 /// The learning rate of `epoch` (1-based): fine-tuning drops it ×0.1 halfway (paper §4.1).
 fn learning_rate(config: &RunConfig, epoch: usize) -> f64 {
-    if config.command == "finetune" && epoch > config.epochs / 2 && config.epochs > 1 {
+    if config.method.command() == Command::Finetune
+        && epoch > config.epochs / 2
+        && config.epochs > 1
+    {
         config.lr * 0.1
     } else {
         config.lr
@@ -289,7 +229,7 @@ pub fn train(
     progress: &mut dyn Progress,
 ) -> Result<()> {
     let device = vs.device();
-    if config.command == "finetune" && config.method != "trades-full" {
+    if !config.method.trains_encoder() {
         for (name, t) in vs.variables() {
             if !name.starts_with("head.") {
                 let _ = t.set_requires_grad(false);
@@ -360,7 +300,7 @@ pub fn train(
         }
         let (clean_acc, pgd_acc, knn_acc) = if holdout.is_empty() {
             (None, None, None)
-        } else if config.command == "pretrain" {
+        } else if config.method.command() == Command::Pretrain {
             let knn = knn_accuracy(config, net, train_data, holdout, device);
             (None, None, Some(knn))
         } else {
