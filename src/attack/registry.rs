@@ -52,14 +52,14 @@ pub fn kinds() -> Vec<(&'static str, &'static str)> {
 /// A suite field an attack's build function refused, and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FieldError {
-    pub field: &'static str,
+    pub field: String,
     pub message: String,
 }
 
 impl FieldError {
-    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         FieldError {
-            field,
+            field: field.into(),
             message: message.into(),
         }
     }

@@ -37,8 +37,9 @@ pub struct Fields {
     pub loss: Option<Loss>,
     /// Query budget of score-based attacks.
     pub queries: Option<u32>,
-    /// Number of target classes of targeted attacks.
-    pub targets: Option<u32>,
+    /// How many target classes a targeted attack tries (the suite's
+    /// `targets`; "targets" alone, in code, means target labels).
+    pub target_classes: Option<u32>,
     /// The white-box kind a transfer step crafts with (default `pgd`).
     pub craft: Option<String>,
 }
@@ -54,7 +55,7 @@ impl Default for Fields {
             random_start: None,
             loss: None,
             queries: None,
-            targets: None,
+            target_classes: None,
             craft: None,
         }
     }
@@ -134,9 +135,9 @@ impl AttackSpec {
             match set.iter().find(|f| !reads.contains(f)) {
                 None => Ok(()),
                 Some(f) => Err(FieldError::new(
-                    "kind",
+                    *f,
                     format!(
-                        "kind `{kind}` does not use field `{f}`{}; remove it or choose another kind",
+                        "kind `{kind}` does not use this field{}; remove it or choose another kind",
                         if reads.is_empty() {
                             String::new()
                         } else {
@@ -449,7 +450,7 @@ fn parse_attack(entry: &toml::Table, index: usize, err: &ErrFn) -> Result<Attack
         random_start,
         loss,
         queries: count("queries")?,
-        targets: count("targets")?,
+        target_classes: count("targets")?,
         craft: string("craft")?.map(str::to_string),
     };
     let set: Vec<&str> = entry
@@ -458,7 +459,7 @@ fn parse_attack(entry: &toml::Table, index: usize, err: &ErrFn) -> Result<Attack
         .filter(|k| !["id", "kind", "min_robust_acc"].contains(k))
         .collect();
     let mut spec =
-        AttackSpec::build(&id, kind, fields, &set).map_err(|e| fail(e.field, e.message))?;
+        AttackSpec::build(&id, kind, fields, &set).map_err(|e| fail(&e.field, e.message))?;
     spec.min_robust_acc = min_robust_acc;
     Ok(spec)
 }

@@ -1,7 +1,7 @@
 //! Attack invariants (DESIGN §3) on both backends, for every registered
 //! attack, and attack strength.
 
-use crate::util::{cpu, fashion_mnist_dir, fixture, repo_path};
+use crate::util::{cpu, fashion_mnist_dir, fixture, repo_path, standard_fields};
 use std::sync::Arc;
 use upat::attack::project::norm_of;
 use upat::attack::{registry, Attack, Batch, Fields, Guarded, Loss, Model, Norm, ATTACKS};
@@ -80,9 +80,8 @@ fn run(
         .unwrap_or_else(|e| panic!("{attack:?}: {e}"))
 }
 
-/// Settings for the invariant test, per norm: every field an attack may
-/// read; each registered kind is built from these, keeping only the fields
-/// it reads, with the first step count it accepts.
+/// Settings for the invariant test: each registered kind is built from
+/// each, with the fields it reads (`util::standard_fields`).
 fn invariant_settings() -> Vec<(Norm, f32, f32, Loss)> {
     vec![
         (Norm::Linf, 0.03, 0.01, Loss::Ce),
@@ -97,32 +96,17 @@ fn invariant_settings() -> Vec<(Norm, f32, f32, Loss)> {
 fn registered_attacks() -> Vec<Arc<dyn Attack>> {
     let mut attacks = Vec::new();
     for entry in ATTACKS {
-        let mut built = 0;
+        let before = attacks.len();
         for (norm, eps, step_size, loss) in invariant_settings() {
-            let reads = |f: &str| entry.fields.contains(&f);
-            let candidate = |steps: u32| Fields {
-                norm,
-                eps: Some(eps),
-                steps: reads("steps").then_some(steps),
-                step_size: reads("step_size").then_some(step_size),
-                restarts: if reads("restarts") { 2 } else { 1 },
-                random_start: reads("random_start").then_some(true),
-                loss: reads("loss").then_some(loss),
-                ..Fields::default()
-            };
-            if !reads("loss") && loss != Loss::Ce {
+            if !entry.fields.contains(&"loss") && loss != Loss::Ce {
                 continue;
             }
-            if let Some(attack) = [5, 1]
-                .into_iter()
-                .find_map(|s| (entry.build)(&candidate(s)).ok())
-            {
-                attacks.push(attack);
-                built += 1;
+            if let Some(fields) = standard_fields(entry, norm, eps, step_size, loss) {
+                attacks.push((entry.build)(&fields).unwrap());
             }
         }
         assert!(
-            built > 0,
+            attacks.len() > before,
             "no invariant setting builds kind `{}`: add one",
             entry.kind
         );

@@ -1,37 +1,33 @@
 //! `--per-sample`: samples.csv holds one outcome per model × attack × source
 //! × sample, and every figure of report.csv is a function of those outcomes.
 
-use crate::util::{cell, fashion_mnist_dir, read_csv, repo_path, stderr, upat_audit};
+use crate::util::{
+    cell, fashion_mnist_dir, fields_toml, read_csv, repo_path, standard_fields, stderr, upat_audit,
+};
 use std::collections::HashMap;
+use upat::attack::{Loss, Norm, ATTACKS};
 
-/// Every kind the registry has, plus clean and transfer, on two models.
-const ALL_KINDS: &str = "name = 'all'
-[[attack]]
-id = 'clean'
-kind = 'clean'
-[[attack]]
-id = 'fgsm'
-kind = 'fgsm'
-eps = 0.1
-[[attack]]
-id = 'pgd-l2'
-kind = 'pgd'
-norm = 'l2'
-eps = 1.5
-steps = 5
-step_size = 0.5
-restarts = 2
-[[attack]]
-id = 'noise'
-kind = 'noise'
-eps = 0.2
-restarts = 3
-[[attack]]
-id = 'transfer-fgsm'
-kind = 'transfer'
-craft = 'fgsm'
-eps = 0.1
-";
+/// A suite of every kind: clean, each registered attack (ℓ2 1.5 where it
+/// reads a step size, else ℓ∞ 0.1, so both norms appear), and a transfer step
+/// crafting with FGSM.
+fn all_kinds_suite() -> String {
+    let mut suite = "name = 'all'\n[[attack]]\nid = 'clean'\nkind = 'clean'\n".to_string();
+    for entry in ATTACKS {
+        let (norm, eps, step_size) = if entry.fields.contains(&"step_size") {
+            (Norm::L2, 1.5, 0.5)
+        } else {
+            (Norm::Linf, 0.1, 0.02)
+        };
+        let fields = standard_fields(entry, norm, eps, step_size, Loss::Ce)
+            .unwrap_or_else(|| panic!("no standard setting builds `{}`", entry.kind));
+        suite += &format!(
+            "[[attack]]\nid = '{kind}'\nkind = '{kind}'\n{}",
+            fields_toml(entry, &fields),
+            kind = entry.kind
+        );
+    }
+    suite + "[[attack]]\nid = 'transfer-fgsm'\nkind = 'transfer'\ncraft = 'fgsm'\neps = 0.1\n"
+}
 
 /// The audit of the two Fashion-MNIST CNNs on 40 test images (`None`
 /// when Fashion-MNIST is not installed).
@@ -41,7 +37,7 @@ fn audit(dir: &std::path::Path, extra: &[&str]) -> Option<std::process::Output> 
     let other = repo_path("models/fmnist-cnn-at.onnx").display().to_string();
     let data = format!("fashion-mnist:{}", fmnist.display());
     let suite = dir.join("all.toml");
-    std::fs::write(&suite, ALL_KINDS).unwrap();
+    std::fs::write(&suite, all_kinds_suite()).unwrap();
     let suite = suite.display().to_string();
     let mut args = vec![
         model.as_str(),
@@ -160,8 +156,8 @@ fn samples_csv_agrees_with_report_csv() {
         );
         checked += 1;
     }
-    // Two models × (clean, fgsm, pgd-l2, noise, transfer-fgsm, worst_case).
-    assert_eq!(checked, 12);
+    // Two models × (clean, each registered kind, transfer-fgsm, worst_case).
+    assert_eq!(checked, 2 * (ATTACKS.len() + 3));
     // Some attack must have bitten for the agreement to mean something.
     assert!(samples
         .iter()

@@ -79,3 +79,57 @@ pub fn cell<'a>(header: &[String], row: &'a [String], column: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no column {column}"));
     &row[i]
 }
+
+/// Suite fields for a registered attack kind from one standard setting:
+/// every field the kind reads, set (two restarts, random starts), with the
+/// first step count it accepts (5, else 1). `None` when it accepts neither.
+pub fn standard_fields(
+    entry: &upat::attack::Entry,
+    norm: upat::attack::Norm,
+    eps: f32,
+    step_size: f32,
+    loss: upat::attack::Loss,
+) -> Option<upat::attack::Fields> {
+    let reads = |f: &str| entry.fields.contains(&f);
+    [5, 1].into_iter().find_map(|steps| {
+        let fields = upat::attack::Fields {
+            norm,
+            eps: Some(eps),
+            steps: reads("steps").then_some(steps),
+            step_size: reads("step_size").then_some(step_size),
+            restarts: if reads("restarts") { 2 } else { 1 },
+            random_start: reads("random_start").then_some(true),
+            loss: reads("loss").then_some(loss),
+            ..Default::default()
+        };
+        (entry.build)(&fields).ok().map(|_| fields)
+    })
+}
+
+/// `fields` as the lines of a suite's `[[attack]]` table for `entry`
+/// (norm and restarts only where it reads them).
+pub fn fields_toml(entry: &upat::attack::Entry, fields: &upat::attack::Fields) -> String {
+    let mut lines = Vec::new();
+    if entry.fields.contains(&"norm") {
+        lines.push(format!("norm = '{}'", fields.norm.as_str()));
+    }
+    if entry.fields.contains(&"restarts") {
+        lines.push(format!("restarts = {}", fields.restarts));
+    }
+    if let Some(eps) = fields.eps {
+        lines.push(format!("eps = {eps}"));
+    }
+    if let Some(steps) = fields.steps {
+        lines.push(format!("steps = {steps}"));
+    }
+    if let Some(step_size) = fields.step_size {
+        lines.push(format!("step_size = {step_size}"));
+    }
+    if let Some(random_start) = fields.random_start {
+        lines.push(format!("random_start = {random_start}"));
+    }
+    if let Some(loss) = fields.loss {
+        lines.push(format!("loss = '{}'", loss.as_str()));
+    }
+    lines.join("\n") + "\n"
+}
