@@ -139,3 +139,41 @@ fn check_example(step: &Drive, example: &[f32], image: &[f32], id: u64) -> Resul
     }
     Ok(Some(size))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(budget: Option<(Norm, f32)>) -> Drive<'static> {
+        Drive {
+            label: "pgd-x",
+            batch_size: 4,
+            seed: 0,
+            budget,
+        }
+    }
+
+    #[test]
+    fn examples_outside_the_ball_or_the_box_are_errors() {
+        let image = [0.5, 0.5, 0.5, 0.5];
+        let linf = step(Some((Norm::Linf, 0.1)));
+        let size = check_example(&linf, &[0.6, 0.4, 0.5, 0.55], &image, 7).unwrap();
+        assert!((size.unwrap() - 0.1).abs() < 1e-6);
+        let err = check_example(&linf, &[0.61, 0.5, 0.5, 0.5], &image, 7)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pgd-x") && err.contains("sample 7") && err.contains("budget"),
+            "{err}"
+        );
+        let l2 = step(Some((Norm::L2, 0.1)));
+        assert!(check_example(&l2, &[0.58, 0.58, 0.5, 0.5], &image, 0).is_err());
+        assert!(check_example(&l2, &[0.57, 0.57, 0.5, 0.5], &image, 0).is_ok());
+        for bad in [f32::NAN, 1.01, -0.01] {
+            let err = check_example(&step(None), &[bad, 0.5, 0.5, 0.5], &image, 3)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("[0, 1] box"), "{err}");
+        }
+    }
+}
