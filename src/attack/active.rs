@@ -11,18 +11,21 @@ use super::rng::SampleRng;
 use super::{Batch, Perturbed};
 use crate::runtime::Logits;
 
-/// The not-yet-fooled samples of a batch under attack.
+/// The not-yet-fooled samples of a batch under attack, each with an
+/// attack-specific state `S` (APGD's step size and best point, say) that
+/// stays with its sample when others leave.
 #[derive(Debug)]
-pub struct ActiveSet<'b> {
+pub struct ActiveSet<'b, S = ()> {
     batch: &'b Batch<'b>,
     /// Positions in the batch of the active samples, ascending.
     rows: Vec<usize>,
     /// Their current iterates, NCHW.
     x: Vec<f32>,
     rngs: Vec<SampleRng>,
+    states: Vec<S>,
 }
 
-impl<'b> ActiveSet<'b> {
+impl<'b> ActiveSet<'b, ()> {
     /// The samples of `batch` that `results` does not mark fooled yet, at
     /// their original images, each with its random stream of
     /// (batch seed, `attack_key`, sample id, `restart`).
@@ -41,11 +44,27 @@ impl<'b> ActiveSet<'b> {
             .iter()
             .map(|&i| SampleRng::new(batch.seed, attack_key, batch.ids[i], u64::from(restart)))
             .collect();
+        let states = vec![(); rows.len()];
         ActiveSet {
             batch,
             rows,
             x,
             rngs,
+            states,
+        }
+    }
+}
+
+impl<'b, S> ActiveSet<'b, S> {
+    /// The same samples with state `states[j]` for active sample `j`.
+    pub fn with_states<T>(self, states: Vec<T>) -> ActiveSet<'b, T> {
+        assert_eq!(states.len(), self.rows.len(), "one state per active sample");
+        ActiveSet {
+            batch: self.batch,
+            rows: self.rows,
+            x: self.x,
+            rngs: self.rngs,
+            states,
         }
     }
 
@@ -75,6 +94,38 @@ impl<'b> ActiveSet<'b> {
             self.batch.image(self.rows[j]),
             &mut self.rngs[j],
         )
+    }
+
+    /// Active sample `j` with its state.
+    pub fn sample_state(&mut self, j: usize) -> (&mut [f32], &'b [f32], &mut SampleRng, &mut S) {
+        let len = self.batch.image_len();
+        (
+            &mut self.x[j * len..(j + 1) * len],
+            self.batch.image(self.rows[j]),
+            &mut self.rngs[j],
+            &mut self.states[j],
+        )
+    }
+
+    /// The states of the active samples.
+    pub fn states(&self) -> &[S] {
+        &self.states
+    }
+
+    /// The original images of the active samples, NCHW.
+    pub fn originals(&self) -> Vec<f32> {
+        self.rows
+            .iter()
+            .flat_map(|&i| self.batch.image(i).iter().copied())
+            .collect()
+    }
+
+    /// Counts `n` more queries for every active sample (evaluations that do
+    /// not go through [`record`](Self::record)).
+    pub fn charge(&self, results: &mut Perturbed, n: u32) {
+        for &i in &self.rows {
+            results.queries[i] += n;
+        }
     }
 
     /// Records one evaluation of the current iterates (`logits`, one row per
@@ -112,12 +163,14 @@ impl<'b> ActiveSet<'b> {
             if kept != j {
                 self.rows[kept] = self.rows[j];
                 self.rngs.swap(kept, j);
+                self.states.swap(kept, j);
                 self.x.copy_within(j * len..(j + 1) * len, kept * len);
             }
             kept += 1;
         }
         self.rows.truncate(kept);
         self.rngs.truncate(kept);
+        self.states.truncate(kept);
         self.x.truncate(kept * len);
     }
 }

@@ -63,7 +63,7 @@ impl Model for LinearModel {
         loss: Loss,
         images: &[f32],
         labels: &[i64],
-        _targets: Option<&[i64]>,
+        targets: Option<&[i64]>,
     ) -> Result<LossAndGrad> {
         self.gradient_calls += 1;
         let (k, d) = (self.bias.len(), self.dim());
@@ -96,11 +96,38 @@ impl Model for LinearModel {
                         .collect();
                     (row[other] - row[y], dz)
                 }
-                other => {
-                    return Err(Error::Internal(format!(
-                        "the test model has no {} loss",
-                        other.as_str()
-                    )))
+                Loss::Dlr | Loss::DlrTargeted => {
+                    // −u/d, so d loss/dz = −(du/dz)/d + u·(dd/dz)/d².
+                    let mut order: Vec<usize> = (0..k).collect();
+                    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                    let one = |c: usize| -> Vec<f32> {
+                        (0..k).map(|i| f32::from(u8::from(i == c))).collect()
+                    };
+                    let (other, d, dd) = if loss == Loss::Dlr {
+                        let other = order
+                            .iter()
+                            .copied()
+                            .find(|&c| c != y)
+                            .expect("two classes at least");
+                        let d = row[order[0]] - row[order[2]] + 1e-12;
+                        let dd: Vec<f32> = (0..k)
+                            .map(|i| one(order[0])[i] - one(order[2])[i])
+                            .collect();
+                        (other, d, dd)
+                    } else {
+                        let targets = targets
+                            .ok_or_else(|| Error::Internal("dlr-targeted needs targets".into()))?;
+                        let other = targets[losses.len()] as usize;
+                        let d = row[order[0]] - 0.5 * (row[order[2]] + row[order[3]]) + 1e-12;
+                        let dd: Vec<f32> = (0..k)
+                            .map(|i| one(order[0])[i] - 0.5 * (one(order[2])[i] + one(order[3])[i]))
+                            .collect();
+                        (other, d, dd)
+                    };
+                    let u = row[y] - row[other];
+                    let du: Vec<f32> = (0..k).map(|i| one(y)[i] - one(other)[i]).collect();
+                    let dz = (0..k).map(|i| -du[i] / d + u * dd[i] / (d * d)).collect();
+                    (-u / d, dz)
                 }
             };
             losses.push(value);
@@ -114,4 +141,101 @@ impl Model for LinearModel {
             input_grad,
         })
     }
+}
+
+/// A test problem: a `classes`-class linear model with Gaussian weights,
+/// 64 samples in [0.3, 0.7]^`dim` labelled with the model's own prediction
+/// (so all clean-correct), and each sample's exact distance to the nearest
+/// decision boundary in ℓ∞ and in ℓ2 — min over j ≠ y of the margin
+/// z_y − z_j over the dual norm (ℓ1, ℓ2) of w_y − w_j. The box is never
+/// reached within these distances' scale.
+pub struct LinearProblem {
+    pub model: LinearModel,
+    pub images: Vec<f32>,
+    pub labels: Vec<i64>,
+    pub ids: Vec<u64>,
+    pub d_inf: Vec<f32>,
+    pub d_2: Vec<f32>,
+}
+
+impl LinearProblem {
+    pub fn new(classes: usize, dim: usize) -> Self {
+        use super::project::norm_of;
+        use super::rng::SampleRng;
+        use super::Norm;
+        let mut rng = SampleRng::new(1, 2, 3, classes as u64);
+        let weights: Vec<f32> = (0..classes * dim).map(|_| rng.normal()).collect();
+        let bias: Vec<f32> = (0..classes).map(|c| 0.1 * c as f32).collect();
+        let model = LinearModel::new(weights.clone(), bias);
+        let n = 64;
+        let images: Vec<f32> = (0..n * dim).map(|_| 0.3 + 0.4 * rng.uniform()).collect();
+        let logits = model.forward(&images);
+        let labels: Vec<i64> = logits.argmax().iter().map(|&p| p as i64).collect();
+        let (mut d_inf, mut d_2) = (Vec::new(), Vec::new());
+        for (row, &y) in logits.rows().zip(&labels) {
+            let y = y as usize;
+            let (mut best_inf, mut best_2) = (f32::MAX, f32::MAX);
+            for o in (0..classes).filter(|&o| o != y) {
+                let margin = row[y] - row[o];
+                let diff: Vec<f32> = (0..dim)
+                    .map(|i| weights[y * dim + i] - weights[o * dim + i])
+                    .collect();
+                best_inf = best_inf.min(margin / norm_of(diff.iter().copied(), Norm::L1));
+                best_2 = best_2.min(margin / norm_of(diff.iter().copied(), Norm::L2));
+            }
+            d_inf.push(best_inf);
+            d_2.push(best_2);
+        }
+        LinearProblem {
+            model,
+            images,
+            labels,
+            ids: (0..n as u64).collect(),
+            d_inf,
+            d_2,
+        }
+    }
+
+    pub fn batch(&self, seed: u64) -> super::Batch<'_> {
+        super::Batch {
+            images: &self.images,
+            labels: &self.labels,
+            ids: &self.ids,
+            seed,
+        }
+    }
+}
+
+/// The median of `v`.
+pub fn median(v: &[f32]) -> f32 {
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// Runs `attack` on `problem` and checks it fools exactly the samples
+/// closer to the boundary than ε (outside a band of `tolerance`·ε around
+/// it), and that the problem has samples on both sides.
+pub fn fools_exactly_those_within_eps(
+    attack: &dyn super::Attack,
+    problem: &LinearProblem,
+    distances: &[f32],
+    tolerance: f32,
+) {
+    let mut model = problem.model.clone();
+    let out = attack.run(&mut model, &problem.batch(5)).unwrap();
+    let eps = attack.settings().eps;
+    let mut decided = 0;
+    for (i, &d) in distances.iter().enumerate() {
+        if (d - eps).abs() > tolerance * eps {
+            decided += 1;
+            assert_eq!(
+                out.fooled[i],
+                d < eps,
+                "{attack:?}: sample {i} at distance {d}, eps {eps}"
+            );
+        }
+    }
+    assert!(decided > 48, "too few samples away from eps: {decided}");
+    assert!(out.fooled.iter().any(|&f| f) && !out.fooled.iter().all(|&f| f));
 }

@@ -12,6 +12,8 @@
 //! in [`registry::ATTACKS`]. See `docs/architecture.md`.
 
 pub mod active;
+pub mod apgd;
+pub mod apgd_t;
 pub mod fgsm;
 #[cfg(test)]
 pub(crate) mod linear;

@@ -212,111 +212,50 @@ impl Attack for Pgd {
 
 #[cfg(test)]
 mod tests {
-    use super::super::linear::LinearModel;
+    use super::super::linear::{fools_exactly_those_within_eps, median, LinearProblem};
     use super::super::registry;
     use super::*;
-
-    const DIM: usize = 16;
-
-    /// A two-class linear model, 64 clean-correct samples in [0.3, 0.7]^d,
-    /// and each sample's distance to the decision boundary in ℓ∞ and ℓ2
-    /// (margin over the dual norm of the weight difference).
-    fn linear_problem() -> (LinearModel, Vec<f32>, Vec<i64>, Vec<f32>, Vec<f32>) {
-        let mut rng = SampleRng::new(1, 2, 3, 4);
-        let weights: Vec<f32> = (0..2 * DIM).map(|_| rng.normal()).collect();
-        let model = LinearModel::new(weights.clone(), vec![0.1, -0.1]);
-        let images: Vec<f32> = (0..64 * DIM).map(|_| 0.3 + 0.4 * rng.uniform()).collect();
-        let logits = model.clone().logits(&images, 64).unwrap();
-        let labels: Vec<i64> = logits.argmax().iter().map(|&p| p as i64).collect();
-        let (mut d_inf, mut d_2) = (Vec::new(), Vec::new());
-        for (row, &y) in logits.rows().zip(&labels) {
-            let (y, o) = (y as usize, 1 - y as usize);
-            let margin = row[y] - row[o];
-            let diff: Vec<f32> = (0..DIM)
-                .map(|i| weights[y * DIM + i] - weights[o * DIM + i])
-                .collect();
-            d_inf.push(margin / norm_of(diff.iter().copied(), Norm::L1));
-            d_2.push(margin / norm_of(diff.iter().copied(), Norm::L2));
-        }
-        (model, images, labels, d_inf, d_2)
-    }
-
-    fn median(v: &[f32]) -> f32 {
-        let mut sorted = v.to_vec();
-        sorted.sort_by(f32::total_cmp);
-        sorted[sorted.len() / 2]
-    }
 
     fn build(kind: &str, fields: Fields) -> Arc<dyn Attack> {
         (registry::lookup(kind).unwrap().build)(&fields).unwrap()
     }
 
-    /// Runs `attack` on the linear problem's samples; returns its results
-    /// and the model, with its call counts.
-    fn run_on_linear_problem(attack: &dyn Attack, seed: u64) -> (Perturbed, LinearModel) {
-        let (mut model, images, labels, _, _) = linear_problem();
-        let ids: Vec<u64> = (0..labels.len() as u64).collect();
-        let batch = Batch {
-            images: &images,
-            labels: &labels,
-            ids: &ids,
-            seed,
-        };
-        let out = attack.run(&mut model, &batch).unwrap();
-        (out, model)
-    }
-
-    /// Runs `attack` and checks it fools exactly the samples closer to the
-    /// boundary than eps (outside a band of `tolerance` around eps).
-    fn fools_exactly_those_within_eps(attack: &dyn Attack, distances: &[f32], tolerance: f32) {
-        let (out, _) = run_on_linear_problem(attack, 5);
-        let eps = attack.settings().eps;
-        let mut decided = 0;
-        for (i, &d) in distances.iter().enumerate() {
-            if (d - eps).abs() > tolerance * eps {
-                decided += 1;
-                assert_eq!(
-                    out.fooled[i],
-                    d < eps,
-                    "{attack:?}: sample {i} at distance {d}, eps {eps}"
-                );
-            }
-        }
-        assert!(decided > 48, "too few samples away from eps: {decided}");
-        assert!(out.fooled.iter().any(|&f| f) && !out.fooled.iter().all(|&f| f));
-    }
-
     #[test]
     fn pgd_on_a_linear_model_fools_exactly_the_samples_within_eps() {
-        let (_, _, _, d_inf, d_2) = linear_problem();
+        let problem = LinearProblem::new(2, 16);
         for loss in [Loss::Ce, Loss::Margin] {
-            let eps = median(&d_inf);
+            let eps = median(&problem.d_inf);
             let linf = Pgd::new("pgd", Norm::Linf, eps, 20, eps / 4.0, 1, true, loss);
-            fools_exactly_those_within_eps(&linf, &d_inf, 1e-3);
-            let eps = median(&d_2);
+            fools_exactly_those_within_eps(&linf, &problem, &problem.d_inf, 1e-3);
+            let eps = median(&problem.d_2);
             let l2 = Pgd::new("pgd", Norm::L2, eps, 40, eps / 4.0, 1, true, loss);
-            fools_exactly_those_within_eps(&l2, &d_2, 2e-2);
+            fools_exactly_those_within_eps(&l2, &problem, &problem.d_2, 2e-2);
         }
     }
 
     #[test]
     fn fgsm_on_a_linear_model_is_the_optimal_linf_step() {
-        let (_, _, _, d_inf, _) = linear_problem();
-        let eps = median(&d_inf);
+        let problem = LinearProblem::new(2, 16);
         let fields = Fields {
-            eps: Some(eps),
+            eps: Some(median(&problem.d_inf)),
             ..Fields::default()
         };
-        fools_exactly_those_within_eps(build("fgsm", fields).as_ref(), &d_inf, 1e-4);
+        fools_exactly_those_within_eps(
+            build("fgsm", fields).as_ref(),
+            &problem,
+            &problem.d_inf,
+            1e-4,
+        );
     }
 
     #[test]
     fn queries_count_the_evaluations_each_sample_took_part_in() {
-        let (_, _, labels, d_inf, _) = linear_problem();
-        let eps = median(&d_inf);
+        let problem = LinearProblem::new(2, 16);
+        let eps = median(&problem.d_inf);
         let steps = 10;
         let pgd = Pgd::new("pgd", Norm::Linf, eps, steps, eps / 4.0, 2, true, Loss::Ce);
-        let (out, model) = run_on_linear_problem(&pgd, 0);
+        let mut model = problem.model.clone();
+        let out = pgd.run(&mut model, &problem.batch(0)).unwrap();
         for (i, (&q, &fooled)) in out.queries.iter().zip(&out.fooled).enumerate() {
             if fooled {
                 assert!((1..=2 * (steps + 1)).contains(&q), "sample {i}: {q}");
@@ -326,7 +265,7 @@ mod tests {
         }
         // Fooled samples leave the batch: fewer evaluations than the full budget.
         let spent: u32 = out.queries.iter().sum();
-        assert!(spent < 2 * (steps + 1) * labels.len() as u32);
+        assert!(spent < 2 * (steps + 1) * problem.labels.len() as u32);
         assert_eq!(model.gradient_calls, 2 * (steps as usize + 1));
     }
 }

@@ -23,7 +23,14 @@ pub struct Entry {
 }
 
 /// Every registered attack: each file's `ENTRY`, one line each.
-pub const ATTACKS: &[Entry] = &[super::fgsm::ENTRY, super::pgd::ENTRY, super::noise::ENTRY];
+#[rustfmt::skip]
+pub const ATTACKS: &[Entry] = &[
+    super::fgsm::ENTRY,
+    super::pgd::ENTRY,
+    super::noise::ENTRY,
+    super::apgd::ENTRY,
+    super::apgd_t::ENTRY,
+];
 
 /// Suite kinds that are steps of the audit rather than attacks.
 pub const AUDIT_STEPS: &[(&str, &str)] = &[
