@@ -11,6 +11,8 @@ pub struct LinearModel {
     /// `[classes, d]`, row-major.
     pub weights: Vec<f32>,
     pub bias: Vec<f32>,
+    /// `[C, H, W]` the weights' inputs are read as, if any.
+    pub shape: Option<[usize; 3]>,
     pub logit_calls: usize,
     pub gradient_calls: usize,
 }
@@ -20,6 +22,7 @@ impl LinearModel {
         LinearModel {
             weights,
             bias,
+            shape: None,
             logit_calls: 0,
             gradient_calls: 0,
         }
@@ -51,6 +54,10 @@ impl LinearModel {
 impl Model for LinearModel {
     fn classes(&self) -> usize {
         self.bias.len()
+    }
+
+    fn image_shape(&self) -> Option<[usize; 3]> {
+        self.shape
     }
 
     fn logits(&mut self, images: &[f32], _n: usize) -> Result<Logits> {
@@ -166,7 +173,9 @@ impl LinearProblem {
         let mut rng = SampleRng::new(1, 2, 3, classes as u64);
         let weights: Vec<f32> = (0..classes * dim).map(|_| rng.normal()).collect();
         let bias: Vec<f32> = (0..classes).map(|c| 0.1 * c as f32).collect();
-        let model = LinearModel::new(weights.clone(), bias);
+        let mut model = LinearModel::new(weights.clone(), bias);
+        let side = (dim as f64).sqrt() as usize;
+        model.shape = (side * side == dim).then_some([1, side, side]);
         let n = 64;
         let images: Vec<f32> = (0..n * dim).map(|_| 0.3 + 0.4 * rng.uniform()).collect();
         let logits = model.forward(&images);

@@ -22,6 +22,7 @@ pub mod pgd;
 pub mod project;
 pub mod registry;
 pub mod rng;
+pub mod square;
 pub mod suite;
 
 pub use crate::onnx::grad::Loss;
@@ -146,6 +147,12 @@ pub trait Model {
     /// Number of classes (the logits' width).
     fn classes(&self) -> usize;
 
+    /// `[C, H, W]` of the images, where the model knows it (attacks that
+    /// work on image windows need it).
+    fn image_shape(&self) -> Option<[usize; 3]> {
+        None
+    }
+
     /// Logits of `n` images (NCHW, `[0, 1]`).
     fn logits(&mut self, images: &[f32], n: usize) -> Result<Logits>;
 
@@ -198,6 +205,10 @@ impl<'m> Guarded<'m> {
 impl Model for Guarded<'_> {
     fn classes(&self) -> usize {
         self.inner.classes()
+    }
+
+    fn image_shape(&self) -> Option<[usize; 3]> {
+        self.inner.image_shape()
     }
 
     fn logits(&mut self, images: &[f32], n: usize) -> Result<Logits> {
@@ -302,6 +313,7 @@ mod tests {
                 continue;
             }
             let mut model = LinearModel::new(vec![1.0, -1.0], vec![0.0, 0.0]);
+            model.shape = Some([1, 1, 1]);
             let batch = Batch {
                 images: &[0.5, 0.02],
                 labels: &[0, 0],

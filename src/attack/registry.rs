@@ -30,6 +30,7 @@ pub const ATTACKS: &[Entry] = &[
     super::noise::ENTRY,
     super::apgd::ENTRY,
     super::apgd_t::ENTRY,
+    super::square::ENTRY,
 ];
 
 /// Suite kinds that are steps of the audit rather than attacks.

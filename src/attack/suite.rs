@@ -19,6 +19,7 @@ pub const BUILTIN_SUITES: &[(&str, &str)] = &[
         "fashion-mnist",
         include_str!("../../audits/fashion-mnist.toml"),
     ),
+    ("scorebased", include_str!("../../audits/scorebased.toml")),
 ];
 
 /// The fields of a suite entry, type-checked; what each kind makes of them
@@ -541,6 +542,7 @@ mod tests {
             ids("blackbox"),
             ["transfer-pgd20-linf-8", "transfer-pgd20-linf-16"]
         );
+        assert_eq!(ids("scorebased"), ["square-linf-8", "square-l2-0.5"]);
         let pgd = Suite::resolve("whitebox").unwrap().attacks[2]
             .settings()
             .unwrap();
@@ -622,7 +624,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds_are_refused_with_the_registered_ones() {
-        let msg = error_of("[[attack]]\nid = 'sq'\nkind = 'square'\neps = 0.03\n");
+        let msg = error_of("[[attack]]\nid = 'sq'\nkind = 'fab-t'\neps = 0.03\n");
         assert!(
             msg.contains("not available") && msg.contains("`sq`"),
             "{msg}"

@@ -64,6 +64,10 @@ impl Model for Victim<'_> {
         self.classes
     }
 
+    fn image_shape(&self) -> Option<[usize; 3]> {
+        Some(self.image_shape)
+    }
+
     fn logits(&mut self, images: &[f32], n: usize) -> Result<Logits> {
         self.classifier.logits(images, n)
     }

@@ -326,6 +326,28 @@ fn scores_only_attacks_run_on_a_model_without_gradients() {
         .unwrap();
     assert_eq!(cell(&header, noise, "restarts"), "4");
     assert_eq!(cell(&header, noise, "steps"), "");
+    // The built-in score-based suite: Square, 5000 queries, no gradient graph.
+    let out = upat_audit(
+        dir.path(),
+        &[
+            &model,
+            "--data",
+            &format!("npz:{}", arg(&npz)),
+            "--suite",
+            "scorebased",
+            "--backend",
+            "tract",
+            "--out",
+            "scorebased",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (header, rows) = read_csv(&dir.path().join("scorebased/report.csv"));
+    let ids: Vec<&str> = rows.iter().map(|r| cell(&header, r, "attack_id")).collect();
+    assert_eq!(
+        ids,
+        ["clean", "square-linf-8", "square-l2-0.5", "worst_case"]
+    );
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -459,7 +481,8 @@ fn inspect_names_the_model_when_it_cannot_be_differentiated() {
         .find(|l| l.starts_with("differentiable:"))
         .unwrap_or_else(|| panic!("no verdict in\n{text}"));
     assert!(
-        verdict.contains(&format!("model {model}: op Sin")),
+        verdict.contains(&format!("model {model}: op Sin"))
+            && verdict.contains("--suite scorebased"),
         "{verdict}"
     );
 }

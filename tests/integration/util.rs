@@ -81,7 +81,8 @@ pub fn cell<'a>(header: &[String], row: &'a [String], column: &str) -> &'a str {
 }
 
 /// Suite fields for a registered attack kind from one standard setting:
-/// every field the kind reads, set (two restarts, random starts), with the
+/// every field the kind reads, set (two restarts, random starts, 200
+/// queries), with the
 /// first step count it accepts (5, else 1). `None` when it accepts neither.
 pub fn standard_fields(
     entry: &upat::attack::Entry,
@@ -100,6 +101,7 @@ pub fn standard_fields(
             restarts: if reads("restarts") { 2 } else { 1 },
             random_start: reads("random_start").then_some(true),
             loss: reads("loss").then_some(loss),
+            queries: reads("queries").then_some(200),
             ..Default::default()
         };
         (entry.build)(&fields).ok().map(|_| fields)
@@ -127,6 +129,9 @@ pub fn fields_toml(entry: &upat::attack::Entry, fields: &upat::attack::Fields) -
     }
     if let Some(random_start) = fields.random_start {
         lines.push(format!("random_start = {random_start}"));
+    }
+    if let Some(queries) = fields.queries {
+        lines.push(format!("queries = {queries}"));
     }
     if let Some(loss) = fields.loss {
         lines.push(format!("loss = '{}'", loss.as_str()));

@@ -65,7 +65,8 @@ fn unsupported(node: &pb::NodeProto, path: &std::path::Path) -> Error {
         path: path.to_path_buf(),
         message: format!(
             "op {} (node `{}`) lies between the input and the logits and has no gradient rule, \
-             so white-box attacks cannot run on this model; use a gradient-free suite (square, blackbox)",
+             so white-box attacks cannot run on this model; use a gradient-free suite (square, blackbox): \
+             `--suite scorebased` runs the Square Attack, which needs the model's scores only",
             node.op_type, node.name
         ),
     }
