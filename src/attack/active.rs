@@ -135,7 +135,6 @@ impl<'b, S> ActiveSet<'b, S> {
     /// the example reported for a sample never fooled). Returns, per active
     /// sample, whether this evaluation fooled it.
     pub fn record(&self, results: &mut Perturbed, logits: &Logits, keep_all: bool) -> Vec<bool> {
-        let len = self.batch.image_len();
         let fooled: Vec<bool> = logits
             .rows()
             .zip(logits.argmax())
@@ -144,6 +143,19 @@ impl<'b, S> ActiveSet<'b, S> {
                 prediction as i64 != self.batch.labels[i] || row.iter().any(|v| !v.is_finite())
             })
             .collect();
+        self.keep(results, &fooled, keep_all);
+        fooled
+    }
+
+    /// Records one evaluation whose verdicts the attack judged itself
+    /// (`fooled`, one per active sample): counts a query for each, marks
+    /// the fooled ones and keeps their iterate.
+    pub fn record_verdicts(&self, results: &mut Perturbed, fooled: &[bool]) {
+        self.keep(results, fooled, false);
+    }
+
+    fn keep(&self, results: &mut Perturbed, fooled: &[bool], keep_all: bool) {
+        let len = self.batch.image_len();
         for (j, &i) in self.rows.iter().enumerate() {
             results.queries[i] += 1;
             if fooled[j] || keep_all {
@@ -152,7 +164,6 @@ impl<'b, S> ActiveSet<'b, S> {
             }
             results.fooled[i] |= fooled[j];
         }
-        fooled
     }
 
     /// Drops the samples `fooled` marks (one flag per active sample).

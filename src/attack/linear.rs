@@ -103,6 +103,15 @@ impl Model for LinearModel {
                         .collect();
                     (row[other] - row[y], dz)
                 }
+                Loss::TargetMargin => {
+                    let targets = targets
+                        .ok_or_else(|| Error::Internal("target-margin needs targets".into()))?;
+                    let t = targets[losses.len()] as usize;
+                    let dz = (0..k)
+                        .map(|c| f32::from(u8::from(c == t)) - f32::from(u8::from(c == y)))
+                        .collect();
+                    (row[t] - row[y], dz)
+                }
                 Loss::Dlr | Loss::DlrTargeted => {
                     // −u/d, so d loss/dz = −(du/dz)/d + u·(dd/dz)/d².
                     let mut order: Vec<usize> = (0..k).collect();

@@ -14,6 +14,7 @@
 pub mod active;
 pub mod apgd;
 pub mod apgd_t;
+pub mod fab;
 pub mod fgsm;
 #[cfg(test)]
 pub(crate) mod linear;

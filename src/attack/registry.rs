@@ -30,6 +30,7 @@ pub const ATTACKS: &[Entry] = &[
     super::noise::ENTRY,
     super::apgd::ENTRY,
     super::apgd_t::ENTRY,
+    super::fab::ENTRY,
     super::square::ENTRY,
 ];
 
@@ -39,6 +40,10 @@ pub const AUDIT_STEPS: &[(&str, &str)] = &[
     (
         "transfer",
         "examples crafted white-box on each --source model by the attack `craft` names (default pgd, with this entry's fields), evaluated on the audited models",
+    ),
+    (
+        "autoattack",
+        "AutoAttack standard: apgd-ce, apgd-t, fab-t and square in turn, each on the samples still robust (Croce & Hein 2020)",
     ),
 ];
 
@@ -50,10 +55,9 @@ pub fn lookup(kind: &str) -> Option<&'static Entry> {
 /// Every kind a suite may name, with its one-line description, in the order
 /// `--help` and the docs list them.
 pub fn kinds() -> Vec<(&'static str, &'static str)> {
-    let (clean, transfer) = (AUDIT_STEPS[0], AUDIT_STEPS[1]);
-    std::iter::once(clean)
+    std::iter::once(AUDIT_STEPS[0])
         .chain(ATTACKS.iter().map(|e| (e.kind, e.about)))
-        .chain(std::iter::once(transfer))
+        .chain(AUDIT_STEPS[1..].iter().copied())
         .collect()
 }
 

@@ -20,6 +20,11 @@ pub const BUILTIN_SUITES: &[(&str, &str)] = &[
         include_str!("../../audits/fashion-mnist.toml"),
     ),
     ("scorebased", include_str!("../../audits/scorebased.toml")),
+    ("autoattack", include_str!("../../audits/autoattack.toml")),
+    (
+        "fashion-mnist-aa",
+        include_str!("../../audits/fashion-mnist-aa.toml"),
+    ),
 ];
 
 /// The fields of a suite entry, type-checked; what each kind makes of them
@@ -43,6 +48,8 @@ pub struct Fields {
     pub target_classes: Option<u32>,
     /// The white-box kind a transfer step crafts with (default `pgd`).
     pub craft: Option<String>,
+    /// The AutoAttack version of an `autoattack` step (`standard`).
+    pub version: Option<String>,
 }
 
 impl Default for Fields {
@@ -58,6 +65,7 @@ impl Default for Fields {
             queries: None,
             target_classes: None,
             craft: None,
+            version: None,
         }
     }
 }
@@ -95,7 +103,13 @@ pub enum Step {
     /// Examples crafted by this white-box attack on each `--source` model,
     /// evaluated on each audited model.
     Transfer(Arc<dyn Attack>),
+    /// Attacks run in turn, each on the samples still robust, each from the
+    /// clean image (AutoAttack's cascade); `(kind, attack)` in order.
+    Cascade(Components),
 }
+
+/// A cascade's attacks, `(kind, attack)` in the order they run.
+pub type Components = Vec<(&'static str, Arc<dyn Attack>)>;
 
 /// One entry of a suite, validated and built.
 #[derive(Debug, Clone)]
@@ -176,6 +190,10 @@ impl AttackSpec {
                 }
                 Step::Transfer(attack)
             }
+            "autoattack" => {
+                unread(&["norm", "eps", "version"])?;
+                Step::Cascade(autoattack_standard(&fields)?)
+            }
             _ => {
                 let entry = registry::lookup(kind).ok_or_else(|| {
                     FieldError::new(
@@ -199,14 +217,68 @@ impl AttackSpec {
         })
     }
 
-    /// The settings of the attack (of the crafting attack, for transfer);
-    /// `None` for `clean`.
+    /// The settings of the attack (of the crafting attack, for transfer;
+    /// the threat model alone, for a cascade); `None` for `clean`.
     pub fn settings(&self) -> Option<Settings> {
         match &self.step {
             Step::Clean => None,
             Step::Attack(a) | Step::Transfer(a) => Some(a.settings()),
+            Step::Cascade(attacks) => attacks.first().map(|(_, a)| Settings {
+                steps: None,
+                step_size: None,
+                restarts: None,
+                loss: None,
+                query_budget: None,
+                ..a.settings()
+            }),
         }
     }
+
+    /// The report ids of a cascade's component rows, `<id>:<kind>`.
+    pub fn component_ids(&self) -> Vec<String> {
+        match &self.step {
+            Step::Cascade(attacks) => attacks
+                .iter()
+                .map(|(kind, _)| format!("{}:{kind}", self.id))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// AutoAttack's standard version (Croce & Hein 2020, `set_version('standard')`):
+/// APGD-CE (100 iterations, 1 restart), APGD-T (9 targets), FAB-T (9
+/// targets), Square (5000 queries), in that order, at the entry's norm and ε.
+fn autoattack_standard(
+    fields: &Fields,
+) -> Result<Vec<(&'static str, Arc<dyn Attack>)>, FieldError> {
+    match fields.version.as_deref().unwrap_or("standard") {
+        "standard" => {}
+        other => {
+            return Err(FieldError::new(
+                "version",
+                format!("`{other}` is not an AutoAttack version upat runs; use \"standard\""),
+            ))
+        }
+    }
+    if fields.norm == Norm::L1 {
+        return Err(FieldError::new(
+            "norm",
+            "AutoAttack standard runs in linf or l2",
+        ));
+    }
+    let base = Fields {
+        norm: fields.norm,
+        eps: Some(fields.eps("autoattack")?),
+        ..Fields::default()
+    };
+    ["apgd-ce", "apgd-t", "fab-t", "square"]
+        .into_iter()
+        .map(|kind| {
+            let entry = registry::lookup(kind).expect("AutoAttack's components are registered");
+            Ok((entry.kind, (entry.build)(&base)?))
+        })
+        .collect()
 }
 
 fn registered() -> String {
@@ -240,6 +312,7 @@ const ATTACK_FIELDS: &[&str] = &[
     "queries",
     "targets",
     "craft",
+    "version",
     "min_robust_acc",
 ];
 
@@ -453,6 +526,7 @@ fn parse_attack(entry: &toml::Table, index: usize, err: &ErrFn) -> Result<Attack
         queries: count("queries")?,
         target_classes: count("targets")?,
         craft: string("craft")?.map(str::to_string),
+        version: string("version")?.map(str::to_string),
     };
     let set: Vec<&str> = entry
         .keys()
@@ -543,6 +617,18 @@ mod tests {
             ["transfer-pgd20-linf-8", "transfer-pgd20-linf-16"]
         );
         assert_eq!(ids("scorebased"), ["square-linf-8", "square-l2-0.5"]);
+        assert_eq!(ids("autoattack"), ["aa-linf-8"]);
+        assert_eq!(ids("fashion-mnist-aa"), ["aa-linf-0.1", "aa-l2-1.5"]);
+        let aa = &Suite::resolve("autoattack").unwrap().attacks[0];
+        assert_eq!(
+            aa.component_ids(),
+            [
+                "aa-linf-8:apgd-ce",
+                "aa-linf-8:apgd-t",
+                "aa-linf-8:fab-t",
+                "aa-linf-8:square"
+            ]
+        );
         let pgd = Suite::resolve("whitebox").unwrap().attacks[2]
             .settings()
             .unwrap();
@@ -624,7 +710,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds_are_refused_with_the_registered_ones() {
-        let msg = error_of("[[attack]]\nid = 'sq'\nkind = 'fab-t'\neps = 0.03\n");
+        let msg = error_of("[[attack]]\nid = 'sq'\nkind = 'deepfool'\neps = 0.03\n");
         assert!(
             msg.contains("not available") && msg.contains("`sq`"),
             "{msg}"

@@ -24,6 +24,7 @@ use crate::progress::Progress;
 use crate::report::{ReportRow, WORST_CASE_ID};
 use crate::runtime::RuntimeOptions;
 use drive::{drive, Drive, Judged};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -131,7 +132,9 @@ impl AuditPlan {
         for gate in &gates {
             let known = gate.attack_id == WORST_CASE_ID
                 || gate.attack_id == "clean"
-                || attacks.iter().any(|a| a.id == gate.attack_id);
+                || attacks
+                    .iter()
+                    .any(|a| a.id == gate.attack_id || a.component_ids().contains(&gate.attack_id));
             if !known {
                 let ids: Vec<_> = attacks
                     .iter()
@@ -258,6 +261,26 @@ struct Audit<'p> {
     warnings: Vec<String>,
 }
 
+/// What names a report row of an attack step.
+struct RowOf<'a> {
+    id: &'a str,
+    /// The report's `attack` column.
+    kind: &'a str,
+    settings: Option<crate::attack::Settings>,
+    source: Option<&'a str>,
+}
+
+impl<'a> RowOf<'a> {
+    fn spec(spec: &'a AttackSpec, source: Option<&'a str>) -> Self {
+        RowOf {
+            id: &spec.id,
+            kind: &spec.kind,
+            settings: spec.settings(),
+            source,
+        }
+    }
+}
+
 /// The clean verdicts of a model: per dataset sample.
 struct Clean {
     judged: Vec<Judged>,
@@ -358,25 +381,23 @@ impl Audit<'_> {
             match &spec.step {
                 Step::Clean => self.record_clean(victim, &spec.id, &clean, clean_seconds),
                 Step::Attack(attack) => {
-                    let step = self.drive_step(&spec.id, Some(attack.as_ref()));
-                    let judged = drive(
-                        &step,
+                    let judged = self.run_attack(
                         victim,
-                        self.data,
+                        &spec.id,
+                        attack.as_ref(),
                         &clean.correct,
-                        &mut |model, _, batch| {
-                            attack.run(&mut Guarded::new(model, attack.as_ref()), batch)
-                        },
-                        None,
                         progress,
                     )?;
-                    self.warn_on_disagreement(victim, &spec.id, &judged);
                     let seconds = attack_started.elapsed().as_secs_f64();
-                    let robust = self.record_attack(victim, spec, None, &clean, &judged, seconds);
+                    let row = RowOf::spec(spec, None);
+                    let robust = self.record_attack(victim, row, &clean, &judged, seconds);
                     progress.line(&format!(
                         "  {:<24} robust {robust:.4} ({seconds:.1}s)",
                         spec.id
                     ));
+                }
+                Step::Cascade(components) => {
+                    self.cascade(victim, spec, components, &clean, progress)?;
                 }
                 Step::Transfer(craft) => {
                     for set in transfer_sets.iter().filter(|s| s.attack_id == spec.id) {
@@ -404,14 +425,8 @@ impl Audit<'_> {
                             progress,
                         )?;
                         let seconds = set.seconds + eval_started.elapsed().as_secs_f64();
-                        let robust = self.record_attack(
-                            victim,
-                            spec,
-                            Some(&set.source),
-                            &clean,
-                            &judged,
-                            seconds,
-                        );
+                        let row = RowOf::spec(spec, Some(&set.source));
+                        let robust = self.record_attack(victim, row, &clean, &judged, seconds);
                         progress.line(&format!(
                             "  {:<24} robust {robust:.4} (from {})",
                             spec.id, set.source
@@ -510,23 +525,122 @@ impl Audit<'_> {
         self.metas.push(meta);
     }
 
+    /// Runs `attack` on the samples at `pool` (dataset positions), held to
+    /// its oracle, and judges every example on the model.
+    fn run_attack(
+        &mut self,
+        victim: &mut Victim,
+        label: &str,
+        attack: &dyn Attack,
+        pool: &[usize],
+        progress: &mut dyn Progress,
+    ) -> Result<Vec<Judged>> {
+        let step = self.drive_step(label, Some(attack));
+        let judged = drive(
+            &step,
+            victim,
+            self.data,
+            pool,
+            &mut |model, _, batch| attack.run(&mut Guarded::new(model, attack), batch),
+            None,
+            progress,
+        )?;
+        self.warn_on_disagreement(victim, label, &judged);
+        Ok(judged)
+    }
+
+    /// AutoAttack's cascade: each component attacks only the samples still
+    /// robust, from the clean image; a row per component with the
+    /// cumulative robust accuracy (`<id>:<kind>`), and the final row `<id>`.
+    fn cascade(
+        &mut self,
+        victim: &mut Victim,
+        spec: &AttackSpec,
+        components: &[(&'static str, Arc<dyn Attack>)],
+        clean: &Clean,
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
+        let started = Instant::now();
+        // The latest verdict of every clean-correct sample (the fooling one
+        // once fooled), and the queries spent on it so far.
+        let mut verdicts: HashMap<usize, Judged> = HashMap::new();
+        let mut spent: HashMap<usize, u32> = HashMap::new();
+        let mut pool = clean.correct.clone();
+        for (kind, attack) in components {
+            let component_started = Instant::now();
+            let id = format!("{}:{kind}", spec.id);
+            let judged = self.run_attack(victim, &id, attack.as_ref(), &pool, progress)?;
+            let mut this: HashMap<usize, u32> = HashMap::new();
+            for j in judged {
+                *spent.entry(j.index).or_default() += j.queries;
+                this.insert(j.index, j.queries);
+                verdicts.insert(j.index, j);
+            }
+            pool.retain(|i| verdicts[i].correct);
+            let cumulative = self.cascade_verdicts(clean, &verdicts, &this);
+            let row = RowOf {
+                id: &id,
+                kind,
+                settings: Some(attack.settings()),
+                source: None,
+            };
+            let seconds = component_started.elapsed().as_secs_f64();
+            let robust = self.record_attack(victim, row, clean, &cumulative, seconds);
+            progress.line(&format!(
+                "  {id:<24} robust {robust:.4} ({seconds:.1}s, cumulative)"
+            ));
+        }
+        let final_verdicts = self.cascade_verdicts(clean, &verdicts, &spent);
+        let seconds = started.elapsed().as_secs_f64();
+        let robust = self.record_attack(
+            victim,
+            RowOf::spec(spec, None),
+            clean,
+            &final_verdicts,
+            seconds,
+        );
+        progress.line(&format!(
+            "  {:<24} robust {robust:.4} ({seconds:.1}s)",
+            spec.id
+        ));
+        Ok(())
+    }
+
+    /// Per clean-correct sample, in dataset order: its latest verdict with
+    /// `queries` as the query count.
+    fn cascade_verdicts(
+        &self,
+        clean: &Clean,
+        verdicts: &HashMap<usize, Judged>,
+        queries: &HashMap<usize, u32>,
+    ) -> Vec<Judged> {
+        clean
+            .correct
+            .iter()
+            .filter_map(|i| verdicts.get(i))
+            .map(|v| Judged {
+                queries: queries.get(&v.index).copied().unwrap_or(0),
+                ..v.clone()
+            })
+            .collect()
+    }
+
     /// Records the outcomes of an attack step (`judged`: the clean-correct
     /// samples' verdicts, in dataset order) for every sample; returns the
     /// robust accuracy, for the progress line.
     fn record_attack(
         &mut self,
         victim: &Victim,
-        spec: &AttackSpec,
-        source: Option<&str>,
+        row: RowOf,
         clean: &Clean,
         judged: &[Judged],
         seconds: f64,
     ) -> f64 {
         let meta = RowMeta {
-            settings: spec.settings(),
-            source: source.map(str::to_string),
+            settings: row.settings,
+            source: row.source.map(str::to_string),
             seconds,
-            ..self.meta(victim, &spec.id, &spec.kind)
+            ..self.meta(victim, row.id, row.kind)
         };
         let mut attacked = judged.iter().peekable();
         let mut robust = 0usize;
@@ -536,7 +650,7 @@ impl Audit<'_> {
             self.outcomes.push(SampleOutcome {
                 model: meta.model.clone(),
                 model_sha256: meta.model_sha256.clone(),
-                attack_id: spec.id.clone(),
+                attack_id: meta.attack_id.clone(),
                 source: meta.source.clone(),
                 sample: self.data.ids[c.index],
                 label: self.data.labels[c.index],

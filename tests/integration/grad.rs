@@ -221,7 +221,12 @@ fn finite_differences_confirm_every_rule_and_loss() {
             )
         })
         .collect();
-    for loss in [Loss::Margin, Loss::Dlr, Loss::DlrTargeted] {
+    for loss in [
+        Loss::Margin,
+        Loss::Dlr,
+        Loss::DlrTargeted,
+        Loss::TargetMargin,
+    ] {
         cases.push((
             "tiny_cnn.onnx".into(),
             "tiny_cnn_golden.npz".into(),
@@ -233,7 +238,7 @@ fn finite_differences_confirm_every_rule_and_loss() {
         let graph = gradient_graph(&model_file, loss);
         let g = golden(&npz);
         let targets: Vec<i64> = g.y.iter().map(|&y| (y + 1) % 5).collect();
-        let t = (loss == Loss::DlrTargeted).then_some(targets.as_slice());
+        let t = loss.is_targeted().then_some(targets.as_slice());
         let mut model = GradientModel::open(&graph, [3, 8, 8], cpu(BackendChoice::Ort)).unwrap();
         // Several directions; kinks (ReLU, max) can spoil one, not the median.
         let mut errors: Vec<f32> = (0..7)

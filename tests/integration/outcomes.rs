@@ -197,3 +197,68 @@ fn sample_ids_are_file_positions_and_samples_keeps_them() {
     ids.dedup();
     assert_eq!(ids, ["0", "1", "2"]);
 }
+
+#[test]
+fn an_autoattack_cascade_reports_cumulative_components_and_gates_on_its_id() {
+    let Some(fmnist) = fashion_mnist_dir() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let suite = dir.path().join("aa.toml");
+    std::fs::write(
+        &suite,
+        "name = 'aa'\n[[attack]]\nid = 'aa'\nkind = 'autoattack'\nversion = 'standard'\nnorm = 'linf'\neps = 0.1\n",
+    )
+    .unwrap();
+    let out = upat_audit(
+        dir.path(),
+        &[
+            &repo_path("models/fmnist-cnn.onnx").display().to_string(),
+            "--data",
+            &format!("fashion-mnist:{}", fmnist.display()),
+            "--samples",
+            "40",
+            "--suite",
+            &suite.display().to_string(),
+            "--per-sample",
+            "--fail-under",
+            "aa=0.9",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the gate on `aa` must fail: {}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("`aa`"), "{}", stderr(&out));
+    let (header, rows) = read_csv(&dir.path().join("audit-report/report.csv"));
+    let ids: Vec<&str> = rows.iter().map(|r| cell(&header, r, "attack_id")).collect();
+    assert_eq!(
+        ids,
+        [
+            "clean",
+            "aa:apgd-ce",
+            "aa:apgd-t",
+            "aa:fab-t",
+            "aa:square",
+            "aa",
+            "worst_case"
+        ]
+    );
+    let acc: Vec<f64> = rows
+        .iter()
+        .map(|r| cell(&header, r, "robust_acc").parse().unwrap())
+        .collect();
+    // Cumulative: never rising along the cascade, never above clean.
+    assert!(acc[1..5].windows(2).all(|w| w[1] <= w[0]), "{acc:?}");
+    assert!(acc[1] <= acc[0], "{acc:?}");
+    assert!(acc[1] < acc[0], "APGD-CE must bite at eps 0.1: {acc:?}");
+    // The last component, the final row and the worst case agree.
+    assert_eq!((acc[4], acc[5]), (acc[5], acc[6]), "{acc:?}");
+    let kinds: Vec<&str> = rows.iter().map(|r| cell(&header, r, "attack")).collect();
+    assert_eq!(
+        kinds[1..6],
+        ["apgd-ce", "apgd-t", "fab-t", "square", "autoattack"]
+    );
+}

@@ -17,10 +17,19 @@ pub enum Loss {
     Dlr,
     /// Targeted DLR: needs a target class per sample.
     DlrTargeted,
+    /// z_t − z_y: the targeted logit difference whose linearisation FAB-T
+    /// projects onto. Needs a target class per sample.
+    TargetMargin,
 }
 
 impl Loss {
-    pub const ALL: [Loss; 4] = [Loss::Ce, Loss::Margin, Loss::Dlr, Loss::DlrTargeted];
+    pub const ALL: [Loss; 5] = [
+        Loss::Ce,
+        Loss::Margin,
+        Loss::Dlr,
+        Loss::DlrTargeted,
+        Loss::TargetMargin,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -28,6 +37,7 @@ impl Loss {
             Loss::Margin => "margin",
             Loss::Dlr => "dlr",
             Loss::DlrTargeted => "dlr-targeted",
+            Loss::TargetMargin => "target-margin",
         }
     }
 
@@ -37,14 +47,14 @@ impl Loss {
 
     /// Whether the loss needs target classes (the graph's `targets` input).
     pub fn is_targeted(self) -> bool {
-        self == Loss::DlrTargeted
+        matches!(self, Loss::DlrTargeted | Loss::TargetMargin)
     }
 
     /// The fewest classes the loss is defined for.
     pub fn min_classes(self) -> usize {
         match self {
             Loss::Ce => 1,
-            Loss::Margin => 2,
+            Loss::Margin | Loss::TargetMargin => 2,
             Loss::Dlr => 3,
             Loss::DlrTargeted => 4,
         }
@@ -112,6 +122,8 @@ pub fn emit_head(emit: &mut Emitter, z: &str, classes: usize, loss: Loss) -> Res
             let (denominator, d_denominator) = sorted_spread(emit, z, &class_ids, 3, false);
             quotient_head(emit, &numerator, &d_numerator, &denominator, &d_denominator)
         }
+        // FAB-T's target margin: loss = z_t − z_y; gradient onehot(t) − onehot(y).
+        Loss::TargetMargin => target_margin(emit, z, &hot_y, &class_ids),
         // Targeted DLR: loss = −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 1e−12).
         Loss::DlrTargeted => {
             let targets = emit.unsqueeze(TARGETS, &[1]);
@@ -126,6 +138,18 @@ pub fn emit_head(emit: &mut Emitter, z: &str, classes: usize, loss: Loss) -> Res
     };
     let loss = emit.squeeze(&loss_keep, &[1]);
     Ok(Head { loss, logits_grad })
+}
+
+/// The target margin z_t − z_y `[N, 1]` and its gradient onehot(t) − onehot(y).
+fn target_margin(emit: &mut Emitter, z: &str, hot_y: &str, class_ids: &str) -> (String, String) {
+    let targets = emit.unsqueeze(TARGETS, &[1]);
+    let hot_t = one_hot(emit, class_ids, &targets);
+    let z_y = pick(emit, z, hot_y);
+    let z_t = pick(emit, z, &hot_t);
+    (
+        emit.binary("Sub", &z_t, &z_y),
+        emit.binary("Sub", &hot_t, hot_y),
+    )
 }
 
 /// `max_{j≠y} z_j` `[N, 1]` and the one-hot of its argmax.
