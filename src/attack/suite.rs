@@ -249,9 +249,7 @@ impl AttackSpec {
 /// AutoAttack's standard version (Croce & Hein 2020, `set_version('standard')`):
 /// APGD-CE (100 iterations, 1 restart), APGD-T (9 targets), FAB-T (9
 /// targets), Square (5000 queries), in that order, at the entry's norm and ε.
-fn autoattack_standard(
-    fields: &Fields,
-) -> Result<Vec<(&'static str, Arc<dyn Attack>)>, FieldError> {
+fn autoattack_standard(fields: &Fields) -> Result<Components, FieldError> {
     match fields.version.as_deref().unwrap_or("standard") {
         "standard" => {}
         other => {
