@@ -395,6 +395,13 @@ impl Attack for Apgd {
         Oracle::Gradients(vec![self.loss()])
     }
 
+    fn targets(&self) -> Option<u32> {
+        match self.objective {
+            Objective::Targeted { classes } => Some(classes),
+            Objective::Untargeted(_) => None,
+        }
+    }
+
     fn settings(&self) -> Settings {
         Settings {
             norm: self.norm,

@@ -287,6 +287,10 @@ impl Attack for Fab {
         Oracle::Gradients(vec![Loss::TargetMargin])
     }
 
+    fn targets(&self) -> Option<u32> {
+        Some(self.targets)
+    }
+
     fn settings(&self) -> Settings {
         Settings {
             norm: self.norm,

@@ -178,6 +178,11 @@ pub trait Attack: std::fmt::Debug + Send + Sync {
 
     fn settings(&self) -> Settings;
 
+    /// How many target classes a targeted attack tries, if it is one.
+    fn targets(&self) -> Option<u32> {
+        None
+    }
+
     /// Attacks `batch`. Must leave every example in the ε-ball and the
     /// `[0, 1]` box (the audit checks, and a violation is an error), and
     /// depend on randomness only through streams keyed by sample id.

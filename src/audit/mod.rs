@@ -7,13 +7,16 @@
 //! - [`drive`]: the one batching loop (re-predicts, checks ε-ball and box);
 //! - [`victim`]: the ONNX model as attacks see it;
 //! - [`crate::report::outcome`]: per-sample outcomes, tallies, report rows;
-//! - [`gate`]: robust-accuracy gates.
+//! - [`gate`]: robust-accuracy gates;
+//! - [`checks`]: gradient-masking flags.
 
+pub mod checks;
 pub mod drive;
 pub mod gate;
 pub mod victim;
 
 pub use crate::report::outcome::{summarise, RowMeta, SampleOutcome, Tally};
+pub use checks::Flag;
 pub use gate::{evaluate_gates, Gate, GateFailure};
 
 use crate::attack::{Attack, AttackSpec, Guarded, Perturbed, Step, Suite};
@@ -172,8 +175,25 @@ pub struct AuditOutcome {
     /// One per model × attack × source × sample: the rows of `samples.csv`.
     pub outcomes: Vec<SampleOutcome>,
     pub gate_failures: Vec<GateFailure>,
+    /// Gradient-masking flags raised, per model (as in the report's `model`).
+    pub flags: Vec<(String, Flag)>,
     /// Things the user should know that do not stop the audit.
     pub warnings: Vec<String>,
+}
+
+impl AuditOutcome {
+    /// The flags as `flags.csv` rows.
+    pub fn flag_rows(&self) -> Vec<crate::report::FlagRow> {
+        self.flags
+            .iter()
+            .map(|(model, flag)| crate::report::FlagRow {
+                model: model.clone(),
+                flag: flag.name().into(),
+                measured: flag.measured(),
+                detail: flag.detail(),
+            })
+            .collect()
+    }
 }
 
 /// Runs the plan on `data`. `progress` receives one line per step worth telling.
@@ -193,6 +213,7 @@ pub fn run_audit(
         data,
         outcomes: Vec::new(),
         metas: Vec::new(),
+        flags: Vec::new(),
         warnings: Vec::new(),
     };
     let transfer_sets = audit.craft_transfer_sets(progress)?;
@@ -219,6 +240,7 @@ pub fn run_audit(
         rows,
         outcomes: audit.outcomes,
         gate_failures,
+        flags: audit.flags,
         warnings: audit.warnings,
     })
 }
@@ -258,6 +280,7 @@ struct Audit<'p> {
     data: &'p Dataset,
     outcomes: Vec<SampleOutcome>,
     metas: Vec<RowMeta>,
+    flags: Vec<(String, Flag)>,
     warnings: Vec<String>,
 }
 
@@ -366,8 +389,10 @@ impl Audit<'_> {
         progress: &mut dyn Progress,
     ) -> Result<()> {
         let started = Instant::now();
+        let first_meta = self.metas.len();
         let clean = self.clean_pass(victim, progress)?;
         let clean_seconds = started.elapsed().as_secs_f64();
+        self.checks_after_clean(victim, &clean)?;
         let has_clean_step = self
             .plan
             .attacks
@@ -434,6 +459,98 @@ impl Audit<'_> {
                     }
                 }
             }
+        }
+        self.checks_after_attacks(victim, &clean, first_meta)?;
+        Ok(())
+    }
+
+    fn flag(&mut self, victim: &Victim, flag: Flag) {
+        self.flags
+            .push((victim.model.path.display().to_string(), flag));
+    }
+
+    /// The checks that need only the clean pass: repeated passes, outputs
+    /// that are probabilities, targeted attacks with too few classes.
+    fn checks_after_clean(&mut self, victim: &mut Victim, clean: &Clean) -> Result<()> {
+        let n = self.data.len().min(self.plan.batch_size).min(250);
+        if let Some(flag) = checks::randomized(victim, self.data.pixels_of(0..n), n)? {
+            self.flag(victim, flag);
+        }
+        if clean.judged.iter().all(|j| j.probability_like) {
+            self.flag(victim, Flag::Probabilities);
+        }
+        let classes = crate::attack::Model::classes(victim);
+        for spec in &self.plan.attacks {
+            for flag in checks::too_few_classes(&spec.id, &spec.step, classes) {
+                self.flag(victim, flag);
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks that need gradients or the model's rows: zero input
+    /// gradients and an unbounded attack that fails (only when the audit
+    /// runs white-box attacks on this model), and black-box attacks beating
+    /// white-box ones.
+    fn checks_after_attacks(
+        &mut self,
+        victim: &mut Victim,
+        clean: &Clean,
+        first_meta: usize,
+    ) -> Result<()> {
+        let white_box = self.plan.attacks.iter().any(|a| match &a.step {
+            Step::Attack(attack) => attack.oracle() != crate::attack::Oracle::Scores,
+            Step::Cascade(_) => true,
+            _ => false,
+        });
+        if white_box {
+            let checked: Vec<usize> = clean
+                .correct
+                .iter()
+                .copied()
+                .take(checks::CHECKED_SAMPLES)
+                .collect();
+            let images: Vec<f32> = checked
+                .iter()
+                .flat_map(|&i| self.data.pixels_of(i..i + 1).iter().copied())
+                .collect();
+            let labels: Vec<i64> = checked.iter().map(|&i| self.data.labels[i]).collect();
+            let ids: Vec<u64> = checked.iter().map(|&i| self.data.ids[i]).collect();
+            if let Some(flag) = checks::zero_gradients(victim, &images, &labels)? {
+                self.flag(victim, flag);
+            }
+            let batch = crate::attack::Batch {
+                images: &images,
+                labels: &labels,
+                ids: &ids,
+                seed: self.plan.seed,
+            };
+            if let Some(flag) = checks::unbounded_attack_fails(victim, &batch)? {
+                self.flag(victim, flag);
+            }
+        }
+        let model = victim.model.path.display().to_string();
+        let outcomes: Vec<SampleOutcome> = self
+            .outcomes
+            .iter()
+            .filter(|o| o.model == model)
+            .cloned()
+            .collect();
+        let rows = summarise(&outcomes, &self.metas[first_meta..]);
+        let tagged: Vec<(checks::Evidence, &ReportRow)> = rows
+            .iter()
+            .map(|r| {
+                let evidence = self
+                    .plan
+                    .attacks
+                    .iter()
+                    .find(|a| a.id == r.attack_id)
+                    .map_or(checks::Evidence::Other, |a| checks::evidence(&a.step));
+                (evidence, r)
+            })
+            .collect();
+        for flag in checks::black_box_beats_white_box(&tagged) {
+            self.flag(victim, flag);
         }
         Ok(())
     }

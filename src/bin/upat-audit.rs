@@ -111,6 +111,9 @@ struct AuditArgs {
     /// Also write samples.csv: one row per model, attack, source and sample.
     #[arg(long)]
     per_sample: bool,
+    /// Exit 1 when a gradient-masking flag is raised (flags.csv), as for a failed gate.
+    #[arg(long)]
+    fail_on_flags: bool,
 }
 
 /// Validated audit arguments.
@@ -120,6 +123,7 @@ struct AuditConfig {
     samples: Option<usize>,
     out: PathBuf,
     per_sample: bool,
+    fail_on_flags: bool,
 }
 
 impl TryFrom<AuditArgs> for AuditConfig {
@@ -174,6 +178,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
             samples: args.samples,
             out: args.out,
             per_sample: args.per_sample,
+            fail_on_flags: args.fail_on_flags,
         })
     }
 }
@@ -210,20 +215,37 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
     );
     let outcome = run_audit(&config.plan, &data, &mut TerminalProgress::new("samples"))?;
     let samples = config.per_sample.then_some(outcome.outcomes.as_slice());
-    upat::report::write_reports(&config.out, &outcome.rows, samples, &outcome.warnings)?;
+    let flags = outcome.flag_rows();
+    upat::report::write_reports(
+        &config.out,
+        &outcome.rows,
+        samples,
+        &flags,
+        &outcome.warnings,
+    )?;
     for warning in &outcome.warnings {
         eprintln!("warning: {warning}");
+    }
+    for flag in &flags {
+        eprintln!("flag: {}: {}: {}", flag.model, flag.flag, flag.detail);
     }
     print_summary(&outcome.rows);
     println!("reports: {}", config.out.join("report.csv").display());
     if config.per_sample {
         println!("per sample: {}", config.out.join("samples.csv").display());
     }
-    if outcome.gate_failures.is_empty() {
+    let flags_fail = config.fail_on_flags && !flags.is_empty();
+    if outcome.gate_failures.is_empty() && !flags_fail {
         return Ok(ExitCode::SUCCESS);
     }
     for failure in &outcome.gate_failures {
         eprintln!("gate failed: {failure}");
+    }
+    if flags_fail {
+        eprintln!(
+            "{} gradient-masking flag(s) raised and --fail-on-flags is set (see flags.csv)",
+            flags.len()
+        );
     }
     Ok(ExitCode::from(1))
 }

@@ -1,6 +1,6 @@
 //! `report.md`: the audit for a human reader.
 
-use super::{models_and_ids, summary_cell, ReportRow, WORST_CASE_ID};
+use super::{models_and_ids, summary_cell, FlagRow, ReportRow, WORST_CASE_ID};
 use std::fmt::Write;
 
 fn settings(r: &ReportRow) -> String {
@@ -27,7 +27,7 @@ fn settings(r: &ReportRow) -> String {
 
 /// A Markdown report: robust accuracy per model and attack, the attacks'
 /// settings, and the warnings the audit raised.
-pub fn report_md(rows: &[ReportRow], warnings: &[String]) -> String {
+pub fn report_md(rows: &[ReportRow], flags: &[FlagRow], warnings: &[String]) -> String {
     let (models, ids) = models_and_ids(rows);
     let mut md = String::from("# Robustness audit\n\n");
     if let Some(first) = rows.first() {
@@ -67,6 +67,19 @@ pub fn report_md(rows: &[ReportRow], warnings: &[String]) -> String {
             settings(r),
             r.source.as_deref().unwrap_or("")
         );
+    }
+    md.push_str("\n## Gradient-masking flags\n\n");
+    if flags.is_empty() {
+        md.push_str("None raised (checks: repeated passes, probability outputs, zero gradients, target classes, black-box against white-box, an unbounded attack).\n");
+    } else {
+        md.push_str("A flag means the figures above may overstate robustness; it does not change them.\n\n| model | flag | measured | detail |\n|---|---|---:|---|\n");
+        for f in flags {
+            let _ = writeln!(
+                md,
+                "| `{}` | {} | {:.4} | {} |",
+                f.model, f.flag, f.measured, f.detail
+            );
+        }
     }
     if !warnings.is_empty() {
         md.push_str("\n## Warnings\n\n");

@@ -167,13 +167,37 @@ pub fn transfer_csv(rows: &[ReportRow]) -> Result<Option<Vec<u8>>> {
     .map(Some)
 }
 
+/// One line of `flags.csv`: a gradient-masking flag raised on a model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlagRow {
+    pub model: String,
+    pub flag: String,
+    pub measured: f64,
+    pub detail: String,
+}
+
+/// `flags.csv`: the header, and one row per flag.
+pub fn flags_csv(flags: &[FlagRow]) -> Result<Vec<u8>> {
+    csv_bytes(|w| {
+        w.write_record(["model", "flag", "measured", "detail"])?;
+        flags.iter().try_for_each(|f| {
+            w.write_record([
+                f.model.clone(),
+                f.flag.clone(),
+                f.measured.to_string(),
+                f.detail.clone(),
+            ])
+        })
+    })
+}
+
 /// `samples.csv`: one row per model × attack × source × sample.
 pub fn samples_csv(outcomes: &[SampleOutcome]) -> Result<Vec<u8>> {
     csv_bytes(|w| outcomes.iter().try_for_each(|o| w.serialize(o)))
 }
 
 /// Writes `summary.csv`, `transfer.csv` (when there were transfer attacks),
-/// `samples.csv` (when `samples` is given), `report.md`, `robustness.svg`
+/// `samples.csv` (when `samples` is given), `flags.csv`, `report.md`, `robustness.svg`
 /// and `report.csv` into `out`, each atomically. A `samples.csv` or
 /// `transfer.csv` left by an earlier audit is removed when this one has
 /// none, so every file in `out` belongs to one audit.
@@ -181,6 +205,7 @@ pub fn write_reports(
     out: &Path,
     rows: &[ReportRow],
     samples: Option<&[SampleOutcome]>,
+    flags: &[FlagRow],
     warnings: &[String],
 ) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -189,11 +214,13 @@ pub fn write_reports(
     let samples = samples.map(samples_csv).transpose()?;
     let summary = summary_csv(rows)?;
     let transfer = transfer_csv(rows)?;
-    let markdown = markdown::report_md(rows, warnings);
+    let flag_file = flags_csv(flags)?;
+    let markdown = markdown::report_md(rows, flags, warnings);
     let picture = svg::robustness_svg(rows);
     write_atomic(&out.join("summary.csv"), &summary)?;
     write_or_remove(&out.join("transfer.csv"), transfer.as_deref())?;
     write_or_remove(&out.join("samples.csv"), samples.as_deref())?;
+    write_atomic(&out.join("flags.csv"), &flag_file)?;
     write_atomic(&out.join("report.md"), markdown.as_bytes())?;
     write_atomic(&out.join("robustness.svg"), picture.as_bytes())?;
     // report.csv last: its presence marks a complete audit.

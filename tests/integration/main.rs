@@ -7,6 +7,7 @@ mod backends;
 mod cli;
 #[cfg(feature = "train")]
 mod export;
+mod flags;
 mod grad;
 mod outcomes;
 #[cfg(feature = "train")]
