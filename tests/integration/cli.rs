@@ -240,7 +240,7 @@ fn bad_options_and_suites_are_clear_errors() {
     );
     std::fs::write(
         &suite,
-        "name = 'later'\n[[attack]]\nid = 's'\nkind = 'square'\neps = 0.03\n",
+        "name = 'later'\n[[attack]]\nid = 's'\nkind = 'deepfool'\neps = 0.03\n",
     )
     .unwrap();
     let err = audit_error(&[&model, "--data", &data, "--suite", &arg(&suite)]);
