@@ -108,33 +108,43 @@ pub(crate) fn project_onto_hyperplane(t: &[f32], w: &[f32], b: f64, norm: Norm, 
     // Work on the side where the required w·d is positive.
     let side = if gap < 0.0 { -1.0 } else { 1.0 };
     let need = gap * side;
-    let direction = |wi: f32| -> f64 {
-        let wi = f64::from(wi) * side;
-        match norm {
-            Norm::L2 => wi,
-            _ => wi.signum() * f64::from(u8::from(wi != 0.0)),
-        }
-    };
-    let room = |i: usize| -> f64 {
-        let u = direction(w[i]);
-        if u > 0.0 {
-            1.0 - f64::from(t[i])
-        } else if u < 0.0 {
-            f64::from(t[i])
-        } else {
-            0.0
-        }
-    };
+    // Per coordinate: the direction it moves in (u), how far it can (room),
+    // and how much w·d gains per unit of λ until it saturates (rate).
+    let direction: Vec<f64> = w
+        .iter()
+        .map(|&wi| {
+            let wi = f64::from(wi) * side;
+            match norm {
+                Norm::L2 => wi,
+                _ => wi.signum() * f64::from(u8::from(wi != 0.0)),
+            }
+        })
+        .collect();
+    let room: Vec<f64> = direction
+        .iter()
+        .zip(t)
+        .map(|(&u, &ti)| {
+            if u > 0.0 {
+                1.0 - f64::from(ti)
+            } else if u < 0.0 {
+                f64::from(ti)
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let rate: Vec<f64> = w
+        .iter()
+        .zip(&direction)
+        .map(|(&wi, &u)| f64::from(wi).abs() * u.abs())
+        .collect();
     // Breakpoints λ_i = room_i / |u_i|, where coordinate i saturates.
     let mut order: Vec<(f64, usize)> = (0..t.len())
-        .filter(|&i| direction(w[i]) != 0.0)
-        .map(|i| (room(i) / direction(w[i]).abs(), i))
+        .filter(|&i| direction[i] != 0.0)
+        .map(|i| (room[i] / direction[i].abs(), i))
         .collect();
-    order.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut slope: f64 = order
-        .iter()
-        .map(|&(_, i)| f64::from(w[i]).abs() * direction(w[i]).abs())
-        .sum();
+    order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    let mut slope: f64 = order.iter().map(|&(_, i)| rate[i]).sum();
     let (mut lambda, mut reached) = (0.0f64, 0.0f64);
     let mut solution = f64::INFINITY;
     if need <= 0.0 {
@@ -148,15 +158,15 @@ pub(crate) fn project_onto_hyperplane(t: &[f32], w: &[f32], b: f64, norm: Norm, 
             }
             reached = next;
             lambda = breakpoint;
-            slope -= f64::from(w[i]).abs() * direction(w[i]).abs();
+            slope -= rate[i];
         }
     }
     for (i, di) in d.iter_mut().enumerate() {
-        let u = direction(w[i]);
+        let u = direction[i];
         *di = if u == 0.0 {
             0.0
         } else {
-            (u.signum() * (solution * u.abs()).min(room(i))) as f32
+            (u.signum() * (solution * u.abs()).min(room[i])) as f32
         };
     }
 }
