@@ -262,11 +262,7 @@ impl Apgd {
         }
         let targets: Option<Vec<i64>> = match self.objective {
             Objective::Untargeted(_) => None,
-            Objective::Targeted { .. } => {
-                let clean = model.logits(&active.originals(), active.len())?;
-                active.charge(results, 1);
-                Some(clean.rows().map(|row| ranked(row, rank) as i64).collect())
-            }
+            Objective::Targeted { .. } => Some(ranked_targets(model, &active, results, rank)?),
         };
         for j in 0..active.len() {
             let (x, x0, rng) = active.sample(j);
@@ -361,6 +357,26 @@ fn halve(state: &mut State, interval: usize) -> bool {
     halve
 }
 
+/// The target class of each active sample: the class of rank `rank` among
+/// the clean image's logits (2 = the highest-scoring wrong class of a
+/// correctly classified sample). The clean pass counts as one query.
+pub(crate) fn ranked_targets<S>(
+    model: &mut dyn Model,
+    active: &ActiveSet<'_, S>,
+    results: &mut Perturbed,
+    rank: usize,
+) -> Result<Vec<i64>> {
+    let clean = model.logits(&active.originals(), active.len())?;
+    active.charge(results, 1);
+    Ok(clean.rows().map(|row| ranked(row, rank) as i64).collect())
+}
+
+/// How many target classes a targeted attack can try: those asked for,
+/// at most the model's classes less the true one.
+pub(crate) fn target_count(asked: u32, model: &dyn Model) -> u32 {
+    asked.min(model.classes().saturating_sub(1) as u32)
+}
+
 /// The class of rank `rank` among `row`'s scores (1 = the highest), ties
 /// broken as a stable ascending sort does.
 pub(crate) fn ranked(row: &[f32], rank: usize) -> usize {
@@ -424,7 +440,7 @@ impl Attack for Apgd {
             }
             Objective::Targeted { classes } => {
                 // The model's classes, less the true one, bound the targets.
-                let targets = classes.min(model.classes().saturating_sub(1) as u32);
+                let targets = target_count(classes, model);
                 for t in 0..targets {
                     for restart in 0..self.restarts {
                         let stream = t * self.restarts + restart;

@@ -25,7 +25,7 @@
 //! `restarts` (per target, default 1), `targets` (default 9).
 
 use super::active::ActiveSet;
-use super::apgd::{apgd_norm, ranked};
+use super::apgd::{apgd_norm, ranked_targets, target_count};
 use super::apgd_t::DEFAULT_TARGETS;
 use super::registry::{Entry, FieldError};
 use super::rng::{hash_str, SampleRng};
@@ -232,13 +232,9 @@ impl Fab {
         if active.is_empty() {
             return Ok(());
         }
-        let clean = model.logits(&active.originals(), active.len())?;
-        active.charge(results, 1);
-        let states: Vec<State> = clean
-            .rows()
-            .map(|row| State {
-                target: ranked(row, rank) as i64,
-            })
+        let states: Vec<State> = ranked_targets(model, &active, results, rank)?
+            .into_iter()
+            .map(|target| State { target })
             .collect();
         let mut active = active.with_states(states);
         if random_start {
@@ -315,7 +311,7 @@ impl Attack for Fab {
 
     fn run(&self, model: &mut dyn Model, batch: &Batch) -> Result<Perturbed> {
         let mut results = Perturbed::unperturbed(batch);
-        let targets = self.targets.min(model.classes().saturating_sub(1) as u32);
+        let targets = target_count(self.targets, model);
         for t in 0..targets {
             for restart in 0..self.restarts {
                 let stream = t * self.restarts + restart;
