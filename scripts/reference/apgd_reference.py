@@ -36,14 +36,26 @@ MODELS = ["models/fmnist-cnn.onnx", "models/fmnist-cnn-at.onnx"]
 BUDGETS = [("linf", 0.1), ("l2", 1.5)]
 
 
-def load_model(path):
+def load_model(path, device="cpu"):
+    """The ONNX model as a frozen PyTorch module: the Fashion-MNIST CNN of
+    models/ is rebuilt from its weights; any other model (one made by
+    upat-train, say) goes through onnx2torch (PyPI; reference use only, so it
+    is not in the CI venv: `pip install onnx2torch`)."""
     import onnx
     from onnx import numpy_helper
 
+    graph = onnx.load(path).graph
+    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
     model = fmnist_cnn.FmnistCnn()
-    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in onnx.load(path).graph.initializer}
-    model.load_state_dict({k: weights[k] for k in model.state_dict()})
-    model.eval()
+    if set(model.state_dict()) <= set(weights):
+        model.load_state_dict({k: weights[k] for k in model.state_dict()})
+    else:
+        try:
+            import onnx2torch
+        except ImportError:
+            sys.exit(f"{path} is not the Fashion-MNIST CNN: converting it needs onnx2torch (pip install onnx2torch)")
+        model = onnx2torch.convert(path)
+    model.eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -53,8 +65,9 @@ def check_against_ort(model, path, x):
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     ort_logits = session.run(None, {name: x[:256].numpy()})[0]
+    device = next(model.parameters()).device
     with torch.no_grad():
-        ours = model(x[:256]).numpy()
+        ours = model(x[:256].to(device)).cpu().numpy()
     gap = float(np.abs(ort_logits - ours).max())
     assert gap < 1e-4, f"{path}: PyTorch rebuild differs from ONNX Runtime by {gap}"
     return gap

@@ -35,7 +35,7 @@ pub use suite::{builtin_suite, AttackSpec, Fields, Step, Suite, BUILTIN_SUITES};
 use crate::error::{Error, Result};
 
 /// The threat model's norm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Norm {
     Linf,
     L2,
@@ -69,7 +69,7 @@ pub enum Oracle {
 
 /// An attack's settings: the threat model and the report's columns (`norm,
 /// eps, steps, step_size, restarts, loss`). `None` is an empty cell.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Settings {
     pub norm: Norm,
     /// Budget in `[0, 1]` pixel units, in `norm`.

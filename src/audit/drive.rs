@@ -32,6 +32,23 @@ pub struct Judged {
     pub claimed_fooled: bool,
 }
 
+impl Judged {
+    /// The verdict a journaled outcome records for the sample at `index`
+    /// (a resumed cascade continues from it).
+    pub fn replayed(index: usize, outcome: &crate::report::outcome::SampleOutcome) -> Self {
+        Judged {
+            index,
+            prediction: outcome.adv_pred.unwrap_or(outcome.clean_pred),
+            correct: outcome.robust,
+            probability_like: false,
+            finite: true,
+            norm: outcome.norm,
+            queries: outcome.queries,
+            claimed_fooled: !outcome.robust,
+        }
+    }
+}
+
 /// How to run one step over a pool.
 pub struct Drive<'s> {
     /// Names the step in messages and progress.

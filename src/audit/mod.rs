@@ -13,11 +13,13 @@
 pub mod checks;
 pub mod drive;
 pub mod gate;
+pub mod journal;
 pub mod victim;
 
 pub use crate::report::outcome::{summarise, RowMeta, SampleOutcome, Tally};
 pub use checks::Flag;
 pub use gate::{evaluate_gates, Gate, GateFailure};
+pub use journal::{Fingerprint, Journal};
 
 use crate::attack::{Attack, AttackSpec, Guarded, Perturbed, Step, Suite};
 use crate::data::Dataset;
@@ -166,6 +168,18 @@ impl AuditPlan {
     pub fn gates(&self) -> &[Gate] {
         &self.gates
     }
+
+    pub fn models(&self) -> &[PathBuf] {
+        &self.models
+    }
+
+    pub fn sources(&self) -> &[PathBuf] {
+        &self.sources
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
 }
 
 /// What an audit produced.
@@ -196,10 +210,14 @@ impl AuditOutcome {
     }
 }
 
-/// Runs the plan on `data`. `progress` receives one line per step worth telling.
+/// Runs the plan on `data`. With a `journal`, every finished row is
+/// recorded there as it finishes, and the rows an earlier run finished are
+/// replayed instead of run again. `progress` receives one line per step
+/// worth telling.
 pub fn run_audit(
     plan: &AuditPlan,
     data: &Dataset,
+    journal: Option<&mut Journal>,
     progress: &mut dyn Progress,
 ) -> Result<AuditOutcome> {
     if data.is_empty() {
@@ -211,12 +229,17 @@ pub fn run_audit(
     let mut audit = Audit {
         plan,
         data,
+        journal,
         outcomes: Vec::new(),
         metas: Vec::new(),
         flags: Vec::new(),
         warnings: Vec::new(),
     };
-    let transfer_sets = audit.craft_transfer_sets(progress)?;
+    let transfer_sets = if audit.transfer_rows_finished() {
+        Vec::new()
+    } else {
+        audit.craft_transfer_sets(progress)?
+    };
     for path in &plan.models {
         let (model, graph) = prepare(plan, path, data)?;
         let mut victim = Victim::open(
@@ -278,6 +301,7 @@ struct TransferSet {
 struct Audit<'p> {
     plan: &'p AuditPlan,
     data: &'p Dataset,
+    journal: Option<&'p mut Journal>,
     outcomes: Vec<SampleOutcome>,
     metas: Vec<RowMeta>,
     flags: Vec<(String, Flag)>,
@@ -312,6 +336,75 @@ struct Clean {
 }
 
 impl Audit<'_> {
+    /// Whether an earlier run finished every transfer row, so that the
+    /// examples need not be crafted again.
+    fn transfer_rows_finished(&self) -> bool {
+        let Some(journal) = self.journal.as_deref() else {
+            return false;
+        };
+        let transfer_ids = self
+            .plan
+            .attacks
+            .iter()
+            .filter(|a| matches!(a.step, Step::Transfer(_)))
+            .map(|a| a.id.as_str());
+        transfer_ids.into_iter().all(|id| {
+            self.plan.models.iter().all(|model| {
+                self.plan.sources.iter().all(|source| {
+                    journal.has(
+                        &model.display().to_string(),
+                        id,
+                        Some(&source.display().to_string()),
+                    )
+                })
+            })
+        })
+    }
+
+    /// Replays the row an earlier run finished, if the journal has it:
+    /// its outcomes and description join this audit's as they were.
+    fn replay(
+        &mut self,
+        victim: &Victim,
+        clean: &Clean,
+        attack_id: &str,
+        source: Option<&str>,
+        progress: &mut dyn Progress,
+    ) -> Result<Option<Vec<SampleOutcome>>> {
+        let model = victim.model.path.display().to_string();
+        let Some(entry) = self
+            .journal
+            .as_deref_mut()
+            .and_then(|j| j.take(&model, attack_id, source))
+        else {
+            return Ok(None);
+        };
+        let ids: Vec<u64> = clean
+            .judged
+            .iter()
+            .map(|j| self.data.ids[j.index])
+            .collect();
+        let theirs: Vec<u64> = entry.outcomes.iter().map(|o| o.sample).collect();
+        let meta = &entry.meta;
+        if ids != theirs
+            || meta.model_sha256 != victim.model.sha256
+            || meta.backend != victim.backend_name()
+        {
+            return Err(Error::Usage(format!(
+                "--resume: the journal's row `{attack_id}` of {model} was made on other samples, another model file or another backend; \
+                 run without --resume to start over"
+            )));
+        }
+        let robust = entry.outcomes.iter().filter(|o| o.robust).count();
+        progress.line(&format!(
+            "  {attack_id:<24} robust {:.4} (finished by an earlier run)",
+            robust as f64 / ids.len().max(1) as f64
+        ));
+        self.outcomes.extend(entry.outcomes.iter().cloned());
+        self.metas.push(entry.meta);
+        Ok(Some(entry.outcomes))
+    }
+
     /// How to drive a step labelled `label` that runs `attack` (none: clean).
     fn drive_step<'s>(&self, label: &'s str, attack: Option<&dyn Attack>) -> Drive<'s> {
         Drive {
@@ -405,6 +498,10 @@ impl Audit<'_> {
             let attack_started = Instant::now();
             match &spec.step {
                 Step::Clean => self.record_clean(victim, &spec.id, &clean, clean_seconds),
+                Step::Attack(_)
+                    if self
+                        .replay(victim, &clean, &spec.id, None, progress)?
+                        .is_some() => {}
                 Step::Attack(attack) => {
                     let judged = self.run_attack(
                         victim,
@@ -415,7 +512,7 @@ impl Audit<'_> {
                     )?;
                     let seconds = attack_started.elapsed().as_secs_f64();
                     let row = RowOf::spec(spec, None);
-                    let robust = self.record_attack(victim, row, &clean, &judged, seconds);
+                    let robust = self.record_attack(victim, row, &clean, &judged, seconds)?;
                     progress.line(&format!(
                         "  {:<24} robust {robust:.4} ({seconds:.1}s)",
                         spec.id
@@ -425,7 +522,23 @@ impl Audit<'_> {
                     self.cascade(victim, spec, components, &clean, progress)?;
                 }
                 Step::Transfer(craft) => {
-                    for set in transfer_sets.iter().filter(|s| s.attack_id == spec.id) {
+                    for source in &self.plan.sources {
+                        let source = source.display().to_string();
+                        if self
+                            .replay(victim, &clean, &spec.id, Some(&source), progress)?
+                            .is_some()
+                        {
+                            continue;
+                        }
+                        let set = transfer_sets
+                            .iter()
+                            .find(|s| s.attack_id == spec.id && s.source == source)
+                            .ok_or_else(|| {
+                                Error::Internal(format!(
+                                    "no crafted examples of `{}` on {source}",
+                                    spec.id
+                                ))
+                            })?;
                         let eval_started = Instant::now();
                         let step = self.drive_step(&spec.id, Some(craft.as_ref()));
                         let len = self.data.image_len();
@@ -451,7 +564,7 @@ impl Audit<'_> {
                         )?;
                         let seconds = set.seconds + eval_started.elapsed().as_secs_f64();
                         let row = RowOf::spec(spec, Some(&set.source));
-                        let robust = self.record_attack(victim, row, &clean, &judged, seconds);
+                        let robust = self.record_attack(victim, row, &clean, &judged, seconds)?;
                         progress.line(&format!(
                             "  {:<24} robust {robust:.4} (from {})",
                             spec.id, set.source
@@ -677,7 +790,8 @@ impl Audit<'_> {
         clean: &Clean,
         progress: &mut dyn Progress,
     ) -> Result<()> {
-        let started = Instant::now();
+        // The components' seconds, those of an earlier run included.
+        let mut seconds_spent = 0.0;
         // The latest verdict of every clean-correct sample (the fooling one
         // once fooled), and the queries spent on it so far.
         let mut verdicts: HashMap<usize, Judged> = HashMap::new();
@@ -686,6 +800,22 @@ impl Audit<'_> {
         for (kind, attack) in components {
             let component_started = Instant::now();
             let id = format!("{}:{kind}", spec.id);
+            if let Some(outcomes) = self.replay(victim, clean, &id, None, progress)? {
+                // The samples this component attacked (those still robust
+                // before it) take its verdicts; the others keep theirs.
+                let attacked: std::collections::HashSet<usize> = pool.iter().copied().collect();
+                for (o, c) in outcomes.iter().zip(&clean.judged) {
+                    if !attacked.contains(&c.index) {
+                        continue;
+                    }
+                    let verdict = Judged::replayed(c.index, o);
+                    *spent.entry(c.index).or_default() += verdict.queries;
+                    verdicts.insert(c.index, verdict);
+                }
+                pool.retain(|i| verdicts[i].correct);
+                seconds_spent += self.metas.last().map_or(0.0, |m| m.seconds);
+                continue;
+            }
             let judged = self.run_attack(victim, &id, attack.as_ref(), &pool, progress)?;
             let mut this: HashMap<usize, u32> = HashMap::new();
             for j in judged {
@@ -702,20 +832,27 @@ impl Audit<'_> {
                 source: None,
             };
             let seconds = component_started.elapsed().as_secs_f64();
-            let robust = self.record_attack(victim, row, clean, &cumulative, seconds);
+            seconds_spent += seconds;
+            let robust = self.record_attack(victim, row, clean, &cumulative, seconds)?;
             progress.line(&format!(
                 "  {id:<24} robust {robust:.4} ({seconds:.1}s, cumulative)"
             ));
         }
+        if self
+            .replay(victim, clean, &spec.id, None, progress)?
+            .is_some()
+        {
+            return Ok(());
+        }
         let final_verdicts = self.cascade_verdicts(clean, &verdicts, &spent);
-        let seconds = started.elapsed().as_secs_f64();
+        let seconds = seconds_spent;
         let robust = self.record_attack(
             victim,
             RowOf::spec(spec, None),
             clean,
             &final_verdicts,
             seconds,
-        );
+        )?;
         progress.line(&format!(
             "  {:<24} robust {robust:.4} ({seconds:.1}s)",
             spec.id
@@ -743,8 +880,8 @@ impl Audit<'_> {
     }
 
     /// Records the outcomes of an attack step (`judged`: the clean-correct
-    /// samples' verdicts, in dataset order) for every sample; returns the
-    /// robust accuracy, for the progress line.
+    /// samples' verdicts, in dataset order) for every sample, in the journal
+    /// too; returns the robust accuracy, for the progress line.
     fn record_attack(
         &mut self,
         victim: &Victim,
@@ -752,7 +889,7 @@ impl Audit<'_> {
         clean: &Clean,
         judged: &[Judged],
         seconds: f64,
-    ) -> f64 {
+    ) -> Result<f64> {
         let meta = RowMeta {
             settings: row.settings,
             source: row.source.map(str::to_string),
@@ -779,8 +916,12 @@ impl Audit<'_> {
                 queries: verdict.map_or(0, |v| v.queries),
             });
         }
+        if let Some(journal) = self.journal.as_deref() {
+            let first = self.outcomes.len() - clean.judged.len();
+            journal.record(&meta, &self.outcomes[first..])?;
+        }
         self.metas.push(meta);
-        robust as f64 / clean.judged.len().max(1) as f64
+        Ok(robust as f64 / clean.judged.len().max(1) as f64)
     }
 
     /// Warns when an attack's own verdicts differ from the audit's

@@ -7,7 +7,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use upat::attack::{registry, Loss, Suite, BUILTIN_SUITES};
-use upat::audit::{run_audit, AuditPlan, AuditRequest, Gate};
+use upat::audit::{run_audit, AuditPlan, AuditRequest, Fingerprint, Gate, Journal};
 use upat::data::{DataSpec, Split};
 use upat::onnx::{ClassifierGraph, Normalization, OnnxModel};
 use upat::progress::TerminalProgress;
@@ -114,6 +114,10 @@ struct AuditArgs {
     /// Exit 1 when a gradient-masking flag is raised (flags.csv), as for a failed gate.
     #[arg(long)]
     fail_on_flags: bool,
+    /// Continue the audit in --out that a killed run left: the (model, attack)
+    /// rows it finished (journal/) are kept, the rest run. Same arguments required.
+    #[arg(long)]
+    resume: bool,
 }
 
 /// Validated audit arguments.
@@ -124,6 +128,7 @@ struct AuditConfig {
     out: PathBuf,
     per_sample: bool,
     fail_on_flags: bool,
+    resume: bool,
 }
 
 impl TryFrom<AuditArgs> for AuditConfig {
@@ -179,6 +184,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
             out: args.out,
             per_sample: args.per_sample,
             fail_on_flags: args.fail_on_flags,
+            resume: args.resume,
         })
     }
 }
@@ -213,7 +219,21 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
         data.len(),
         data.image_shape
     );
-    let outcome = run_audit(&config.plan, &data, &mut TerminalProgress::new("samples"))?;
+    let fingerprint = Fingerprint::of(&config.plan, &data)?;
+    let mut journal = Journal::start(&config.out, fingerprint, config.resume)?;
+    if config.resume {
+        eprintln!(
+            "resuming the audit in {}: {} row(s) finished earlier",
+            config.out.display(),
+            journal.pending()
+        );
+    }
+    let outcome = run_audit(
+        &config.plan,
+        &data,
+        Some(&mut journal),
+        &mut TerminalProgress::new("samples"),
+    )?;
     let samples = config.per_sample.then_some(outcome.outcomes.as_slice());
     let flags = outcome.flag_rows();
     upat::report::write_reports(
@@ -223,6 +243,7 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
         &flags,
         &outcome.warnings,
     )?;
+    journal.finish()?;
     for warning in &outcome.warnings {
         eprintln!("warning: {warning}");
     }

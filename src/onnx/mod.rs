@@ -107,6 +107,35 @@ pub fn elem_type_name(code: i32) -> String {
         .unwrap_or_else(|_| format!("type#{code}"))
 }
 
+/// Hex SHA-256 of `bytes`: how reports identify a model file.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Hex SHA-256 of a file's bytes, read in pieces (equal to
+/// [`OnnxModel::sha256`] for a model file).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// An ONNX model read from disk, with the hash reports identify it by.
 #[derive(Debug, Clone)]
 pub struct OnnxModel {
@@ -151,10 +180,7 @@ impl OnnxModel {
                  save it as a single file (onnx.save(model, path, save_as_external_data=False))",
             ));
         }
-        let sha256 = Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha256 = sha256_hex(bytes);
         Ok(OnnxModel {
             path: path.to_path_buf(),
             proto,

@@ -39,7 +39,7 @@ pub struct SampleOutcome {
 }
 
 /// The columns of a report row that are not counts: who, what, how, how long.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RowMeta {
     pub model: String,
     pub model_sha256: String,

@@ -10,6 +10,7 @@ mod export;
 mod flags;
 mod grad;
 mod outcomes;
+mod resume;
 #[cfg(feature = "train")]
 mod train;
 mod util;

@@ -7,7 +7,9 @@ use super::{LABELS, TARGETS};
 use crate::error::{Error, Result};
 
 /// The objective an attack maximises: the gradient graph's loss head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum Loss {
     /// Cross-entropy.
     Ce,

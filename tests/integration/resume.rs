@@ -1,0 +1,256 @@
+//! `--resume`: an audit killed mid-way continues from the rows its journal
+//! holds and ends with the outcomes of an uninterrupted run.
+
+use crate::util::{fashion_mnist_dir, read_csv, repo_path, stderr, upat_audit};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A white-box attack.
+const PGD: &str = r#"
+name = "resume"
+[[attack]]
+id = "pgd"
+kind = "pgd"
+norm = "linf"
+eps = 0.1
+steps = 10
+step_size = 0.02
+"#;
+
+/// A white-box attack, AutoAttack's cascade and a transfer attack.
+const MIXED: &str = r#"
+name = "resume"
+[[attack]]
+id = "pgd"
+kind = "pgd"
+norm = "linf"
+eps = 0.1
+steps = 10
+step_size = 0.02
+[[attack]]
+id = "aa"
+kind = "autoattack"
+version = "standard"
+norm = "linf"
+eps = 0.1
+[[attack]]
+id = "transfer"
+kind = "transfer"
+craft = "fgsm"
+eps = 0.1
+"#;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+/// `suite` on the plain Fashion-MNIST CNN (its own transfer source), 40
+/// test images, tract (`None` without the data).
+fn setup(suite: &str) -> Option<Setup> {
+    let fmnist = fashion_mnist_dir()?;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("suite.toml"), suite).unwrap();
+    let plain = repo_path("models/fmnist-cnn.onnx").display().to_string();
+    let args = [
+        plain.as_str(),
+        "--data",
+        &format!("fashion-mnist:{}", fmnist.display()),
+        "--samples",
+        "40",
+        "--backend",
+        "tract",
+        "--suite",
+        "suite.toml",
+        "--batch-size",
+        "16",
+        "--per-sample",
+    ]
+    .map(str::to_string)
+    .to_vec();
+    Some(Setup { dir, args })
+}
+
+impl Setup {
+    fn args_with(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = self.args.clone();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    fn run(&self, extra: &[&str]) -> std::process::Output {
+        let args = self.args_with(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        upat_audit(self.dir.path(), &args)
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+}
+
+/// report.csv without its `seconds` column.
+fn report_without_seconds(out: &Path) -> Vec<Vec<String>> {
+    let (header, mut rows) = read_csv(&out.join("report.csv"));
+    let seconds = header.iter().position(|h| h == "seconds").unwrap();
+    rows.iter_mut().for_each(|r| {
+        r.remove(seconds);
+    });
+    rows
+}
+
+fn entries(out: &Path) -> usize {
+    std::fs::read_dir(out.join("journal")).map_or(0, |d| {
+        d.filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .count()
+    })
+}
+
+fn complete(out: &Path) -> bool {
+    let text = std::fs::read_to_string(out.join("audit.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    json["complete"].as_bool().unwrap()
+}
+
+#[test]
+fn a_killed_audit_resumes_to_the_outcomes_of_an_uninterrupted_one() {
+    let Some(setup) = setup(MIXED) else { return };
+    let source = repo_path("models/fmnist-cnn.onnx").display().to_string();
+    let setup = Setup {
+        args: setup.args_with(&["--source", &source]),
+        ..setup
+    };
+    let whole = setup.run(&["--out", "whole"]);
+    assert!(whole.status.success(), "{}", stderr(&whole));
+    let rows = entries(&setup.path("whole"));
+    // pgd, aa's four components and its final row, transfer.
+    assert_eq!(rows, 7);
+    assert!(complete(&setup.path("whole")));
+
+    // Killed (SIGKILL, nothing to clean up) once it has finished a few rows.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_upat-audit"))
+        .args(setup.args_with(&["--out", "killed"]))
+        .current_dir(setup.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while entries(&setup.path("killed")) < 2 && Instant::now() < deadline {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the audit ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let finished = entries(&setup.path("killed"));
+    assert!((2..rows).contains(&finished), "{finished} rows journaled");
+    assert!(!complete(&setup.path("killed")));
+    assert!(!setup.path("killed/report.csv").exists());
+
+    let resumed = setup.run(&["--out", "killed", "--resume"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stderr(&resumed).contains(&format!("{finished} row(s) finished earlier")),
+        "{}",
+        stderr(&resumed)
+    );
+    assert!(complete(&setup.path("killed")));
+    assert_eq!(
+        report_without_seconds(&setup.path("killed")),
+        report_without_seconds(&setup.path("whole"))
+    );
+    assert_eq!(
+        std::fs::read_to_string(setup.path("killed/samples.csv")).unwrap(),
+        std::fs::read_to_string(setup.path("whole/samples.csv")).unwrap()
+    );
+
+    // Rows removed from the middle of a cascade and a transfer row: the
+    // cascade continues from the components it still has.
+    let partial = setup.path("partial");
+    std::fs::create_dir_all(partial.join("journal")).unwrap();
+    std::fs::copy(setup.path("whole/audit.json"), partial.join("audit.json")).unwrap();
+    for entry in std::fs::read_dir(setup.path("whole/journal")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let id = serde_json::from_str::<serde_json::Value>(&text).unwrap()["meta"]["attack_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if !["aa:fab-t", "aa:square", "aa", "transfer"].contains(&id.as_str()) {
+            std::fs::copy(
+                &path,
+                partial.join("journal").join(path.file_name().unwrap()),
+            )
+            .unwrap();
+        }
+    }
+    let resumed = setup.run(&["--out", "partial", "--resume"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(
+        report_without_seconds(&partial),
+        report_without_seconds(&setup.path("whole"))
+    );
+}
+
+#[test]
+fn resume_refuses_what_it_cannot_continue() {
+    let Some(setup) = setup(PGD) else { return };
+    let nothing = setup.run(&["--out", "empty", "--resume"]);
+    assert_eq!(nothing.status.code(), Some(2), "{}", stderr(&nothing));
+    assert!(
+        stderr(&nothing).contains("no audit to resume"),
+        "{}",
+        stderr(&nothing)
+    );
+
+    let first = setup.run(&["--out", "r", "--seed", "1"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let other_seed = setup.run(&["--out", "r", "--resume", "--seed", "2"]);
+    assert_eq!(other_seed.status.code(), Some(2), "{}", stderr(&other_seed));
+    assert!(
+        stderr(&other_seed).contains("--seed"),
+        "{}",
+        stderr(&other_seed)
+    );
+
+    // A damaged entry is named, not trusted.
+    let journal = setup.path("r/journal");
+    let victim = std::fs::read_dir(&journal)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(&victim, b"{\"meta\": 1}").unwrap();
+    let damaged = setup.run(&["--out", "r", "--resume", "--seed", "1"]);
+    assert_eq!(damaged.status.code(), Some(2), "{}", stderr(&damaged));
+    let name = victim.file_name().unwrap().to_string_lossy().to_string();
+    assert!(stderr(&damaged).contains(&name), "{}", stderr(&damaged));
+
+    // A journal folder planted as a link is not followed.
+    #[cfg(unix)]
+    {
+        let elsewhere = setup.path("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::create_dir(setup.path("linked")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, setup.path("linked/journal")).unwrap();
+        let linked = setup.run(&["--out", "linked"]);
+        assert_eq!(linked.status.code(), Some(2), "{}", stderr(&linked));
+        assert!(
+            stderr(&linked).contains("symbolic link"),
+            "{}",
+            stderr(&linked)
+        );
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    // Without --resume, an earlier journal is cleared and the audit starts over.
+    let again = setup.run(&["--out", "r", "--seed", "2"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(entries(&setup.path("r")), 1);
+}
