@@ -235,21 +235,22 @@ fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Writes an archive of `members`, atomically (see [`crate::atomic`]).
 fn write_members(path: &Path, members: &[(&str, Vec<u8>)]) -> Result<()> {
     use std::io::Write;
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut zip = zip::ZipWriter::new(file);
-    for (name, bytes) in members {
-        zip.start_file(
-            format!("{name}.npy"),
-            zip::write::SimpleFileOptions::default(),
-        )
-        .and_then(|_| zip.write_all(bytes).map_err(Into::into))
-        .map_err(|e| Error::data(path, format!("cannot write member {name}: {e}")))?;
-    }
-    zip.finish()
-        .map_err(|e| Error::data(path, format!("cannot finish the archive: {e}")))?;
-    Ok(())
+    crate::atomic::write_atomic_with(path, |tmp| {
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(tmp)?);
+        for (name, bytes) in members {
+            zip.start_file(
+                format!("{name}.npy"),
+                zip::write::SimpleFileOptions::default(),
+            )
+            .map_err(std::io::Error::other)?;
+            zip.write_all(bytes)?;
+        }
+        zip.finish().map_err(std::io::Error::other)?;
+        Ok(())
+    })
 }
 
 /// Saves a dataset as `.npz` (`x` float32 NCHW, `y` int64), the format
