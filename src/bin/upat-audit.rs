@@ -196,6 +196,10 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
         (BackendChoice::Auto, Ok("tract")) => {
             eprintln!("backend: tract (ONNX Runtime's library was not found; see --backend)")
         }
+        (_, Ok("ort")) => match upat::runtime::ort_library() {
+            Some(library) => eprintln!("backend: ort ({})", library.display()),
+            None => eprintln!("backend: ort"),
+        },
         (_, Ok(name)) => eprintln!("backend: {name}"),
         (_, Err(_)) => {}
     }

@@ -388,6 +388,18 @@ fn ort_available() -> Result<()> {
     ort::ensure_loaded().map(|_| ())
 }
 
+/// The ONNX Runtime library this process loaded, if it loaded one.
+pub fn ort_library() -> Option<std::path::PathBuf> {
+    #[cfg(feature = "ort")]
+    {
+        ort::ensure_loaded().ok().map(std::path::Path::to_path_buf)
+    }
+    #[cfg(not(feature = "ort"))]
+    {
+        None
+    }
+}
+
 #[cfg(not(feature = "ort"))]
 fn ort_available() -> Result<()> {
     Err(Error::Backend {

@@ -1,9 +1,18 @@
 //! The ONNX Runtime backend. The shared library is loaded at run time
 //! (`load-dynamic`), found in this order:
 //! 1. `ORT_DYLIB_PATH`;
-//! 2. the project venv (`.venv` next to the crate's manifest, or in the
-//!    current directory, or `$VIRTUAL_ENV`): `onnxruntime/capi/libonnxruntime.so*`;
-//! 3. the `onnxruntime` package of the active `python3`.
+//! 2. paths fixed when upat was built or installed: the build's venv
+//!    (`.venv` next to the crate's manifest, an absolute path compiled in)
+//!    and the executable's own directory;
+//! 3. the Python environment the user names: `$VIRTUAL_ENV` (an activated
+//!    venv), or the `onnxruntime` package of `$UPAT_PYTHON` or of the
+//!    `python3` on `PATH` (absolute `PATH` entries only), run isolated
+//!    (`-I`: neither the current directory nor `PYTHON*` variables reach
+//!    its import path) from `/`.
+//!
+//! Never the current directory: running upat-audit inside an untrusted
+//! checkout must not load that checkout's code. The library loaded is named
+//! on stderr (`backend: ort (...)`).
 
 use super::{Device, Feed, Fetched, Session};
 use crate::error::{Error, Result};
@@ -55,50 +64,90 @@ fn find_library() -> std::result::Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         let p = PathBuf::from(p);
         return if p.is_file() {
-            Ok(p)
+            Ok(std::fs::canonicalize(&p).unwrap_or(p))
         } else {
             Err(format!("ORT_DYLIB_PATH={} is not a file", p.display()))
         };
     }
-    let mut venvs = vec![
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"),
-        PathBuf::from(".venv"),
-    ];
-    venvs.extend(std::env::var_os("VIRTUAL_ENV").map(PathBuf::from));
-    for venv in venvs {
-        let Ok(lib) = std::fs::read_dir(venv.join("lib")) else {
-            continue;
-        };
-        for python in lib.flatten() {
-            if let Some(found) = library_in(&python.path().join("site-packages/onnxruntime")) {
+    let build_venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv");
+    if let Some(found) = library_in_venv(&build_venv) {
+        return Ok(found);
+    }
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        if let Some(found) = library_in_dir(&dir) {
+            return Ok(found);
+        }
+    }
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV").map(PathBuf::from) {
+        if venv.is_absolute() {
+            if let Some(found) = library_in_venv(&venv) {
                 return Ok(found);
             }
         }
     }
-    let output = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
-        ])
-        .output();
-    if let Ok(out) = output {
-        if out.status.success() {
-            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            if let Some(found) = library_in(&dir) {
-                return Ok(found);
-            }
+    if let Some(python) = named_python() {
+        if let Some(found) = library_of_python(&python) {
+            return Ok(found);
         }
     }
     Err(
         "ONNX Runtime's library was not found: set ORT_DYLIB_PATH to libonnxruntime.so, \
          or run scripts/setup.sh to make the project venv (pip install onnxruntime==1.31.1), \
-         or use --backend tract"
+         or name a Python that has onnxruntime with UPAT_PYTHON, or use --backend tract"
             .into(),
     )
 }
 
+/// `onnxruntime/capi/libonnxruntime.so*` in a venv's site-packages.
+fn library_in_venv(venv: &Path) -> Option<PathBuf> {
+    let lib = std::fs::read_dir(venv.join("lib")).ok()?;
+    lib.flatten()
+        .find_map(|python| library_in(&python.path().join("site-packages/onnxruntime")))
+}
+
+/// `$UPAT_PYTHON`, else `python3` in an absolute directory of `PATH`.
+fn named_python() -> Option<PathBuf> {
+    if let Some(python) = std::env::var_os("UPAT_PYTHON") {
+        return Some(PathBuf::from(python));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join("python3"))
+        .find(|p| p.is_file())
+}
+
+/// The library of `python`'s onnxruntime package, asked in isolated mode
+/// from `/`, so that no file of the current directory is imported.
+fn library_of_python(python: &Path) -> Option<PathBuf> {
+    let out = std::process::Command::new(python)
+        .args([
+            "-I",
+            "-c",
+            "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
+        ])
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if dir.is_absolute() {
+        library_in(&dir)
+    } else {
+        None
+    }
+}
+
 fn library_in(package_dir: &Path) -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = std::fs::read_dir(package_dir.join("capi"))
+    library_in_dir(&package_dir.join("capi"))
+}
+
+/// The newest `libonnxruntime.so*` in `dir`.
+fn library_in_dir(dir: &Path) -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .flatten()
         .map(|e| e.path())
@@ -221,5 +270,37 @@ impl Session for OrtSession {
 
     fn device(&self) -> Device {
         self.device
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// The Python asked for the library runs isolated, from `/`: a
+    /// planted `onnxruntime` package in the current directory is never
+    /// imported.
+    #[test]
+    fn python_is_asked_in_isolated_mode_from_the_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let package = dir.path().join("site/onnxruntime");
+        std::fs::create_dir_all(package.join("capi")).unwrap();
+        std::fs::write(package.join("capi/libonnxruntime.so.1.2.3"), b"").unwrap();
+        let log = dir.path().join("log");
+        let python = dir.path().join("python3");
+        std::fs::write(
+            &python,
+            format!(
+                "#!/bin/sh\necho \"$(pwd) $1\" > {}\necho {}\n",
+                log.display(),
+                package.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let found = library_of_python(&python).unwrap();
+        assert_eq!(found, package.join("capi/libonnxruntime.so.1.2.3"));
+        assert_eq!(std::fs::read_to_string(&log).unwrap().trim(), "/ -I");
     }
 }
