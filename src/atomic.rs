@@ -79,7 +79,11 @@ fn unpredictable() -> u64 {
 }
 
 fn temporary_name(dir: &Path, name: &OsString) -> PathBuf {
-    dir.join(format!("{}{:016x}", temporary_prefix(name), unpredictable()))
+    dir.join(format!(
+        "{}{:016x}",
+        temporary_prefix(name),
+        unpredictable()
+    ))
 }
 
 fn create_exclusive(dir: &Path, name: &OsString) -> std::io::Result<(PathBuf, std::fs::File)> {

@@ -18,6 +18,7 @@
 pub mod atomic;
 pub mod attack;
 pub mod audit;
+pub mod cli;
 pub mod data;
 pub mod error;
 pub mod onnx;

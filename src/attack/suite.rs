@@ -6,6 +6,7 @@
 use super::registry::{self, FieldError};
 use super::{Attack, Loss, Norm, Oracle, Settings};
 use crate::error::{Error, Result};
+use crate::report::WORST_CASE_ID;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -434,6 +435,23 @@ fn parse_attack(entry: &toml::Table, index: usize, err: &ErrFn) -> Result<Attack
         }
     };
     let fail = |field: &str, message: String| err(Some(&id), Some(field), message);
+    // Report rows are named by id: `worst_case` is the row computed from all
+    // the others, `clean` the clean-accuracy row that summary.csv and gates
+    // read, and `<id>:<kind>` a cascade's component rows.
+    let kind_field = entry.get("kind").and_then(toml::Value::as_str);
+    if id == WORST_CASE_ID || (id == "clean" && kind_field != Some("clean")) {
+        return Err(fail(
+            "id",
+            format!("`{id}` is reserved for the report's own `{id}` row; choose another id"),
+        ));
+    }
+    if id.contains(':') {
+        return Err(fail(
+            "id",
+            "contains `:`, which names a cascade's component rows (`aa:apgd-ce`); choose another id"
+                .into(),
+        ));
+    }
     if let Some(key) = entry.keys().find(|k| !ATTACK_FIELDS.contains(&k.as_str())) {
         return Err(fail(
             key,
@@ -477,10 +495,7 @@ fn parse_attack(entry: &toml::Table, index: usize, err: &ErrFn) -> Result<Attack
     let count = |field: &str| -> Result<Option<u32>> {
         match entry.get(field) {
             None => Ok(None),
-            Some(toml::Value::Integer(i)) if *i >= 0 && *i <= i64::from(u32::MAX) => {
-                Ok(Some(*i as u32))
-            }
-            Some(_) => Err(fail(field, "must be a non-negative integer".into())),
+            Some(v) => parse_count(v).map(Some).map_err(|m| fail(field, m)),
         }
     };
     let random_start = match entry.get("random_start") {
@@ -537,7 +552,7 @@ fn parse_attack(entry: &toml::Table, index: usize, err: &ErrFn) -> Result<Attack
     Ok(spec)
 }
 
-/// A number, or a string fraction such as `"8/255"`.
+/// A number, or a string fraction such as `"8/255"`, finite as an `f32`.
 pub fn parse_number(value: &toml::Value) -> std::result::Result<f32, String> {
     let parsed = match value {
         toml::Value::Integer(i) => Some(*i as f64),
@@ -547,9 +562,29 @@ pub fn parse_number(value: &toml::Value) -> std::result::Result<f32, String> {
     };
     match parsed {
         Some(v) if v.is_finite() && (v as f32).is_finite() => Ok(v as f32),
-        _ => Err(format!(
+        Some(v) if v.is_nan() => Err(format!("`{value}` is not a number (NaN)")),
+        Some(_) => Err(format!(
+            "`{value}` is out of range: numbers here are 32-bit floats, at most {:e} in size",
+            f32::MAX
+        )),
+        None => Err(format!(
             "`{value}` is not a number; write 0.03, 8, or a fraction like \"8/255\""
         )),
+    }
+}
+
+/// A count (steps, restarts, queries, targets): a whole number from 0 to
+/// `u32::MAX`.
+pub fn parse_count(value: &toml::Value) -> std::result::Result<u32, String> {
+    let limit = u32::MAX;
+    match value {
+        toml::Value::Integer(i) if (0..=i64::from(limit)).contains(i) => Ok(*i as u32),
+        toml::Value::Integer(i) if *i < 0 => Err(format!("{i} is negative; a count is 0 or more")),
+        toml::Value::Integer(i) => Err(format!("{i} is more than the largest count, {limit}")),
+        toml::Value::Float(f) => Err(format!(
+            "{f} is not a whole number; write a count from 0 to {limit} without a decimal point or exponent"
+        )),
+        other => Err(format!("`{other}` is not a count; write a whole number from 0 to {limit}")),
     }
 }
 
@@ -697,9 +732,28 @@ mod tests {
         );
         let msg = error_of("[[attack]]\nid='a'\nkind='pgd'\neps=1e39\nsteps=2\nstep_size=0.1\n");
         assert!(
-            msg.contains("`eps`") && msg.contains("not a number"),
+            msg.contains("`eps`") && msg.contains("out of range"),
             "{msg}"
         );
+        let msg = error_of("[[attack]]\nid='a'\nkind='pgd'\neps=0.1\nsteps=1e12\nstep_size=0.1\n");
+        assert!(
+            msg.contains("`steps`")
+                && msg.contains("not a whole number")
+                && msg.contains("4294967295"),
+            "{msg}"
+        );
+        let msg = error_of(
+            "[[attack]]\nid='a'\nkind='pgd'\neps=0.1\nsteps=1000000000000\nstep_size=0.1\n",
+        );
+        assert!(msg.contains("largest count, 4294967295"), "{msg}");
+        let msg = error_of("[[attack]]\nid='a'\nkind='pgd'\neps=0.1\nsteps=-3\nstep_size=0.1\n");
+        assert!(msg.contains("negative"), "{msg}");
+        let msg = error_of("[[attack]]\nid='clean'\nkind='fgsm'\neps=0.1\n");
+        assert!(msg.contains("reserved"), "{msg}");
+        let msg = error_of("[[attack]]\nid='worst_case'\nkind='clean'\n");
+        assert!(msg.contains("reserved"), "{msg}");
+        let msg = error_of("[[attack]]\nid='aa:square'\nkind='fgsm'\neps=0.1\n");
+        assert!(msg.contains("`:`"), "{msg}");
         assert!(error_of("name = \n").contains("not valid TOML"));
         assert!(error_of("name='x'\n").contains("at least one"));
         let msg = error_of("[[attack]]\nid='a'\nkind='clean'\nmin_robust_acc=40\n");

@@ -19,7 +19,11 @@ use upat::runtime::{resolve_backend, BackendChoice, Device, RuntimeOptions};
     version,
     about = "Audit ONNX image classifiers against adversarial attacks"
 )]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    allow_negative_numbers = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -78,9 +82,9 @@ struct AuditArgs {
     #[arg(long, value_name = "SPEC")]
     data: Option<String>,
     /// Audit only the first N samples.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = upat::cli::positive)]
     samples: Option<usize>,
-    #[arg(long, value_name = "N", default_value_t = 128)]
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = upat::cli::positive)]
     batch_size: usize,
     /// auto = ONNX Runtime when its library loads, else tract.
     #[arg(long, value_enum, default_value = "auto")]
@@ -97,7 +101,7 @@ struct AuditArgs {
     #[arg(long, value_name = "NAME")]
     output: Option<String>,
     /// Same seed, model and data give an identical report.csv (timings aside).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = upat::cli::seed)]
     seed: u64,
     /// Report directory.
     #[arg(long, value_name = "DIR", default_value = "audit-report")]

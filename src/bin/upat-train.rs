@@ -21,7 +21,8 @@ use upat::train::run::{AttackView, RunConfig};
 #[command(
     name = "upat-train",
     version,
-    about = "Train robust image classifiers with libtorch and export them to ONNX"
+    about = "Train robust image classifiers with libtorch and export them to ONNX",
+    allow_negative_numbers = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,6 +32,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Self-supervised pre-training without labels: UPAT (paper Algorithm 1, Eq. 6) or SimCLR.
+    #[command(allow_negative_numbers = true)]
     Pretrain {
         #[arg(long, value_enum, default_value = "upat")]
         method: PretrainMethod,
@@ -38,6 +40,7 @@ enum Command {
         common: Common,
     },
     /// Train a linear head on a frozen pre-trained encoder, plainly or adversarially.
+    #[command(allow_negative_numbers = true)]
     Finetune {
         /// The pre-training run directory.
         #[arg(long)]
@@ -51,6 +54,7 @@ enum Command {
     },
     /// Supervised baselines: cross-entropy, PGD adversarial training (Madry et al.),
     /// TRADES (β = 6) or adversarial logit pairing.
+    #[command(allow_negative_numbers = true)]
     Supervised {
         #[arg(long, value_enum, default_value = "at")]
         method: SupervisedMethod,
@@ -79,27 +83,27 @@ struct Common {
     #[arg(long, value_parser = ["resnet18"], default_value = "resnet18")]
     arch: String,
     /// Channel width of ResNet-18 (64 is the paper's).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = positive_i64)]
     width: i64,
-    #[arg(long)]
+    #[arg(long, value_parser = upat::cli::positive)]
     epochs: Option<usize>,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = upat::cli::positive)]
     batch_size: usize,
-    #[arg(long)]
+    #[arg(long, value_parser = upat::cli::positive_number)]
     lr: Option<f64>,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = upat::cli::non_negative)]
     momentum: f64,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = upat::cli::non_negative)]
     weight_decay: f64,
     #[arg(long, default_value = "auto")]
     device: String,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = upat::cli::seed)]
     seed: u64,
     /// Use the first N samples of the train split.
-    #[arg(long)]
+    #[arg(long, value_parser = upat::cli::positive)]
     samples: Option<usize>,
     /// Samples at the end of the (truncated) split held out for the per-epoch metrics.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = upat::cli::whole)]
     holdout: usize,
     /// Continue the run in --out from its last complete epoch.
     #[arg(long)]
@@ -111,18 +115,24 @@ struct Common {
     #[arg(long)]
     alpha: Option<String>,
     /// Attack steps K (pre-training default 5, adversarial training 10).
-    #[arg(long)]
+    #[arg(long, value_parser = positive_i64)]
     steps: Option<i64>,
     /// Weight λ of the second UPAT term (Eq. 6).
     #[arg(long, default_value = "1/256")]
     lambda: String,
     /// NT-Xent temperature τ.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = upat::cli::positive_number)]
     tau: f64,
     #[arg(long, value_enum, default_value = "t'")]
     attack_view: AttackView,
     #[arg(long, value_enum, default_value = "contrastive")]
     attack_loss: AttackLoss,
+}
+
+/// A whole number ≥ 1 as libtorch's i64.
+fn positive_i64(text: &str) -> Result<i64, String> {
+    let n = upat::cli::positive(text)?;
+    i64::try_from(n).map_err(|_| format!("{text} is more than the largest accepted, {}", i64::MAX))
 }
 
 fn number(flag: &str, text: &str) -> upat::Result<f64> {

@@ -73,7 +73,10 @@ fn find_library() -> std::result::Result<PathBuf, String> {
     if let Some(found) = library_in_venv(&build_venv) {
         return Ok(found);
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         if let Some(found) = library_in_dir(&dir) {
             return Ok(found);
         }

@@ -268,6 +268,27 @@ fn bad_options_and_suites_are_clear_errors() {
     assert!(err.contains("cuda"), "{err}");
     let err = audit_error(&[&model, "--data", &data, "--samples", "0"]);
     assert!(err.contains("--samples"), "{err}");
+    // Negative numbers reach the flag's own parser, and its message.
+    let err = audit_error(&[&model, "--data", &data, "--samples", "-5"]);
+    assert!(
+        err.contains("--samples") && err.contains("negative"),
+        "{err}"
+    );
+    let err = audit_error(&[&model, "--data", &data, "--batch-size", "-1"]);
+    assert!(
+        err.contains("--batch-size") && err.contains("negative"),
+        "{err}"
+    );
+    let err = audit_error(&[&model, "--data", &data, "--seed", "-1"]);
+    assert!(err.contains("--seed") && err.contains("negative"), "{err}");
+    // An attack id that would impersonate the report's own rows.
+    std::fs::write(
+        &suite,
+        "[[attack]]\nid = 'clean'\nkind = 'fgsm'\neps = 0.1\n",
+    )
+    .unwrap();
+    let err = audit_error(&[&model, "--data", &data, "--suite", &arg(&suite)]);
+    assert!(err.contains("reserved"), "{err}");
 }
 
 #[test]
