@@ -21,6 +21,7 @@ pub mod audit;
 pub mod cli;
 pub mod data;
 pub mod error;
+pub mod limits;
 pub mod onnx;
 pub mod progress;
 pub mod report;

@@ -85,7 +85,8 @@ pub fn load_cifar(dir: &Path, variant: CifarVariant, split: Split) -> Result<Dat
     let mut last_path = PathBuf::new();
     for file in &files {
         let path = base.join(file);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bytes = crate::limits::read_regular(&path)?;
+        crate::limits::check_elements(&path, "images as 32-bit floats", Some(bytes.len()), 4)?;
         if bytes.is_empty() || bytes.len() % record_len != 0 {
             return Err(Error::data(
                 &path,

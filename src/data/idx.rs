@@ -1,7 +1,8 @@
 //! IDX files (LeCun's MNIST format, also Fashion-MNIST), raw or gzipped.
 
-use super::{read_maybe_gz, Dataset, Split};
+use super::{Dataset, Split};
 use crate::error::{Error, Result};
+use crate::limits::{self, DeclaredRead};
 use std::path::{Path, PathBuf};
 
 /// The element type code for unsigned bytes, the only one image datasets use.
@@ -13,46 +14,77 @@ struct IdxArray {
     bytes: Vec<u8>,
 }
 
-fn parse_idx(path: &Path, buf: Vec<u8>) -> Result<IdxArray> {
-    if buf.len() < 4 || buf[0] != 0 || buf[1] != 0 {
+/// Reads an IDX file, gunzipping it when its name ends in `.gz`: the header
+/// first, then exactly the bytes its dimensions declare (checked against the
+/// memory ceiling before they are allocated or inflated).
+fn parse_idx(path: &Path) -> Result<IdxArray> {
+    use std::io::Read;
+    let (file, _) = limits::open_regular(path)?;
+    let mut reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))
+    } else {
+        Box::new(std::io::BufReader::new(file))
+    };
+    let unreadable = |e: std::io::Error| {
+        Error::data(
+            path,
+            format!("cannot be read as IDX ({e}); the file is truncated or not gzip"),
+        )
+    };
+    let mut magic = [0u8; 4];
+    let got = crate::limits::read_up_to(&mut reader, &mut magic).map_err(unreadable)?;
+    if got < 4 || magic[0] != 0 || magic[1] != 0 {
         return Err(Error::data(
             path,
             "not an IDX file (it must start with two zero bytes)",
         ));
     }
-    if buf[2] != IDX_UBYTE {
+    if magic[2] != IDX_UBYTE {
         return Err(Error::data(
             path,
             format!(
                 "IDX element type 0x{:02x} is not supported (expected 0x08, ubyte)",
-                buf[2]
+                magic[2]
             ),
         ));
     }
-    let ndim = buf[3] as usize;
-    let header_len = 4 + 4 * ndim;
-    if buf.len() < header_len {
+    let ndim = magic[3] as usize;
+    let mut header = vec![0u8; 4 * ndim];
+    let got = crate::limits::read_up_to(&mut reader, &mut header).map_err(unreadable)?;
+    if got < header.len() {
         return Err(Error::data(
             path,
             format!(
-                "truncated IDX header: {} bytes, expected at least {header_len}",
-                buf.len()
+                "truncated IDX header: {} bytes, expected {}",
+                4 + got,
+                4 + header.len()
             ),
         ));
     }
-    let dims: Vec<usize> = (0..ndim)
-        .map(|d| u32::from_be_bytes(buf[4 + 4 * d..8 + 4 * d].try_into().unwrap()) as usize)
+    let dims: Vec<usize> = header
+        .chunks_exact(4)
+        .map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize)
         .collect();
-    let expected = header_len + dims.iter().product::<usize>();
-    if buf.len() != expected {
-        return Err(Error::data(
+    let len = limits::check_elements(
+        path,
+        &format!("IDX data of dims {dims:?}"),
+        limits::product(&dims),
+        1,
+    )?;
+    match limits::read_declared(&mut reader, len).map_err(unreadable)? {
+        DeclaredRead::Exact(bytes) => Ok(IdxArray { dims, bytes }),
+        DeclaredRead::Short(bytes) => Err(Error::data(
             path,
-            format!("IDX file of dims {dims:?} should be {expected} bytes (after gunzip), found {}; the file is truncated or corrupt", buf.len()),
-        ));
+            format!(
+                "IDX file of dims {dims:?} should hold {len} bytes of data (after gunzip), found {}; the file is truncated",
+                bytes.len()
+            ),
+        )),
+        DeclaredRead::Longer => Err(Error::data(
+            path,
+            format!("IDX file of dims {dims:?} holds more than the {len} bytes of data they declare; the file is corrupt"),
+        )),
     }
-    let mut bytes = buf;
-    bytes.drain(..header_len);
-    Ok(IdxArray { dims, bytes })
 }
 
 /// Loads an images file (`[N, H, W]` or `[N, C, H, W]`) and its labels file.
@@ -62,8 +94,9 @@ pub fn load_idx_pair(
     name: &str,
     num_classes: usize,
 ) -> Result<Dataset> {
-    let img = parse_idx(images, read_maybe_gz(images)?)?;
-    let lab = parse_idx(labels, read_maybe_gz(labels)?)?;
+    let img = parse_idx(images)?;
+    let lab = parse_idx(labels)?;
+    limits::check_elements(images, "images as 32-bit floats", Some(img.bytes.len()), 4)?;
     let image_shape = match img.dims[..] {
         [_, h, w] => [1, h, w],
         [_, c, h, w] => [c, h, w],
@@ -180,7 +213,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("train-images-idx3-ubyte"), "{msg}");
-        assert!(msg.contains("should be 24 bytes"), "{msg}");
+        assert!(msg.contains("should hold 8 bytes"), "{msg}");
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn declared_sizes_are_checked_before_anything_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // 2^32-1 cubed: overflows, and would be far above the ceiling anyway.
+        let huge = idx_bytes(&[u32::MAX, u32::MAX, u32::MAX], &[]);
+        let path = dir.path().join("huge-idx3-ubyte");
+        std::fs::write(&path, &huge).unwrap();
+        let msg = parse_idx(&path).err().unwrap().to_string();
+        assert!(msg.contains("memory ceiling"), "{msg}");
+        // A gzip stream that inflates far past what its header declares
+        // (1000× here) is refused once it passes the declared size.
+        let mut bomb = idx_bytes(&[2, 2, 2], &[0; 8]);
+        bomb.extend(std::iter::repeat_n(0u8, 4 << 20));
+        let path = dir.path().join("bomb-idx3-ubyte.gz");
+        let compressed = gzip(&bomb);
+        assert!(compressed.len() * 100 < bomb.len());
+        std::fs::write(&path, compressed).unwrap();
+        let msg = parse_idx(&path).err().unwrap().to_string();
+        assert!(msg.contains("more than the 8 bytes"), "{msg}");
+        // A header cut short, inside a gzip stream too.
+        let path = dir.path().join("short-idx3-ubyte.gz");
+        std::fs::write(&path, gzip(&[0, 0, 8, 3, 0, 0])).unwrap();
+        let msg = parse_idx(&path).err().unwrap().to_string();
+        assert!(msg.contains("truncated IDX header"), "{msg}");
     }
 
     #[test]

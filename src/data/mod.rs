@@ -218,26 +218,6 @@ impl DataSpec {
     }
 }
 
-/// Reads a whole file, gunzipping it when its name ends in `.gz`.
-pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if path.extension().is_some_and(|e| e == "gz") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                Error::data(
-                    path,
-                    format!("not a valid gzip file ({e}); the download may be truncated"),
-                )
-            })?;
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

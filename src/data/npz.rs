@@ -6,6 +6,7 @@
 
 use super::Dataset;
 use crate::error::{Error, Result};
+use crate::limits::DeclaredRead;
 use std::io::Read;
 use std::path::Path;
 
@@ -16,24 +17,43 @@ struct NpyArray {
     data: Vec<u8>,
 }
 
-/// Parses the `.npy` header and checks the payload length.
-fn parse_npy(origin: &Path, member: &str, bytes: &[u8]) -> Result<NpyArray> {
+/// The longest `.npy` header accepted (numpy writes under 1 KiB).
+const MAX_NPY_HEADER: usize = 1 << 20;
+
+/// Reads an `.npy` array from `reader`: the header, then exactly the bytes
+/// its shape and dtype declare (checked against the memory ceiling first),
+/// then the end of the member — a member that inflates past what its header
+/// promised is refused there, not read in full.
+fn parse_npy(origin: &Path, member: &str, reader: &mut impl Read) -> Result<NpyArray> {
     let bad = |msg: String| Error::data(origin, format!("member {member}: {msg}"));
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+    let unreadable =
+        |e: std::io::Error| bad(format!("cannot be read ({e}); the archive is corrupt"));
+    let mut preamble = [0u8; 10];
+    let got = crate::limits::read_up_to(reader, &mut preamble).map_err(unreadable)?;
+    if got < 10 || &preamble[..6] != b"\x93NUMPY" {
         return Err(bad("not an .npy array (bad magic)".into()));
     }
-    let (header_len, header_start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
-            12,
-        ),
+    let header_len = match preamble[6] {
+        1 => usize::from(u16::from_le_bytes([preamble[8], preamble[9]])),
+        2 | 3 => {
+            let mut rest = [0u8; 2];
+            if crate::limits::read_up_to(reader, &mut rest).map_err(unreadable)? < 2 {
+                return Err(bad("truncated .npy header".into()));
+            }
+            u32::from_le_bytes([preamble[8], preamble[9], rest[0], rest[1]]) as usize
+        }
         v => return Err(bad(format!("unsupported .npy version {v}"))),
     };
-    let header = bytes
-        .get(header_start..header_start + header_len)
-        .ok_or_else(|| bad("truncated .npy header".into()))?;
-    let header = std::str::from_utf8(header).map_err(|_| bad("header is not text".into()))?;
+    if header_len > MAX_NPY_HEADER {
+        return Err(bad(format!(
+            "declares a {header_len}-byte header; numpy writes them under 1 KiB: the file is corrupt"
+        )));
+    }
+    let mut header = vec![0u8; header_len];
+    if crate::limits::read_up_to(reader, &mut header).map_err(unreadable)? < header_len {
+        return Err(bad("truncated .npy header".into()));
+    }
+    let header = std::str::from_utf8(&header).map_err(|_| bad("header is not text".into()))?;
     let descr = header_value(header, "descr")
         .and_then(quoted)
         .ok_or_else(|| bad("header has no descr".into()))?;
@@ -57,16 +77,28 @@ fn parse_npy(origin: &Path, member: &str, bytes: &[u8]) -> Result<NpyArray> {
                 .map_err(|_| bad(format!("bad shape {shape_text}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let data = bytes[header_start + header_len..].to_vec();
-    let item = element_size(&descr).ok_or_else(|| bad(format!("unsupported dtype {descr}")))?;
-    let expected = shape.iter().product::<usize>() * item;
-    if data.len() != expected {
-        return Err(bad(format!(
-            "shape {shape:?} of {descr} needs {expected} bytes, found {}; the file is truncated",
+    let item = element_size(&descr).ok_or_else(|| {
+        bad(format!(
+            "unsupported dtype `{}`; save x as float32 or uint8 and y as an integer type",
+            descr.escape_debug()
+        ))
+    })?;
+    let len = crate::limits::check_elements(
+        origin,
+        &format!("{member} of shape {shape:?} and dtype {descr}"),
+        crate::limits::product(&shape),
+        item,
+    )? * item;
+    match crate::limits::read_declared(reader, len).map_err(unreadable)? {
+        DeclaredRead::Exact(data) => Ok(NpyArray { descr, shape, data }),
+        DeclaredRead::Short(data) => Err(bad(format!(
+            "shape {shape:?} of {descr} needs {len} bytes, found {}; the file is truncated",
             data.len()
-        )));
+        ))),
+        DeclaredRead::Longer => Err(bad(format!(
+            "holds more than the {len} bytes its shape {shape:?} of {descr} declares; the file is corrupt"
+        ))),
     }
-    Ok(NpyArray { descr, shape, data })
 }
 
 /// The text after `'key':` in a numpy header dict, up to the end of the dict.
@@ -84,6 +116,9 @@ fn quoted(text: &str) -> Option<String> {
 }
 
 fn element_size(descr: &str) -> Option<usize> {
+    if !descr.is_ascii() || descr.len() < 2 {
+        return None;
+    }
     let (order, kind) = descr.split_at(1);
     if !matches!(order, "<" | "|" | "=") {
         return None; // big-endian data is rare enough to refuse clearly
@@ -129,19 +164,12 @@ fn read_member(
             format!("no array `{name}` in this .npz (it needs `x` images and `y` labels)"),
         )
     })?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(|e| {
-        Error::data(
-            path,
-            format!("member {member} cannot be read ({e}); the archive is corrupt"),
-        )
-    })?;
-    parse_npy(path, &member, &bytes)
+    parse_npy(path, &member, &mut file)
 }
 
 /// Reads one float array of an `.npz` archive: its shape and values as `f32`.
 pub fn read_npz_f32(path: &Path, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let (file, _) = crate::limits::open_regular(path)?;
     let mut archive = zip::ZipArchive::new(file)
         .map_err(|e| Error::data(path, format!("not a readable .npz (zip) archive: {e}")))?;
     let array = read_member(path, &mut archive, name)?;
@@ -151,7 +179,7 @@ pub fn read_npz_f32(path: &Path, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
 
 /// Loads `x` and `y` from an `.npz` archive.
 pub fn load_npz(path: &Path) -> Result<Dataset> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let (file, _) = crate::limits::open_regular(path)?;
     let mut archive = zip::ZipArchive::new(file)
         .map_err(|e| Error::data(path, format!("not a readable .npz (zip) archive: {e}")))?;
     let x = read_member(path, &mut archive, "x")?;
@@ -172,6 +200,15 @@ pub fn load_npz(path: &Path) -> Result<Dataset> {
             ),
         ));
     }
+    crate::limits::check_elements(
+        path,
+        &format!(
+            "`x` of shape {:?}, as 64-bit values while converting,",
+            x.shape
+        ),
+        crate::limits::product(&x.shape),
+        8,
+    )?;
     let values = as_f64s(&x);
     let is_uint8 = x.descr.ends_with("u1");
     let (image_shape, pixels): ([usize; 3], Vec<f32>) = match (&x.shape[..], is_uint8) {
@@ -337,6 +374,39 @@ pub(crate) mod tests {
         let ds = load_npz(&path).unwrap();
         assert_eq!(ds.pixels, vec![0.25, 0.5]);
         assert_eq!(ds.labels, vec![0, 1]);
+    }
+
+    #[test]
+    fn hostile_headers_are_errors_not_panics_or_allocations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.npz");
+        let y = || ("y", npy_bytes("|u1", &[1], &[0]));
+        let message = |x: Vec<u8>| {
+            write_npz(&path, &[("x", x), y()]);
+            load_npz(&path).unwrap_err().to_string()
+        };
+        for descr in ["", "<", "é", "<é4", "\u{1F600}"] {
+            let msg = message(npy_bytes(descr, &[1, 1, 1], &[0; 4]));
+            assert!(msg.contains("unsupported dtype"), "{descr:?}: {msg}");
+        }
+        // Shapes whose byte counts overflow or pass the ceiling.
+        let msg = message(npy_bytes("<f8", &[usize::MAX / 2, 4, 4], &[]));
+        assert!(msg.contains("memory ceiling"), "{msg}");
+        let msg = message(npy_bytes("<f4", &[1 << 40, 28, 28], &[]));
+        assert!(msg.contains("memory ceiling"), "{msg}");
+        // A member that inflates far past what its header declares: one
+        // image declared, 8 MiB of zeros behind it (compressed to kilobytes).
+        let mut bomb = npy_bytes("|u1", &[1, 1, 1], &[0]);
+        bomb.extend(std::iter::repeat_n(0u8, 8 << 20));
+        let msg = message(bomb);
+        assert!(msg.contains("holds more than the 1 bytes"), "{msg}");
+        assert!(std::fs::metadata(&path).unwrap().len() < 100_000);
+        // A header length past its member.
+        let mut cut = npy_bytes("|u1", &[1, 1, 1], &[0]);
+        cut[8] = 0xff;
+        cut[9] = 0x7f;
+        let msg = message(cut);
+        assert!(msg.contains("truncated .npy header"), "{msg}");
     }
 
     #[test]

@@ -148,7 +148,7 @@ pub struct OnnxModel {
 impl OnnxModel {
     /// Reads and decodes a model file, checking it has a graph with inputs and outputs.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::limits::read_regular(path)?;
         Self::from_bytes(path, &bytes)
     }
 
