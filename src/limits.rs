@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn declared_reads_stop_at_the_declared_size() {
-        let data = vec![7u8; 100];
+        let data = [7u8; 100];
         assert!(
             matches!(read_declared(&mut &data[..], 100).unwrap(), DeclaredRead::Exact(b) if b.len() == 100)
         );
