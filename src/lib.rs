@@ -19,6 +19,7 @@ pub mod atomic;
 pub mod attack;
 pub mod audit;
 pub mod cli;
+pub mod contain;
 pub mod data;
 pub mod error;
 pub mod limits;

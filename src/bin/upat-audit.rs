@@ -340,10 +340,14 @@ fn inspect(model_path: PathBuf, input: Option<String>, output: Option<String>) -
                 }
             };
             println!("differentiable: {verdict}");
+            Ok(ExitCode::SUCCESS)
         }
-        Err(e) => println!("classifier contract: not met: {e}"),
+        // The description stands; the model cannot be audited: exit 2.
+        Err(e) => {
+            println!("classifier contract: not met: {e}");
+            Ok(ExitCode::from(2))
+        }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `C,H,W` from the flag, else from the model's declared input.

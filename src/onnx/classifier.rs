@@ -105,6 +105,42 @@ fn pick<'a>(
     }
 }
 
+impl InputLayout {
+    /// The declared input sizes must fit the memory ceiling before anything
+    /// is built from them: one image at most 1/64 of it (room for a batch
+    /// and a network's activations), a fixed batch of images all of it.
+    fn check_declared_sizes(&self, model: &OnnxModel) -> Result<()> {
+        let ceiling = crate::limits::max_bytes()?;
+        let known: Vec<usize> = self.chw.iter().map(|d| d.unwrap_or(1)).collect();
+        let image_bytes = crate::limits::product(&known).and_then(|n| n.checked_mul(4));
+        let too_large = |what: String, limit: u64| {
+            Error::model(
+                &model.path,
+                format!(
+                    "declares {what}, more than upat works with under its memory ceiling ({} for this; \
+                     UPAT_MAX_MEMORY raises it): is the input shape right?",
+                    crate::limits::human(limit as usize)
+                ),
+            )
+        };
+        let describe = |d: Option<usize>| d.map_or("?".to_string(), |v| v.to_string());
+        let chw = self.chw.map(describe).join("x");
+        if image_bytes.is_none_or(|b| b as u64 > ceiling / 64) {
+            return Err(too_large(format!("images of {chw}"), ceiling / 64));
+        }
+        if let Some(batch) = self.fixed_batch {
+            let batch_bytes = image_bytes.and_then(|b| b.checked_mul(batch));
+            if batch_bytes.is_none_or(|b| b as u64 > ceiling) {
+                return Err(too_large(
+                    format!("a fixed batch of {batch} images of {chw}"),
+                    ceiling,
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn fixed(d: &Dim) -> Option<usize> {
     match d {
         Dim::Fixed(v) if *v > 0 => Some(*v as usize),
@@ -186,6 +222,7 @@ impl ClassifierGraph {
             fixed_batch: fixed(&dims[0]),
             chw: [fixed(&dims[1]), fixed(&dims[2]), fixed(&dims[3])],
         };
+        layout.check_declared_sizes(model)?;
         let mut proto = model.proto.clone();
         let graph = proto.graph.as_mut().expect("OnnxModel has a graph");
         let weights: std::collections::HashSet<String> =

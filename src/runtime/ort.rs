@@ -23,8 +23,45 @@ use std::sync::OnceLock;
 fn ort_error(message: impl Into<String>) -> Error {
     Error::Backend {
         backend: "ort",
-        message: message.into(),
+        message: without_source_locations(&message.into()),
     }
+}
+
+/// ONNX Runtime's messages carry the C++ source location and function
+/// signature they were raised in (`/onnxruntime_src/...cc:256 void*
+/// onnxruntime::X::Y(size_t, ...) Failed to ...`): what the user needs is
+/// the sentence after them.
+fn without_source_locations(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("/onnxruntime_src/") {
+        out.push_str(&rest[..at]);
+        let location = &rest[at..];
+        // The location runs to the end of the first `)` that closes the
+        // signature's parameter list, after `file:line`.
+        let Some(open) = location.find('(') else {
+            rest = "";
+            break;
+        };
+        let mut depth = 0usize;
+        let mut end = location.len();
+        for (i, c) in location[open..].char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = open + i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = location[end..].trim_start_matches([' ', ']']);
+    }
+    out.push_str(rest);
+    out.trim().to_string()
 }
 
 /// The process-wide ONNX Runtime environment, or why it could not be made.
@@ -176,7 +213,11 @@ impl OrtSession {
     /// or this fails (never a silent CPU fallback).
     pub fn new(proto: &pb::ModelProto, device: Device) -> Result<Self> {
         let env = environment()?;
+        // Errors come back to us as values; ONNX Runtime's own logger would
+        // print them a second time, in colour, with C++ locations.
         let mut builder = ort::session::Session::builder(env)
+            .map_err(|e| ort_error(format!("session builder: {e}")))?
+            .with_log_level(ort::logging::LogLevel::Fatal)
             .map_err(|e| ort_error(format!("session builder: {e}")))?;
         if device == Device::Cuda {
             builder = with_cuda(builder)?;
@@ -279,6 +320,24 @@ impl Session for OrtSession {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_locations_are_cut_from_messages() {
+        let raw = "inference failed: Non-zero status code returned while running ConstantOfShape node. Name:'' Status Message: \
+                   /onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:360 void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*) \
+                   Failed to allocate memory for requested buffer of size 14400000000";
+        let clean = without_source_locations(raw);
+        assert!(
+            !clean.contains("onnxruntime_src") && !clean.contains("BFCArena"),
+            "{clean}"
+        );
+        assert!(clean.ends_with("Status Message: Failed to allocate memory for requested buffer of size 14400000000"), "{clean}");
+        let load = "cannot load the model: /onnxruntime_src/onnxruntime/core/graph/model.cc:256 onnxruntime::Model::Model(onnx::ModelProto&&, const onnxruntime::PathString&, const onnxruntime::IOnnxRuntimeOpSchemaRegistryList*, const onnxruntime::logging::Logger&, const onnxruntime::ModelOptions&) Unsupported model IR version: 14, max supported IR version: 13";
+        assert_eq!(
+            without_source_locations(load),
+            "cannot load the model: Unsupported model IR version: 14, max supported IR version: 13"
+        );
+    }
 
     /// The Python asked for the library runs isolated, from `/`: a
     /// planted `onnxruntime` package in the current directory is never

@@ -26,9 +26,12 @@ impl TractSession {
     /// Parses the graph now, so that a model tract cannot read fails early;
     /// plans are optimised on first use of each input shape.
     pub fn new(proto: &pb::ModelProto) -> Result<Self> {
-        onnx()
-            .model_for_proto_model(proto)
-            .map_err(|e| tract_error("cannot load the model (an op or attribute tract does not support?); try --backend ort", e))?;
+        crate::contain::contained("tract", "cannot load the model", || {
+            onnx()
+                .model_for_proto_model(proto)
+                .map(|_| ())
+                .map_err(|e| tract_error("cannot load the model (an op or attribute tract does not support?); try --backend ort", e))
+        })?;
         Ok(TractSession {
             proto: proto.clone(),
             plans: HashMap::new(),
@@ -71,6 +74,22 @@ fn onnx() -> tract_onnx::Onnx {
 
 impl Session for TractSession {
     fn run(&mut self, feeds: &[Feed]) -> Result<Vec<Fetched>> {
+        crate::contain::contained("tract", "cannot run the model", || {
+            self.run_uncontained(feeds)
+        })
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "tract"
+    }
+
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+}
+
+impl TractSession {
+    fn run_uncontained(&mut self, feeds: &[Feed]) -> Result<Vec<Fetched>> {
         let plan = self.plan(feeds)?;
         let inputs = feeds
             .iter()
@@ -99,13 +118,5 @@ impl Session for TractSession {
                 })
             })
             .collect()
-    }
-
-    fn backend_name(&self) -> &'static str {
-        "tract"
-    }
-
-    fn device(&self) -> Device {
-        Device::Cpu
     }
 }

@@ -484,6 +484,7 @@ fn inspect_describes_the_model_and_the_contract() {
         "{}",
         stdout(&out)
     );
+    assert_eq!(out.status.code(), Some(2));
     let garbage = dir.path().join("g.onnx");
     std::fs::write(&garbage, b"garbage").unwrap();
     let out = upat_audit(dir.path(), &["inspect", &arg(&garbage)]);

@@ -9,6 +9,7 @@ mod cli;
 mod export;
 mod flags;
 mod grad;
+mod hostile;
 mod outcomes;
 mod resume;
 #[cfg(feature = "train")]

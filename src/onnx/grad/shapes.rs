@@ -136,6 +136,16 @@ fn analysis_error(e: impl std::fmt::Display) -> Error {
 fn concrete_shapes(
     proto: &pb::ModelProto,
     batch: usize,
+    shape: [usize; 3],
+) -> Result<HashMap<String, Analysed>> {
+    crate::contain::contained("tract", "shape analysis for the gradient graph", || {
+        concrete_shapes_uncontained(proto, batch, shape)
+    })
+}
+
+fn concrete_shapes_uncontained(
+    proto: &pb::ModelProto,
+    batch: usize,
     [c, h, w]: [usize; 3],
 ) -> Result<HashMap<String, Analysed>> {
     let onnx = tract_onnx::onnx()
@@ -166,6 +176,17 @@ fn concrete_shapes(
 
 /// Runs `proto` on zeros of batch `batch` with `names` as its outputs.
 fn run_to(
+    proto: &pb::ModelProto,
+    names: &[String],
+    batch: usize,
+    shape: [usize; 3],
+) -> Result<Vec<Vec<i64>>> {
+    crate::contain::contained("tract", "shape analysis for the gradient graph", || {
+        run_to_uncontained(proto, names, batch, shape)
+    })
+}
+
+fn run_to_uncontained(
     proto: &pb::ModelProto,
     names: &[String],
     batch: usize,
