@@ -82,9 +82,9 @@ struct Common {
     out: PathBuf,
     #[arg(long, value_parser = ["resnet18"], default_value = "resnet18")]
     arch: String,
-    /// Channel width of ResNet-18 (64 is the paper's).
-    #[arg(long, default_value_t = 64, value_parser = positive_i64)]
-    width: i64,
+    /// Channel width of ResNet-18 (default 64, the paper's; finetune takes the encoder run's).
+    #[arg(long, value_parser = positive_i64)]
+    width: Option<i64>,
     #[arg(long, value_parser = upat::cli::positive)]
     epochs: Option<usize>,
     #[arg(long, default_value_t = 256, value_parser = upat::cli::positive)]
@@ -165,7 +165,7 @@ fn config(
         method,
         data: common.data.clone(),
         arch: common.arch.clone(),
-        width: common.width,
+        width: network_width(common.width, encoder.as_deref())?,
         epochs: common.epochs.unwrap_or(epochs),
         batch_size: common.batch_size,
         lr: common.lr.unwrap_or(lr),
@@ -200,48 +200,29 @@ fn config(
     Ok(config)
 }
 
+/// The ResNet width: a fine-tuning run's is its encoder run's (repeating it
+/// with --width is allowed, contradicting it is an error); otherwise
+/// --width, 64 by default.
+fn network_width(flag: Option<i64>, encoder: Option<&std::path::Path>) -> upat::Result<i64> {
+    let Some(encoder) = encoder else {
+        return Ok(flag.unwrap_or(64));
+    };
+    let encoder_config = upat::train::run::existing(encoder)?.read_config()?;
+    match flag {
+        Some(width) if width != encoder_config.width => Err(upat::Error::Usage(format!(
+            "--width {width} differs from the width of the encoder in {} ({}); leave --width out to use the encoder's",
+            encoder.display(),
+            encoder_config.width
+        ))),
+        _ => Ok(encoder_config.width),
+    }
+}
+
 /// Refuses settings that would crash libtorch or train nothing, naming the flag.
 fn validate(config: &RunConfig) -> upat::Result<()> {
-    let checks: [(bool, &str); 10] = [
-        (config.width >= 1, "--width must be at least 1"),
-        (
-            config.batch_size >= 2,
-            "--batch-size must be at least 2 (contrastive losses and BatchNorm need pairs)",
-        ),
-        (config.epochs >= 1, "--epochs must be at least 1"),
-        (
-            config.lr.is_finite() && config.lr >= 0.0,
-            "--lr must be a number ≥ 0",
-        ),
-        (
-            (0.0..1.0).contains(&config.momentum),
-            "--momentum must be in [0, 1)",
-        ),
-        (
-            config.weight_decay.is_finite() && config.weight_decay >= 0.0,
-            "--weight-decay must be ≥ 0",
-        ),
-        (
-            config.eps.is_finite() && config.eps >= 0.0,
-            "--eps must be ≥ 0 (pixels are in [0, 1])",
-        ),
-        (
-            config.alpha.is_finite() && config.alpha > 0.0,
-            "--alpha must be > 0",
-        ),
-        (config.steps >= 0, "--steps must be ≥ 0"),
-        (
-            config.tau.is_finite()
-                && config.tau > 0.0
-                && config.lambda.is_finite()
-                && config.lambda >= 0.0,
-            "--tau must be > 0 and --lambda ≥ 0",
-        ),
-    ];
-    match checks.iter().find(|(ok, _)| !ok) {
-        Some((_, message)) => Err(upat::Error::Usage((*message).into())),
-        None => Ok(()),
-    }
+    config
+        .check()
+        .map_err(|bad| upat::Error::Usage(format!("--{} {}", bad.flag, bad.rule)))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -301,8 +282,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    run(Cli::parse()).unwrap_or_else(|e| {
-        eprintln!("error: {e:#}");
+    let cli = Cli::parse();
+    // libtorch reports some failures by panicking through tch, with C++
+    // stack frames: they end here as an error with their first line.
+    let outcome = upat::contain::contained("libtorch", "training stopped", || {
+        run(cli).map_err(|e| upat::Error::Usage(format!("{e:#}")))
+    });
+    outcome.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
         ExitCode::from(2)
     })
 }

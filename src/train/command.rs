@@ -80,6 +80,18 @@ fn build(config: &RunConfig, vs: &nn::VarStore) -> Network {
     .with_standardized_features(&vs.root(), config.standardized_features)
 }
 
+/// libtorch's error, reduced to its first line: the C++ stack frames that
+/// follow it mean nothing to a user.
+pub fn torch_message(e: &tch::TchError) -> String {
+    let text = e.to_string();
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    first.to_string()
+}
+
 /// Starts (or, with `resume`, continues) the run in `dir`.
 pub fn run_training(
     config: RunConfig,
@@ -115,7 +127,10 @@ pub fn run_training(
         let source = existing(encoder)?;
         if run.completed_epochs()? == 0 {
             let missing = vs.load_partial(source.checkpoint()).map_err(|e| {
-                Error::data(source.checkpoint(), format!("cannot load the encoder: {e}"))
+                Error::data(
+                    source.checkpoint(),
+                    format!("cannot load the encoder: {}", torch_message(&e)),
+                )
             })?;
             if missing.iter().any(|name| name.starts_with("encoder.")) {
                 return Err(Error::Usage(format!(
@@ -138,10 +153,20 @@ pub fn run_training(
     Ok(())
 }
 
-/// Writes the run's classifier as ONNX to `out`.
+/// Writes the run's classifier as ONNX to `out`. A pre-training run's
+/// head was never trained: exporting it would make a random classifier.
 pub fn export(dir: &Path, out: &Path) -> Result<()> {
     let run = existing(dir)?;
     let config = run.read_config()?;
+    if !config.method.makes_classifier() {
+        return Err(Error::Usage(format!(
+            "{} is a pre-training run ({}): it learned an encoder, not a classifier, and its head is untrained; \
+             fine-tune it first (upat-train finetune --encoder {} ...) and export that run",
+            dir.display(),
+            config.method.label(),
+            dir.display()
+        )));
+    }
     let checkpoint = run.read_checkpoint()?.ok_or_else(|| {
         Error::Usage(format!(
             "{} has no completed epoch to export",

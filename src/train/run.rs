@@ -71,6 +71,120 @@ pub struct RunConfig {
     pub normalization: InputNormalization,
 }
 
+/// A setting of a run config outside what training can use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadSetting {
+    /// The field of config.json.
+    pub field: &'static str,
+    /// The command-line flag that sets it (without `--`).
+    pub flag: &'static str,
+    /// What it must be.
+    pub rule: &'static str,
+}
+
+/// The widest network accepted: a ResNet-18 of width 4096 already holds
+/// about 45 billion parameters.
+const MAX_WIDTH: i64 = 4096;
+
+impl RunConfig {
+    /// The same rules for a config typed on the command line and one read
+    /// from a run directory (which may have been edited or damaged): the
+    /// first setting that would crash libtorch or train nothing.
+    pub fn check(&self) -> std::result::Result<(), BadSetting> {
+        let finite_at_least = |v: f64, min: f64| v.is_finite() && v >= min;
+        let rules: [(bool, &'static str, &'static str, &'static str); 14] = [
+            (
+                (1..=MAX_WIDTH).contains(&self.width),
+                "width",
+                "width",
+                "must be from 1 to 4096",
+            ),
+            (
+                self.batch_size >= 2,
+                "batch_size",
+                "batch-size",
+                "must be at least 2 (contrastive losses and BatchNorm need pairs)",
+            ),
+            (
+                (1..=1_000_000).contains(&self.epochs),
+                "epochs",
+                "epochs",
+                "must be from 1 to 1000000",
+            ),
+            (
+                self.lr.is_finite() && self.lr > 0.0,
+                "lr",
+                "lr",
+                "must be a number > 0",
+            ),
+            (
+                (0.0..1.0).contains(&self.momentum),
+                "momentum",
+                "momentum",
+                "must be in [0, 1)",
+            ),
+            (
+                finite_at_least(self.weight_decay, 0.0),
+                "weight_decay",
+                "weight-decay",
+                "must be ≥ 0",
+            ),
+            (
+                finite_at_least(self.eps, 0.0) && self.eps <= 1.0,
+                "eps",
+                "eps",
+                "must be in [0, 1] (pixels are in [0, 1])",
+            ),
+            (
+                self.alpha.is_finite() && self.alpha > 0.0,
+                "alpha",
+                "alpha",
+                "must be > 0",
+            ),
+            (
+                (0..=10_000).contains(&self.steps),
+                "steps",
+                "steps",
+                "must be from 0 to 10000",
+            ),
+            (
+                self.tau.is_finite() && self.tau > 0.0,
+                "tau",
+                "tau",
+                "must be > 0",
+            ),
+            (
+                finite_at_least(self.lambda, 0.0),
+                "lambda",
+                "lambda",
+                "must be ≥ 0",
+            ),
+            (
+                self.samples != Some(0),
+                "samples",
+                "samples",
+                "must be at least 1",
+            ),
+            (
+                self.image_shape.iter().all(|&d| (1..=65_536).contains(&d)),
+                "image_shape",
+                "data",
+                "must be three sizes from 1 to 65536 (the data's channels, height, width)",
+            ),
+            (
+                (2..=1_000_000).contains(&self.classes),
+                "classes",
+                "data",
+                "must be from 2 to 1000000 (the data's classes)",
+            ),
+        ];
+        match rules.into_iter().find(|(ok, ..)| !ok) {
+            Some((_, field, flag, rule)) => Err(BadSetting { field, flag, rule }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Name of the completed-epoch count among a checkpoint's tensors (model
 /// variables are dotted paths, the optimizer's start `optimizer/`).
 const COMPLETED_EPOCHS: &str = "run/completed_epochs";
@@ -147,11 +261,22 @@ impl RunDir {
         self.0.join("model.onnx")
     }
 
+    /// The run's config, held to the same rules as the command line's.
     pub fn read_config(&self) -> Result<RunConfig> {
-        let text =
-            std::fs::read_to_string(self.config()).map_err(|e| Error::io(self.config(), e))?;
-        serde_json::from_str(&text)
-            .map_err(|e| Error::data(self.config(), format!("not a upat run config: {e}")))
+        let path = self.config();
+        let bytes = crate::limits::read_regular(&path)?;
+        let config: RunConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::data(&path, format!("not a upat run config: {e}")))?;
+        config.check().map_err(|bad| {
+            Error::data(
+                &path,
+                format!(
+                    "`{}` {} (it is --{} on the command line); the run directory was edited or damaged",
+                    bad.field, bad.rule, bad.flag
+                ),
+            )
+        })?;
+        Ok(config)
     }
 
     /// The last complete epoch's checkpoint, or `None` before the first.
@@ -160,8 +285,15 @@ impl RunDir {
         if !path.exists() {
             return Ok(None);
         }
-        let tensors = tch::Tensor::read_safetensors(&path)
-            .map_err(|e| Error::data(&path, format!("not a readable checkpoint: {e}")))?;
+        let tensors = tch::Tensor::read_safetensors(&path).map_err(|e| {
+            Error::data(
+                &path,
+                format!(
+                    "not a readable checkpoint: {}",
+                    super::command::torch_message(&e)
+                ),
+            )
+        })?;
         let completed_epochs = tensors
             .iter()
             .find(|(name, _)| name == COMPLETED_EPOCHS)

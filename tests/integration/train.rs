@@ -156,13 +156,118 @@ fn every_method_runs_an_epoch_and_leaves_a_complete_run() {
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    // Exporting a pre-training run gives a classifier too (its head untrained).
+    // A pre-training run's head was never trained: no silent random classifier.
     let out = upat_train(dir.path(), &["export", "upat", "-o", "pre.onnx"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        out.status.success() && dir.path().join("pre.onnx").is_file(),
+        stderr(&out).contains("pre-training run"),
         "{}",
         stderr(&out)
     );
+    assert!(!dir.path().join("pre.onnx").exists());
+}
+
+/// The options of SMALL without `--width`.
+fn small_without_width() -> Vec<&'static str> {
+    SMALL.iter().copied().skip(2).collect()
+}
+
+#[test]
+fn a_run_directory_is_input_too() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_dataset(&dir.path().join("tiny.npz"));
+    let data = ["--data", "npz:tiny.npz", "--epochs", "1"];
+    train_ok(
+        dir.path(),
+        &[&["pretrain", "--out", "enc"][..], &data].concat(),
+    );
+    // finetune takes the encoder's width from its run; contradicting it is an error.
+    let mut finetune = [
+        &[
+            "finetune",
+            "--encoder",
+            "enc",
+            "--mode",
+            "linear",
+            "--out",
+            "ft",
+        ][..],
+        &data,
+    ]
+    .concat();
+    finetune.extend(small_without_width());
+    let out = upat_train(dir.path(), &finetune);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut wrong = [
+        &[
+            "finetune",
+            "--encoder",
+            "enc",
+            "--out",
+            "ft2",
+            "--width",
+            "3",
+        ][..],
+        &data,
+    ]
+    .concat();
+    wrong.extend(small_without_width());
+    let out = upat_train(dir.path(), &wrong);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--width 3 differs") && stderr(&out).contains("(2)"),
+        "{}",
+        stderr(&out)
+    );
+
+    // An edited config.json is held to the command line's rules, whoever reads it.
+    let config_path = dir.path().join("ft/config.json");
+    let original = std::fs::read_to_string(&config_path).unwrap();
+    for (field, value) in [
+        ("width", "0"),
+        ("lr", "-5"),
+        ("batch_size", "0"),
+        ("width", "1000000000"),
+    ] {
+        let mut config: serde_json::Value = serde_json::from_str(&original).unwrap();
+        config[field] = serde_json::from_str(value).unwrap();
+        std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+        for args in [
+            vec!["export", "ft", "-o", "x.onnx"],
+            [
+                &[
+                    "finetune",
+                    "--encoder",
+                    "enc",
+                    "--mode",
+                    "linear",
+                    "--out",
+                    "ft",
+                    "--resume",
+                ][..],
+                &data,
+            ]
+            .concat(),
+            [&["finetune", "--encoder", "ft", "--out", "ft3"][..], &data].concat(),
+        ] {
+            let out = upat_train(dir.path(), &args);
+            let err = stderr(&out);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{field}={value} {args:?}: {err}"
+            );
+            assert!(
+                err.contains(&format!("`{field}`")) && err.contains("config.json"),
+                "{field}={value} {args:?}: {err}"
+            );
+            assert!(
+                !err.contains("frame #") && !err.contains("panicked"),
+                "{err}"
+            );
+        }
+    }
+    assert!(!dir.path().join("x.onnx").exists() && !dir.path().join("ft3").exists());
 }
 
 /// Runs `args` for 2 epochs into `{prefix}straight`, and for 1 epoch into
