@@ -94,6 +94,27 @@ fn hostile_models_are_clear_errors_on_both_backends() {
     }
 }
 
+#[test]
+fn logits_out_of_control_flow_name_the_op() {
+    let model = fixture("hostile/logits_from_if.onnx").display().to_string();
+    let out = limited(&["inspect", &model]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("differentiable: no") && stdout(&out).contains("op If"),
+        "{}",
+        stdout(&out)
+    );
+    let out = limited(&[
+        "grad",
+        &model,
+        "--output-file",
+        "g.onnx",
+        "--image-shape",
+        "1,28,28",
+    ]);
+    assert_clear_error(&out, "op If", "grad through If");
+}
+
 #[cfg(unix)]
 #[test]
 fn devices_and_directories_are_not_read_as_files() {

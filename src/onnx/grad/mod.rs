@@ -72,6 +72,32 @@ fn unsupported(node: &pb::NodeProto, path: &std::path::Path) -> Error {
     }
 }
 
+/// Names a node's subgraphs (If's branches, Loop's and Scan's bodies) read,
+/// at any depth: the outer-scope values among them are its hidden inputs.
+fn outer_names_read_by_subgraphs(node: &pb::NodeProto) -> Vec<String> {
+    fn visit(graph: &pb::GraphProto, names: &mut Vec<String>) {
+        for node in &graph.node {
+            names.extend(node.input.iter().filter(|n| !n.is_empty()).cloned());
+            for attribute in &node.attribute {
+                attribute
+                    .g
+                    .iter()
+                    .chain(&attribute.graphs)
+                    .for_each(|g| visit(g, names));
+            }
+        }
+    }
+    let mut names = Vec::new();
+    for attribute in &node.attribute {
+        attribute
+            .g
+            .iter()
+            .chain(&attribute.graphs)
+            .for_each(|g| visit(g, &mut names));
+    }
+    names
+}
+
 /// Float-typed (or of unknown type: assume float, so an unsupported op is
 /// reported rather than silently cut off).
 fn is_float(shapes: &Shapes, name: &str) -> bool {
@@ -153,9 +179,15 @@ pub fn build(
     let mut active: HashSet<String> = HashSet::from([input.clone()]);
     for &i in &order {
         let node = &g.node[i];
+        // A control-flow node (If, Loop, Scan) reads the input through its
+        // subgraphs too: it is on the path, to be named as the op without a
+        // rule rather than hidden.
         if diff_positions(node)
             .iter()
             .any(|&p| active.contains(&node.input[p]))
+            || outer_names_read_by_subgraphs(node)
+                .iter()
+                .any(|name| active.contains(name))
         {
             active.extend(
                 node.output
@@ -184,6 +216,13 @@ pub fn build(
             .into_iter()
             .filter(|&p| active.contains(&node.input[p]))
             .collect();
+        let reads_input_inside = outer_names_read_by_subgraphs(node)
+            .iter()
+            .any(|name| active.contains(name));
+        if reads_input_inside {
+            // No rule differentiates through a subgraph (yet).
+            return Err(unsupported(node, &graph.path));
+        }
         if inputs.is_empty() {
             continue;
         }
