@@ -126,3 +126,31 @@ fn devices_and_directories_are_not_read_as_files() {
     let out = limited(&[&model, "--data", "npz:/dev/zero"]);
     assert_clear_error(&out, "not a regular file", "npz:/dev/zero");
 }
+
+/// A short run of the fuzzer (scripts/fuzz.sh runs it for hours): mutated
+/// models, data files and suites give errors, never a panic.
+#[test]
+fn a_short_fuzzing_run_finds_no_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v {MEMORY_LIMIT_KIB} && exec \"$0\" \"$@\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_upat-fuzz"))
+        .args(["--iterations", "5000", "--seed", "11", "--findings"])
+        .arg(dir.path().join("findings"))
+        .output()
+        .expect("upat-fuzz runs");
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("fuzzed 5000 inputs"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("onnx:accepted"),
+        "the mutations never reach the gradient graph: {}",
+        stdout(&out)
+    );
+}
