@@ -323,6 +323,9 @@ pub fn builtin_suite(name: &str) -> Option<&'static str> {
         .map(|(_, text)| *text)
 }
 
+/// Suites are a few kilobytes; a larger file is not one.
+const MAX_SUITE_BYTES: u64 = 1 << 20;
+
 impl Suite {
     /// A built-in name, or a path to a TOML file.
     pub fn resolve(name_or_path: &str) -> Result<Suite> {
@@ -331,7 +334,21 @@ impl Suite {
         }
         let path = Path::new(name_or_path);
         if path.extension().is_some_and(|e| e == "toml") || path.exists() {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let (file, len) = crate::limits::open_regular(path)?;
+            if len > MAX_SUITE_BYTES {
+                return Err(Error::data(
+                    path,
+                    format!(
+                        "is {len} bytes; a suite file is text of at most {MAX_SUITE_BYTES} bytes"
+                    ),
+                ));
+            }
+            let mut text = String::new();
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(file, MAX_SUITE_BYTES),
+                &mut text,
+            )
+            .map_err(|e| Error::data(path, format!("is not a UTF-8 text file ({e})")))?;
             return Suite::parse(&text, &path.display().to_string());
         }
         let names: Vec<_> = BUILTIN_SUITES.iter().map(|(n, _)| *n).collect();

@@ -285,6 +285,9 @@ impl RunDir {
         if !path.exists() {
             return Ok(None);
         }
+        // A regular file under the memory ceiling; safetensors checks that
+        // every tensor lies inside it.
+        crate::limits::open_regular(&path)?;
         let tensors = tch::Tensor::read_safetensors(&path).map_err(|e| {
             Error::data(
                 &path,

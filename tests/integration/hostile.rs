@@ -125,6 +125,8 @@ fn devices_and_directories_are_not_read_as_files() {
     let model = fixture("tiny_cnn.onnx").display().to_string();
     let out = limited(&[&model, "--data", "npz:/dev/zero"]);
     assert_clear_error(&out, "not a regular file", "npz:/dev/zero");
+    let out = limited(&[&model, "--data", "npz:x.npz", "--suite", "/dev/zero"]);
+    assert_clear_error(&out, "not a regular file", "--suite /dev/zero");
 }
 
 /// A short run of the fuzzer (scripts/fuzz.sh runs it for hours): mutated
