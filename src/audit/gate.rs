@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::report::ReportRow;
 
 /// A robust-accuracy threshold that fails the audit (exit 1) when not met.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Gate {
     pub attack_id: String,
     pub min_robust_acc: f64,

@@ -11,10 +11,12 @@
 //! steps again; everything else (the clean pass, the gradient-masking
 //! checks) is recomputed, which is cheap and deterministic.
 
+use super::shard::Shard;
 use crate::atomic::write_atomic;
-use crate::audit::{AuditPlan, RowMeta, SampleOutcome};
+use crate::audit::{AuditPlan, Gate, RowMeta, SampleOutcome};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::report::FlagRow;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -48,6 +50,9 @@ pub struct Fingerprint {
     pub sources: Vec<FileHash>,
     /// The backend and device asked for.
     pub runtime: String,
+    /// The shard this run audits (`--shard`); `data`, `samples` and
+    /// `data_sha256` describe the whole, unsharded data.
+    pub shard: Option<Shard>,
 }
 
 /// A model file as given on the command line and the hash of its bytes.
@@ -58,8 +63,9 @@ pub struct FileHash {
 }
 
 impl Fingerprint {
-    /// The fingerprint of running `plan` on `data` (reads every model file).
-    pub fn of(plan: &AuditPlan, data: &Dataset) -> Result<Self> {
+    /// The fingerprint of running `plan` on `data` (the whole data, before
+    /// any sharding), as shard `shard` (reads every model file).
+    pub fn of(plan: &AuditPlan, data: &Dataset, shard: Option<Shard>) -> Result<Self> {
         let mut attacks = Sha256::new();
         for spec in plan.attacks() {
             attacks.update(format!("{}\n{}\n{:?}\n", spec.id, spec.kind, spec.step));
@@ -94,6 +100,7 @@ impl Fingerprint {
             models: hash_files(plan.models())?,
             sources: hash_files(plan.sources())?,
             runtime: format!("{:?}", plan.runtime()),
+            shard,
         })
     }
 
@@ -121,21 +128,41 @@ impl Fingerprint {
         check(self.models != other.models, "models (paths or contents)");
         check(self.sources != other.sources, "--source models");
         check(self.runtime != other.runtime, "--backend/--device");
+        check(self.shard != other.shard, "--shard");
         fields
+    }
+
+    /// Whether two shards' outcomes combine: everything equal but the
+    /// shard's index. The names of the fields that differ.
+    pub fn combinable_with(&self, other: &Fingerprint) -> Vec<&'static str> {
+        let mut theirs = other.clone();
+        if let (Some(ours), Some(t)) = (self.shard, theirs.shard.as_mut()) {
+            t.index = ours.index;
+        }
+        self.differences(&theirs)
     }
 }
 
 /// `audit.json`.
 #[derive(Debug, Serialize, Deserialize)]
-struct AuditFile {
-    fingerprint: Fingerprint,
+pub struct AuditFile {
+    pub fingerprint: Fingerprint,
     /// Every report was written: the directory holds a finished audit.
-    complete: bool,
+    pub complete: bool,
+    /// The audit's gates (suites' and `--fail-under`), for `merge`.
+    #[serde(default)]
+    pub gates: Vec<Gate>,
+    /// The gradient-masking flags raised, once complete.
+    #[serde(default)]
+    pub flags: Vec<FlagRow>,
 }
 
 /// One finished report row: the row's description and its outcomes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
+    /// The row's position among the audit's rows (report order).
+    #[serde(default)]
+    pub order: usize,
     pub meta: RowMeta,
     pub outcomes: Vec<SampleOutcome>,
 }
@@ -148,6 +175,7 @@ type Key = (String, String, Option<String>);
 pub struct Journal {
     out: PathBuf,
     fingerprint: Fingerprint,
+    gates: Vec<Gate>,
     /// Rows finished by an earlier run, not yet replayed.
     finished: HashMap<Key, Entry>,
 }
@@ -157,7 +185,12 @@ impl Journal {
     /// finished rows of the earlier run are kept for replay, provided that
     /// run's fingerprint is this one's; without, an earlier journal there is
     /// cleared. Fails before any attack runs when `out` cannot be written.
-    pub fn start(out: &Path, fingerprint: Fingerprint, resume: bool) -> Result<Self> {
+    pub fn start(
+        out: &Path,
+        fingerprint: Fingerprint,
+        gates: Vec<Gate>,
+        resume: bool,
+    ) -> Result<Self> {
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         let entries = out.join(ENTRIES_DIR);
         refuse_symlink(&entries)?;
@@ -181,9 +214,10 @@ impl Journal {
         let journal = Journal {
             out: out.to_path_buf(),
             fingerprint,
+            gates,
             finished,
         };
-        journal.write_audit_file(false)?;
+        journal.write_audit_file(false, &[])?;
         Ok(journal)
     }
 
@@ -202,9 +236,10 @@ impl Journal {
         self.finished.remove(&key(model, attack_id, source))
     }
 
-    /// Records a finished row.
-    pub fn record(&self, meta: &RowMeta, outcomes: &[SampleOutcome]) -> Result<()> {
+    /// Records a finished row, the `order`-th of the audit.
+    pub fn record(&self, order: usize, meta: &RowMeta, outcomes: &[SampleOutcome]) -> Result<()> {
         let entry = Entry {
+            order,
             meta: meta.clone(),
             outcomes: outcomes.to_vec(),
         };
@@ -215,14 +250,16 @@ impl Journal {
     }
 
     /// Marks the audit finished: every report has been written.
-    pub fn finish(&self) -> Result<()> {
-        self.write_audit_file(true)
+    pub fn finish(&self, flags: &[FlagRow]) -> Result<()> {
+        self.write_audit_file(true, flags)
     }
 
-    fn write_audit_file(&self, complete: bool) -> Result<()> {
+    fn write_audit_file(&self, complete: bool, flags: &[FlagRow]) -> Result<()> {
         let file = AuditFile {
             fingerprint: self.fingerprint.clone(),
             complete,
+            gates: self.gates.clone(),
+            flags: flags.to_vec(),
         };
         let bytes = serde_json::to_vec_pretty(&file)
             .map_err(|e| Error::Internal(format!("cannot serialise audit.json: {e}")))?;
@@ -292,6 +329,23 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>> {
         ));
     }
     std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// A finished audit directory as `merge` reads it: its `audit.json` and
+/// every journaled row.
+pub fn read_finished(dir: &Path) -> Result<(AuditFile, Vec<Entry>)> {
+    let path = dir.join(AUDIT_FILE);
+    if std::fs::symlink_metadata(&path).is_err() {
+        return Err(Error::Usage(format!(
+            "{} holds no audit (no {AUDIT_FILE}): is it an output directory of upat-audit --shard?",
+            dir.display()
+        )));
+    }
+    let file = read_audit_file(dir)?;
+    let entries = read_entries(&dir.join(ENTRIES_DIR))?
+        .into_values()
+        .collect();
+    Ok((file, entries))
 }
 
 fn read_audit_file(out: &Path) -> Result<AuditFile> {
@@ -395,6 +449,7 @@ mod tests {
             }],
             sources: vec![],
             runtime: "cpu".into(),
+            shard: None,
         }
     }
 
@@ -432,15 +487,15 @@ mod tests {
     #[test]
     fn a_new_journal_is_incomplete_until_finished() {
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::start(dir.path(), fingerprint(), false).unwrap();
+        let journal = Journal::start(dir.path(), fingerprint(), vec![], false).unwrap();
         assert!(!read_audit_file(dir.path()).unwrap().complete);
-        journal.finish().unwrap();
+        journal.finish(&[]).unwrap();
         assert!(read_audit_file(dir.path()).unwrap().complete);
-        let resumed = Journal::start(dir.path(), fingerprint(), true).unwrap();
+        let resumed = Journal::start(dir.path(), fingerprint(), vec![], true).unwrap();
         assert_eq!(resumed.pending(), 0);
         let mut other = fingerprint();
         other.samples = 11;
-        let err = Journal::start(dir.path(), other, true).unwrap_err();
+        let err = Journal::start(dir.path(), other, vec![], true).unwrap_err();
         assert!(
             err.to_string().contains("data (--data, --samples)"),
             "{err}"

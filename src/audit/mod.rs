@@ -14,12 +14,16 @@ pub mod checks;
 pub mod drive;
 pub mod gate;
 pub mod journal;
+pub mod merge;
+pub mod shard;
 pub mod victim;
 
 pub use crate::report::outcome::{summarise, RowMeta, SampleOutcome, Tally};
 pub use checks::Flag;
 pub use gate::{evaluate_gates, Gate, GateFailure};
 pub use journal::{Fingerprint, Journal};
+pub use merge::{merge, Merged};
+pub use shard::Shard;
 
 use crate::attack::{Attack, AttackSpec, Guarded, Perturbed, Step, Suite};
 use crate::data::Dataset;
@@ -492,12 +496,12 @@ impl Audit<'_> {
             .iter()
             .any(|a| matches!(a.step, Step::Clean));
         if !has_clean_step {
-            self.record_clean(victim, "clean", &clean, clean_seconds);
+            self.record_clean(victim, "clean", &clean, clean_seconds)?;
         }
         for spec in &self.plan.attacks {
             let attack_started = Instant::now();
             match &spec.step {
-                Step::Clean => self.record_clean(victim, &spec.id, &clean, clean_seconds),
+                Step::Clean => self.record_clean(victim, &spec.id, &clean, clean_seconds)?,
                 Step::Attack(_)
                     if self
                         .replay(victim, &clean, &spec.id, None, progress)?
@@ -731,7 +735,22 @@ impl Audit<'_> {
         }
     }
 
-    fn record_clean(&mut self, victim: &Victim, id: &str, clean: &Clean, seconds: f64) {
+    /// Journals the row about to be pushed: `meta` and the last `n` outcomes.
+    fn journal_row(&self, meta: &RowMeta, n: usize) -> Result<()> {
+        if let Some(journal) = self.journal.as_deref() {
+            let first = self.outcomes.len() - n;
+            journal.record(self.metas.len(), meta, &self.outcomes[first..])?;
+        }
+        Ok(())
+    }
+
+    fn record_clean(
+        &mut self,
+        victim: &Victim,
+        id: &str,
+        clean: &Clean,
+        seconds: f64,
+    ) -> Result<()> {
         let meta = RowMeta {
             seconds,
             ..self.meta(victim, id, "clean")
@@ -752,7 +771,9 @@ impl Audit<'_> {
                 queries: 0,
             });
         }
+        self.journal_row(&meta, clean.judged.len())?;
         self.metas.push(meta);
+        Ok(())
     }
 
     /// Runs `attack` on the samples at `pool` (dataset positions), held to
@@ -916,10 +937,7 @@ impl Audit<'_> {
                 queries: verdict.map_or(0, |v| v.queries),
             });
         }
-        if let Some(journal) = self.journal.as_deref() {
-            let first = self.outcomes.len() - clean.judged.len();
-            journal.record(&meta, &self.outcomes[first..])?;
-        }
+        self.journal_row(&meta, clean.judged.len())?;
         self.metas.push(meta);
         Ok(robust as f64 / clean.judged.len().max(1) as f64)
     }

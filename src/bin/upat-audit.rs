@@ -7,7 +7,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use upat::attack::{registry, Loss, Suite, BUILTIN_SUITES};
-use upat::audit::{run_audit, AuditPlan, AuditRequest, Fingerprint, Gate, Journal};
+use upat::audit::{run_audit, AuditPlan, AuditRequest, Fingerprint, Gate, Journal, Shard};
 use upat::data::{DataSpec, Split};
 use upat::onnx::{ClassifierGraph, Normalization, OnnxModel};
 use upat::progress::TerminalProgress;
@@ -53,6 +53,20 @@ enum Command {
         /// The logits output, when the model has several.
         #[arg(long)]
         output: Option<String>,
+    },
+    /// Combine the output directories of a sharded audit (--shard K/N) into
+    /// the report one machine would have written; gates apply to the
+    /// merged figures.
+    Merge {
+        /// The shard directories, one per K in 0..N.
+        #[arg(required = true, value_name = "DIR")]
+        dirs: Vec<PathBuf>,
+        /// Report directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Fail (exit 1) when ATTACK_ID's robust accuracy is below ACC; repeatable.
+        #[arg(long = "fail-under", value_name = "ATTACK_ID=ACC")]
+        fail_under: Vec<String>,
     },
     /// Print a model's inputs, outputs, metadata and op histogram, and whether
     /// it meets the classifier contract.
@@ -122,6 +136,11 @@ struct AuditArgs {
     /// rows it finished (journal/) are kept, the rest run. Same arguments required.
     #[arg(long)]
     resume: bool,
+    /// Audit only shard K of N of the samples (after --samples), for `merge`:
+    /// K/N, or auto (a Slurm job array's task) or auto/N (also a Kubernetes
+    /// Indexed Job's JOB_COMPLETION_INDEX). Implies --per-sample.
+    #[arg(long, value_name = "K/N|auto[/N]")]
+    shard: Option<String>,
 }
 
 /// Validated audit arguments.
@@ -133,6 +152,7 @@ struct AuditConfig {
     per_sample: bool,
     fail_on_flags: bool,
     resume: bool,
+    shard: Option<Shard>,
 }
 
 impl TryFrom<AuditArgs> for AuditConfig {
@@ -189,6 +209,11 @@ impl TryFrom<AuditArgs> for AuditConfig {
             per_sample: args.per_sample,
             fail_on_flags: args.fail_on_flags,
             resume: args.resume,
+            shard: args
+                .shard
+                .as_deref()
+                .map(|s| Shard::parse(s, |name| std::env::var(name).ok()))
+                .transpose()?,
         })
     }
 }
@@ -227,8 +252,30 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
         data.len(),
         data.image_shape
     );
-    let fingerprint = Fingerprint::of(&config.plan, &data)?;
-    let mut journal = Journal::start(&config.out, fingerprint, config.resume)?;
+    let fingerprint = Fingerprint::of(&config.plan, &data, config.shard)?;
+    if let Some(shard) = config.shard {
+        let range = shard.range(data.len());
+        let mut slice = data.split_off(range.start);
+        slice.truncate(range.len());
+        data = slice;
+        eprintln!(
+            "shard {shard}: samples {}..{} of {}",
+            range.start, range.end, fingerprint.samples
+        );
+        if data.is_empty() {
+            return Err(upat::Error::Usage(format!(
+                "shard {shard} has no samples: {} samples do not make {} shards",
+                fingerprint.samples, shard.count
+            ))
+            .into());
+        }
+    }
+    let mut journal = Journal::start(
+        &config.out,
+        fingerprint,
+        config.plan.gates().to_vec(),
+        config.resume,
+    )?;
     if config.resume {
         eprintln!(
             "resuming the audit in {}: {} row(s) finished earlier",
@@ -242,7 +289,8 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
         Some(&mut journal),
         &mut TerminalProgress::new("samples"),
     )?;
-    let samples = config.per_sample.then_some(outcome.outcomes.as_slice());
+    let per_sample = config.per_sample || config.shard.is_some();
+    let samples = per_sample.then_some(outcome.outcomes.as_slice());
     let flags = outcome.flag_rows();
     upat::report::write_reports(
         &config.out,
@@ -251,7 +299,7 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
         &flags,
         &outcome.warnings,
     )?;
-    journal.finish()?;
+    journal.finish(&flags)?;
     for warning in &outcome.warnings {
         eprintln!("warning: {warning}");
     }
@@ -260,7 +308,7 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
     }
     print_summary(&outcome.rows);
     println!("reports: {}", config.out.join("report.csv").display());
-    if config.per_sample {
+    if per_sample {
         println!("per sample: {}", config.out.join("samples.csv").display());
     }
     let flags_fail = config.fail_on_flags && !flags.is_empty();
@@ -275,6 +323,38 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
             "{} gradient-masking flag(s) raised and --fail-on-flags is set (see flags.csv)",
             flags.len()
         );
+    }
+    Ok(ExitCode::from(1))
+}
+
+fn merge(dirs: Vec<PathBuf>, out: PathBuf, fail_under: Vec<String>) -> Result<ExitCode> {
+    let gates = fail_under
+        .iter()
+        .map(|g| g.parse::<Gate>())
+        .collect::<upat::Result<Vec<_>>>()?;
+    let merged = upat::audit::merge(&dirs, gates)?;
+    upat::report::write_reports(
+        &out,
+        &merged.rows,
+        Some(&merged.outcomes),
+        &merged.flags,
+        &[],
+    )?;
+    eprintln!(
+        "merged {} shards: {} samples",
+        dirs.len(),
+        merged.fingerprint.samples
+    );
+    for flag in &merged.flags {
+        eprintln!("flag: {}: {}: {}", flag.model, flag.flag, flag.detail);
+    }
+    print_summary(&merged.rows);
+    println!("reports: {}", out.join("report.csv").display());
+    if merged.gate_failures.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for failure in &merged.gate_failures {
+        eprintln!("gate failed: {failure}");
     }
     Ok(ExitCode::from(1))
 }
@@ -435,6 +515,11 @@ fn main() -> ExitCode {
             input,
             output,
         }) => grad(model, loss, out, image_shape, input, output),
+        Some(Command::Merge {
+            dirs,
+            out,
+            fail_under,
+        }) => merge(dirs, out, fail_under),
         None => audit(cli.audit),
     };
     result.unwrap_or_else(|e| {

@@ -168,7 +168,7 @@ pub fn transfer_csv(rows: &[ReportRow]) -> Result<Option<Vec<u8>>> {
 }
 
 /// One line of `flags.csv`: a gradient-masking flag raised on a model.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct FlagRow {
     pub model: String,
     pub flag: String,

@@ -12,6 +12,7 @@ mod grad;
 mod hostile;
 mod outcomes;
 mod resume;
+mod shard;
 #[cfg(feature = "train")]
 mod train;
 mod util;

@@ -1,7 +1,9 @@
 //! `--resume`: an audit killed mid-way continues from the rows its journal
 //! holds and ends with the outcomes of an uninterrupted run.
 
-use crate::util::{fashion_mnist_dir, read_csv, repo_path, stderr, upat_audit};
+use crate::util::{
+    fashion_mnist_dir, repo_path, report_without_seconds, stderr, upat_audit, MIXED_SUITE,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,29 +18,6 @@ norm = "linf"
 eps = 0.1
 steps = 10
 step_size = 0.02
-"#;
-
-/// A white-box attack, AutoAttack's cascade and a transfer attack.
-const MIXED: &str = r#"
-name = "resume"
-[[attack]]
-id = "pgd"
-kind = "pgd"
-norm = "linf"
-eps = 0.1
-steps = 10
-step_size = 0.02
-[[attack]]
-id = "aa"
-kind = "autoattack"
-version = "standard"
-norm = "linf"
-eps = 0.1
-[[attack]]
-id = "transfer"
-kind = "transfer"
-craft = "fgsm"
-eps = 0.1
 "#;
 
 struct Setup {
@@ -90,16 +69,6 @@ impl Setup {
     }
 }
 
-/// report.csv without its `seconds` column.
-fn report_without_seconds(out: &Path) -> Vec<Vec<String>> {
-    let (header, mut rows) = read_csv(&out.join("report.csv"));
-    let seconds = header.iter().position(|h| h == "seconds").unwrap();
-    rows.iter_mut().for_each(|r| {
-        r.remove(seconds);
-    });
-    rows
-}
-
 fn entries(out: &Path) -> usize {
     std::fs::read_dir(out.join("journal")).map_or(0, |d| {
         d.filter_map(|e| e.ok())
@@ -116,7 +85,9 @@ fn complete(out: &Path) -> bool {
 
 #[test]
 fn a_killed_audit_resumes_to_the_outcomes_of_an_uninterrupted_one() {
-    let Some(setup) = setup(MIXED) else { return };
+    let Some(setup) = setup(MIXED_SUITE) else {
+        return;
+    };
     let source = repo_path("models/fmnist-cnn.onnx").display().to_string();
     let setup = Setup {
         args: setup.args_with(&["--source", &source]),
@@ -125,8 +96,8 @@ fn a_killed_audit_resumes_to_the_outcomes_of_an_uninterrupted_one() {
     let whole = setup.run(&["--out", "whole"]);
     assert!(whole.status.success(), "{}", stderr(&whole));
     let rows = entries(&setup.path("whole"));
-    // pgd, aa's four components and its final row, transfer.
-    assert_eq!(rows, 7);
+    // clean, pgd, aa's four components and its final row, transfer.
+    assert_eq!(rows, 8);
     assert!(complete(&setup.path("whole")));
 
     // Killed (SIGKILL, nothing to clean up) once it has finished a few rows.
@@ -252,5 +223,5 @@ fn resume_refuses_what_it_cannot_continue() {
     // Without --resume, an earlier journal is cleared and the audit starts over.
     let again = setup.run(&["--out", "r", "--seed", "2"]);
     assert!(again.status.success(), "{}", stderr(&again));
-    assert_eq!(entries(&setup.path("r")), 1);
+    assert_eq!(entries(&setup.path("r")), 2);
 }

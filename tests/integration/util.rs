@@ -138,3 +138,38 @@ pub fn fields_toml(entry: &upat::attack::Entry, fields: &upat::attack::Fields) -
     }
     lines.join("\n") + "\n"
 }
+
+/// A white-box attack, AutoAttack's cascade and a transfer attack (FGSM):
+/// every kind of step an audit journals, resumes and shards.
+pub const MIXED_SUITE: &str = r#"
+name = "mixed"
+[[attack]]
+id = "pgd"
+kind = "pgd"
+norm = "linf"
+eps = 0.1
+steps = 10
+step_size = 0.02
+min_robust_acc = 0.0
+[[attack]]
+id = "aa"
+kind = "autoattack"
+version = "standard"
+norm = "linf"
+eps = 0.1
+[[attack]]
+id = "transfer"
+kind = "transfer"
+craft = "fgsm"
+eps = 0.1
+"#;
+
+/// report.csv's rows without the `seconds` column.
+pub fn report_without_seconds(out: &Path) -> Vec<Vec<String>> {
+    let (header, mut rows) = read_csv(&out.join("report.csv"));
+    let seconds = header.iter().position(|h| h == "seconds").unwrap();
+    rows.iter_mut().for_each(|r| {
+        r.remove(seconds);
+    });
+    rows
+}
