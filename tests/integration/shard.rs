@@ -1,6 +1,7 @@
 //! `--shard K/N` and `merge`: the merged shards of an audit equal the
 //! unsharded audit (report.csv apart from `seconds`, samples.csv as a set),
-//! and merge refuses shards that do not make one audit.
+//! also when the shards find their index as a Kubernetes Indexed Job's pods
+//! do, and merge refuses shards that do not make one audit.
 
 use crate::util::{
     fashion_mnist_dir, repo_path, report_without_seconds, stderr, upat_audit, MIXED_SUITE,
@@ -41,6 +42,21 @@ fn run(dir: &Path, extra: &[&str]) -> Option<std::process::Output> {
     Some(upat_audit(dir, &args))
 }
 
+/// Shard `index` as a Kubernetes Indexed Job runs it: `--shard auto/N`,
+/// the index in `JOB_COMPLETION_INDEX` (no cluster runs here: the pods are
+/// processes).
+fn run_as_indexed_job(dir: &Path, index: usize, count: usize, out: &str) -> std::process::Output {
+    let auto = format!("auto/{count}");
+    let args = args(dir, &["--shard", &auto, "--out", out]).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_upat-audit"))
+        .args(&args)
+        .current_dir(dir)
+        .env("JOB_COMPLETION_INDEX", index.to_string())
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .output()
+        .expect("upat-audit runs")
+}
+
 fn sorted_lines(path: &Path) -> Vec<String> {
     let mut lines: Vec<String> = std::fs::read_to_string(path)
         .unwrap()
@@ -51,12 +67,18 @@ fn sorted_lines(path: &Path) -> Vec<String> {
     lines
 }
 
-fn shards(dir: &Path, count: usize) -> Vec<String> {
+/// Runs the `count` shards; as Kubernetes would (`--shard auto/N`) when
+/// `indexed_job`, else with explicit `--shard K/N`.
+fn shards(dir: &Path, count: usize, indexed_job: bool) -> Vec<String> {
     (0..count)
         .map(|k| {
             let out = format!("s{count}-{k}");
             let shard = format!("{k}/{count}");
-            let result = run(dir, &["--shard", &shard, "--out", &out]).unwrap();
+            let result = if indexed_job {
+                run_as_indexed_job(dir, k, count, &out)
+            } else {
+                run(dir, &["--shard", &shard, "--out", &out]).unwrap()
+            };
             assert!(
                 result.status.success(),
                 "shard {shard}: {}",
@@ -82,7 +104,7 @@ fn merged_shards_equal_the_unsharded_audit() {
     };
     assert!(whole.status.success(), "{}", stderr(&whole));
     for count in [1, 2, 3, 7] {
-        let parts = shards(dir.path(), count);
+        let parts = shards(dir.path(), count, count == 3);
         let out = format!("merged{count}");
         let merged = merge(dir.path(), &parts, &out);
         assert!(merged.status.success(), "N={count}: {}", stderr(&merged));
@@ -105,7 +127,7 @@ fn merge_refuses_shards_that_do_not_make_one_audit() {
     let Some(_) = args(dir.path(), &[]) else {
         return;
     };
-    let parts = shards(dir.path(), 3);
+    let parts = shards(dir.path(), 3, false);
     let refused = |dirs: &[String], expected: &str| {
         let out = merge(dir.path(), dirs, "m");
         assert_eq!(out.status.code(), Some(2), "{dirs:?}: {}", stderr(&out));
