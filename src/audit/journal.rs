@@ -16,6 +16,7 @@ use crate::atomic::write_atomic;
 use crate::audit::{AuditPlan, Gate, RowMeta, SampleOutcome};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::onnx::hex;
 use crate::report::FlagRow;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -288,10 +289,6 @@ fn entry_name(model: &str, attack_id: &str, source: Option<&str>) -> String {
         h.update(source);
     }
     format!("{}.json", &hex(&h.finalize())[..32])
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A journal path planted as a symlink would make the audit read or write

@@ -109,10 +109,12 @@ pub fn elem_type_name(code: i32) -> String {
 
 /// Hex SHA-256 of `bytes`: how reports identify a model file.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Hex SHA-256 of a file's bytes, read in pieces (equal to
@@ -129,11 +131,7 @@ pub fn file_sha256(path: &Path) -> Result<String> {
         }
         hasher.update(&buffer[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex(&hasher.finalize()))
 }
 
 /// An ONNX model read from disk, with the hash reports identify it by.

@@ -182,36 +182,30 @@ fn a_run_directory_is_input_too() {
         &[&["pretrain", "--out", "enc"][..], &data].concat(),
     );
     // finetune takes the encoder's width from its run; contradicting it is an error.
-    let mut finetune = [
-        &[
-            "finetune",
-            "--encoder",
-            "enc",
-            "--mode",
-            "linear",
-            "--out",
-            "ft",
-        ][..],
-        &data,
-    ]
-    .concat();
-    finetune.extend(small_without_width());
+    // `args`, the data, and the small settings without --width.
+    let finetune_args = |args: &[&'static str]| -> Vec<&'static str> {
+        [args, &data[..], &small_without_width()].concat()
+    };
+    let finetune = finetune_args(&[
+        "finetune",
+        "--encoder",
+        "enc",
+        "--mode",
+        "linear",
+        "--out",
+        "ft",
+    ]);
     let out = upat_train(dir.path(), &finetune);
     assert!(out.status.success(), "{}", stderr(&out));
-    let mut wrong = [
-        &[
-            "finetune",
-            "--encoder",
-            "enc",
-            "--out",
-            "ft2",
-            "--width",
-            "3",
-        ][..],
-        &data,
-    ]
-    .concat();
-    wrong.extend(small_without_width());
+    let wrong = finetune_args(&[
+        "finetune",
+        "--encoder",
+        "enc",
+        "--out",
+        "ft2",
+        "--width",
+        "3",
+    ]);
     let out = upat_train(dir.path(), &wrong);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
