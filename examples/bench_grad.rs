@@ -34,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         RuntimeOptions {
             backend,
             device: Device::Cpu,
+            threads: None,
         },
     )?;
     let images: Vec<f32> = (0..batch * dims.iter().product::<usize>())

@@ -3,6 +3,21 @@
 //! accepts, rather than a parser's internal wording.
 
 /// A whole number ≥ 1 (sample counts, batch sizes, epochs, widths).
+/// Most threads `--threads` takes: far above any machine's cores, low enough
+/// that a typo cannot make the backend try to spawn millions.
+pub const MAX_THREADS: usize = 1024;
+
+/// `--threads N`: 1 to [`MAX_THREADS`].
+pub fn threads(text: &str) -> Result<std::num::NonZeroUsize, String> {
+    let n = positive(text)?;
+    if n > MAX_THREADS {
+        return Err(format!(
+            "{n} threads is more than the {MAX_THREADS} allowed"
+        ));
+    }
+    Ok(std::num::NonZeroUsize::new(n).expect("positive"))
+}
+
 pub fn positive(text: &str) -> Result<usize, String> {
     if text.trim().starts_with('-') {
         return Err(format!(
@@ -96,5 +111,8 @@ mod tests {
         assert!(non_negative("-5").unwrap_err().contains("negative"));
         assert!(non_negative("inf").unwrap_err().contains("finite"));
         assert!(positive_number("0").unwrap_err().contains("more than 0"));
+        assert_eq!(threads("2").map(|n| n.get()), Ok(2));
+        assert!(threads("0").unwrap_err().contains("at least 1"));
+        assert!(threads("5000").unwrap_err().contains("1024"));
     }
 }

@@ -18,6 +18,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::onnx::hex;
 use crate::report::FlagRow;
+use crate::runtime::RuntimeOptions;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -100,7 +101,7 @@ impl Fingerprint {
             data_sha256: hex(&samples.finalize()),
             models: hash_files(plan.models())?,
             sources: hash_files(plan.sources())?,
-            runtime: format!("{:?}", plan.runtime()),
+            runtime: runtime_key(plan.runtime()),
             shard,
         })
     }
@@ -266,6 +267,16 @@ impl Journal {
             .map_err(|e| Error::Internal(format!("cannot serialise audit.json: {e}")))?;
         write_atomic(&self.out.join(AUDIT_FILE), &bytes)
     }
+}
+
+/// Backend and device, the runtime choices that can change outcomes.
+/// `--threads` is left out: shards of one audit may run with different
+/// thread counts, and their results do not depend on it.
+fn runtime_key(runtime: RuntimeOptions) -> String {
+    format!(
+        "RuntimeOptions {{ backend: {:?}, device: {:?} }}",
+        runtime.backend, runtime.device
+    )
 }
 
 fn key(model: &str, attack_id: &str, source: Option<&str>) -> Key {

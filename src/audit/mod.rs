@@ -990,6 +990,7 @@ mod tests {
             runtime: RuntimeOptions {
                 backend: crate::runtime::BackendChoice::Tract,
                 device: crate::runtime::Device::Cpu,
+                threads: None,
             },
             normalization: None,
             input: None,

@@ -105,6 +105,10 @@ struct AuditArgs {
     backend: BackendChoice,
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
+    /// The backend's intra-op threads (default: ONNX Runtime one per core,
+    /// tract one); --threads 1 lets N shards share N cores.
+    #[arg(long, value_name = "N", value_parser = upat::cli::threads)]
+    threads: Option<std::num::NonZeroUsize>,
     /// Per-channel MEAN:STD folded into the graph, e.g. 0.4914,0.4822,0.4465:0.2470,0.2435,0.2616.
     #[arg(long, value_name = "MEAN:STD")]
     normalize: Option<String>,
@@ -194,6 +198,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
             runtime: RuntimeOptions {
                 backend: args.backend,
                 device: args.device,
+                threads: args.threads,
             },
             normalization,
             input: args.input,

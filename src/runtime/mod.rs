@@ -160,6 +160,10 @@ fn padded_chunk(
 pub struct RuntimeOptions {
     pub backend: BackendChoice,
     pub device: Device,
+    /// Intra-op threads (`--threads`); `None` keeps the backend's default:
+    /// one per physical core on ONNX Runtime, one on tract. Results do not
+    /// depend on it, so audits with different counts are combinable.
+    pub threads: Option<std::num::NonZeroUsize>,
 }
 
 /// Opens a graph on the backend `options` resolve to.
@@ -174,10 +178,14 @@ pub fn open_session(
                     "--device cuda needs the ort backend (tract runs on the CPU only); use --backend ort".into(),
                 ));
             }
-            Ok(Box::new(tract::TractSession::new(proto)?))
+            Ok(Box::new(tract::TractSession::new(proto, options.threads)?))
         }
         #[cfg(feature = "ort")]
-        _ => Ok(Box::new(ort::OrtSession::new(proto, options.device)?)),
+        _ => Ok(Box::new(ort::OrtSession::new(
+            proto,
+            options.device,
+            options.threads,
+        )?)),
         #[cfg(not(feature = "ort"))]
         _ => unreachable!("resolve_backend only returns ort when the feature is on"),
     }

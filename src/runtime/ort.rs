@@ -211,7 +211,11 @@ pub struct OrtSession {
 impl OrtSession {
     /// Creates a session; with `Device::Cuda` the CUDA provider must register
     /// or this fails (never a silent CPU fallback).
-    pub fn new(proto: &pb::ModelProto, device: Device) -> Result<Self> {
+    pub fn new(
+        proto: &pb::ModelProto,
+        device: Device,
+        threads: Option<std::num::NonZeroUsize>,
+    ) -> Result<Self> {
         let env = environment()?;
         // Errors come back to us as values; ONNX Runtime's own logger would
         // print them a second time, in colour, with C++ locations.
@@ -219,6 +223,16 @@ impl OrtSession {
             .map_err(|e| ort_error(format!("session builder: {e}")))?
             .with_log_level(ort::logging::LogLevel::Fatal)
             .map_err(|e| ort_error(format!("session builder: {e}")))?;
+        if let Some(threads) = threads {
+            // One pool of `threads` for the ops themselves, and ops run one
+            // at a time, so that N shards with --threads 1 share N cores.
+            let refused = |e: ort::Error<_>| ort_error(format!("--threads {threads}: {e}"));
+            builder = builder
+                .with_intra_threads(threads.get())
+                .map_err(refused)?
+                .with_inter_threads(1)
+                .map_err(refused)?;
+        }
         if device == Device::Cuda {
             builder = with_cuda(builder)?;
         }

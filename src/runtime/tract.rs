@@ -7,12 +7,15 @@ use crate::error::{Error, Result};
 use crate::onnx::pb;
 use std::collections::HashMap;
 use std::sync::Arc;
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
 
 /// A model running on tract.
 pub struct TractSession {
     proto: pb::ModelProto,
     plans: HashMap<Vec<Vec<usize>>, Arc<TypedRunnableModel>>,
+    /// tract's matrix products run on this pool (single-threaded by default).
+    executor: Executor,
 }
 
 fn tract_error(context: &str, e: impl std::fmt::Display) -> Error {
@@ -25,16 +28,21 @@ fn tract_error(context: &str, e: impl std::fmt::Display) -> Error {
 impl TractSession {
     /// Parses the graph now, so that a model tract cannot read fails early;
     /// plans are optimised on first use of each input shape.
-    pub fn new(proto: &pb::ModelProto) -> Result<Self> {
+    pub fn new(proto: &pb::ModelProto, threads: Option<std::num::NonZeroUsize>) -> Result<Self> {
         crate::contain::contained("tract", "cannot load the model", || {
             onnx()
                 .model_for_proto_model(proto)
                 .map(|_| ())
                 .map_err(|e| tract_error("cannot load the model (an op or attribute tract does not support?); try --backend ort", e))
         })?;
+        let executor = match threads {
+            Some(n) if n.get() > 1 => Executor::multithread_with_name(n.get(), "upat-tract"),
+            _ => Executor::SingleThread,
+        };
         Ok(TractSession {
             proto: proto.clone(),
             plans: HashMap::new(),
+            executor,
         })
     }
 
@@ -100,8 +108,7 @@ impl TractSession {
             .map(|t| t.map(|t| t.into_tvalue()))
             .collect::<TractResult<TVec<_>>>()
             .map_err(|e| tract_error("bad input batch", e))?;
-        let outputs = plan
-            .run(inputs)
+        let outputs = multithread_tract_scope(self.executor.clone(), || plan.run(inputs))
             .map_err(|e| tract_error("inference failed", e))?;
         outputs
             .iter()

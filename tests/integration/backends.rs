@@ -185,3 +185,30 @@ fn pytorch_fashion_mnist_cnn_gets_pytorchs_exact_predictions() {
         );
     }
 }
+
+#[test]
+fn thread_counts_do_not_change_logits() {
+    let model = OnnxModel::load(&repo_path("models/fmnist-cnn.onnx")).unwrap();
+    let graph = ClassifierGraph::prepare(&model, None, None, None).unwrap();
+    let n = 96;
+    let x = pixels(n * 28 * 28, 7);
+    for backend in BACKENDS {
+        let logits = |threads: Option<usize>| {
+            let mut options = cpu(backend);
+            options.threads = threads.and_then(std::num::NonZeroUsize::new);
+            runtime::open(&graph, [1, 28, 28], options)
+                .unwrap()
+                .logits(&x, n)
+                .unwrap()
+                .values
+        };
+        let default = logits(None);
+        for threads in [1, 3] {
+            let diff = max_abs_diff(&logits(Some(threads)), &default);
+            assert!(
+                diff <= 1e-5,
+                "{backend:?} with {threads} threads: max |Δlogit| = {diff}"
+            );
+        }
+    }
+}

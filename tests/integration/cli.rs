@@ -281,6 +281,11 @@ fn bad_options_and_suites_are_clear_errors() {
     );
     let err = audit_error(&[&model, "--data", &data, "--seed", "-1"]);
     assert!(err.contains("--seed") && err.contains("negative"), "{err}");
+    let err = audit_error(&[&model, "--data", &data, "--threads", "0"]);
+    assert!(
+        err.contains("--threads") && err.contains("at least 1"),
+        "{err}"
+    );
     // An attack id that would impersonate the report's own rows.
     std::fs::write(
         &suite,

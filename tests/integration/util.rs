@@ -11,6 +11,7 @@ pub fn cpu(backend: BackendChoice) -> RuntimeOptions {
     RuntimeOptions {
         backend,
         device: Device::Cpu,
+        threads: None,
     }
 }
 
