@@ -13,6 +13,12 @@ if ! cmp -s scripts/goldens/torchvision_models.py "$goldens/.generator" 2>/dev/n
 fi
 # Tests that need Fashion-MNIST or the goldens fail here rather than skip.
 export UPAT_REQUIRE_FASHION_MNIST=1 UPAT_REQUIRE_GOLDENS=1
+# The sharded-audit test submits to a real single-node Slurm cluster (Debian's
+# packages, started and stopped by the test); it is required wherever Slurm
+# could be installed, and skipped with a note elsewhere (not root, no apt).
+if bash scripts/slurm-local.sh install; then
+    export UPAT_REQUIRE_SLURM=1
+fi
 echo "== cargo test (features: train, ort)" >&2
 cargo test
 echo "== cargo test --no-default-features --features ort (upat-audit without libtorch)" >&2

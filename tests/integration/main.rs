@@ -13,6 +13,7 @@ mod hostile;
 mod outcomes;
 mod resume;
 mod shard;
+mod slurm;
 #[cfg(feature = "train")]
 mod train;
 mod util;

@@ -11,7 +11,8 @@ use std::path::Path;
 /// 37 samples: no shard count here divides them.
 const SAMPLES: &str = "37";
 
-fn args(dir: &Path, extra: &[&str]) -> Option<Vec<String>> {
+/// The audit's arguments with `extra`; `None` without Fashion-MNIST.
+pub fn audit_args(dir: &Path, extra: &[&str]) -> Option<Vec<String>> {
     let fmnist = fashion_mnist_dir()?;
     std::fs::write(dir.join("suite.toml"), MIXED_SUITE).unwrap();
     let plain = repo_path("models/fmnist-cnn.onnx").display().to_string();
@@ -37,7 +38,7 @@ fn args(dir: &Path, extra: &[&str]) -> Option<Vec<String>> {
 }
 
 fn run(dir: &Path, extra: &[&str]) -> Option<std::process::Output> {
-    let args = args(dir, extra)?;
+    let args = audit_args(dir, extra)?;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Some(upat_audit(dir, &args))
 }
@@ -47,7 +48,7 @@ fn run(dir: &Path, extra: &[&str]) -> Option<std::process::Output> {
 /// processes).
 fn run_as_indexed_job(dir: &Path, index: usize, count: usize, out: &str) -> std::process::Output {
     let auto = format!("auto/{count}");
-    let args = args(dir, &["--shard", &auto, "--out", out]).unwrap();
+    let args = audit_args(dir, &["--shard", &auto, "--out", out]).unwrap();
     std::process::Command::new(env!("CARGO_BIN_EXE_upat-audit"))
         .args(&args)
         .current_dir(dir)
@@ -57,7 +58,7 @@ fn run_as_indexed_job(dir: &Path, index: usize, count: usize, out: &str) -> std:
         .expect("upat-audit runs")
 }
 
-fn sorted_lines(path: &Path) -> Vec<String> {
+pub fn sorted_lines(path: &Path) -> Vec<String> {
     let mut lines: Vec<String> = std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -133,7 +134,7 @@ fn merged_shards_equal_the_unsharded_audit() {
 #[test]
 fn merge_refuses_shards_that_do_not_make_one_audit() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(_) = args(dir.path(), &[]) else {
+    let Some(_) = audit_args(dir.path(), &[]) else {
         return;
     };
     let parts = shards(dir.path(), 3, false);
