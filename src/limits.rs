@@ -92,6 +92,14 @@ pub(crate) fn human(bytes: usize) -> String {
 /// directory, which could be read forever) no larger than the ceiling;
 /// returns it with its size.
 pub fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
+    // Before opening: opening a FIFO for reading blocks until a writer comes.
+    let before = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !before.is_file() {
+        return Err(Error::data(
+            path,
+            "is not a regular file (a device, pipe or directory); give the path of a file",
+        ));
+    }
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {

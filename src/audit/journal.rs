@@ -86,7 +86,7 @@ impl Fingerprint {
                 .map(|p| {
                     Ok(FileHash {
                         path: p.display().to_string(),
-                        sha256: crate::onnx::file_sha256(p)?,
+                        sha256: crate::onnx::OnnxModel::load(p)?.sha256,
                     })
                 })
                 .collect()

@@ -382,6 +382,9 @@ fn inspect(model_path: PathBuf, input: Option<String>, output: Option<String>) -
     let p = &model.proto;
     println!("model: {}", model.path.display());
     println!("sha256: {}", model.sha256);
+    for file in &model.data_files {
+        println!("external data: {}", file.display());
+    }
     println!(
         "ir_version: {}  opset: {}",
         p.ir_version,

@@ -5,6 +5,7 @@
 //! ONNX Runtime gets it re-encoded.
 
 mod classifier;
+mod external;
 pub mod grad;
 
 pub use classifier::{ClassifierGraph, InputLayout, Normalization};
@@ -117,41 +118,70 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Hex SHA-256 of a file's bytes, read in pieces (equal to
-/// [`OnnxModel::sha256`] for a model file).
-pub fn file_sha256(path: &Path) -> Result<String> {
+/// Feeds a file's bytes to `hasher`, read in pieces.
+fn hash_file(hasher: &mut Sha256, path: &Path) -> Result<()> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
         let n = file.read(&mut buffer).map_err(|e| Error::io(path, e))?;
         if n == 0 {
-            break;
+            return Ok(());
         }
         hasher.update(&buffer[..n]);
     }
-    Ok(hex(&hasher.finalize()))
 }
 
 /// An ONNX model read from disk, with the hash reports identify it by.
 #[derive(Debug, Clone)]
 pub struct OnnxModel {
     pub path: PathBuf,
+    /// The model with every externally stored tensor read into it.
     pub proto: pb::ModelProto,
-    /// Hex SHA-256 of the file's bytes.
+    /// Hex SHA-256 of the model file's bytes followed by those of its
+    /// external data files, in the order the model first references them
+    /// (`cat model.onnx model.onnx.data | sha256sum`); of the model file
+    /// alone when it has none.
     pub sha256: String,
+    /// The external data files read, in that order.
+    pub data_files: Vec<PathBuf>,
 }
 
 impl OnnxModel {
-    /// Reads and decodes a model file, checking it has a graph with inputs and outputs.
+    /// Reads and decodes a model file, checking it has a graph with inputs
+    /// and outputs, and reads its external data (checked to stay inside the
+    /// model's directory).
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = crate::limits::read_regular(path)?;
-        Self::from_bytes(path, &bytes)
+        let mut model = Self::decode(path, &bytes)?;
+        if external::uses_external_data(&mut model.proto) {
+            let files = external::inline(path, &mut model.proto)?;
+            let mut hasher = Sha256::new();
+            hasher.update(&bytes);
+            for file in &files {
+                hash_file(&mut hasher, file)?;
+            }
+            model.sha256 = hex(&hasher.finalize());
+            model.data_files = files;
+        }
+        Ok(model)
     }
 
     /// Decodes model bytes; `path` is only used in messages and reports.
+    /// A model with external data must be read from its file ([`Self::load`]).
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let mut model = Self::decode(path, bytes)?;
+        if external::uses_external_data(&mut model.proto) {
+            return Err(Error::model(
+                path,
+                "stores tensors in external data files, which are read relative to the \
+                 model's file: load it from its path",
+            ));
+        }
+        Ok(model)
+    }
+
+    fn decode(path: &Path, bytes: &[u8]) -> Result<Self> {
         let not_onnx = |why: String| {
             Error::model(
                 path,
@@ -167,22 +197,12 @@ impl OnnxModel {
         if graph.node.is_empty() && graph.output.is_empty() {
             return Err(not_onnx("has an empty graph".into()));
         }
-        let uses_external_data = graph
-            .initializer
-            .iter()
-            .any(|t| t.data_location == Some(1) || !t.external_data.is_empty());
-        if uses_external_data {
-            return Err(Error::model(
-                path,
-                "stores its weights in external data files, which upat does not read yet; \
-                 save it as a single file (onnx.save(model, path, save_as_external_data=False))",
-            ));
-        }
         let sha256 = sha256_hex(bytes);
         Ok(OnnxModel {
             path: path.to_path_buf(),
             proto,
             sha256,
+            data_files: Vec::new(),
         })
     }
 

@@ -7,6 +7,7 @@ mod backends;
 mod cli;
 #[cfg(feature = "train")]
 mod export;
+mod external;
 mod flags;
 mod grad;
 mod hostile;
