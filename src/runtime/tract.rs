@@ -39,8 +39,10 @@ impl TractSession {
             Some(n) if n.get() > 1 => Executor::multithread_with_name(n.get(), "upat-tract"),
             _ => Executor::SingleThread,
         };
+        let mut proto = proto.clone();
+        spell_out_celu(&mut proto);
         Ok(TractSession {
-            proto: proto.clone(),
+            proto,
             plans: HashMap::new(),
             executor,
         })
@@ -70,6 +72,62 @@ impl TractSession {
         self.plans.insert(key, plan.clone());
         Ok(plan)
     }
+}
+
+/// tract computes Celu as max(0, x) + min(0, e^(x/α) − 1), without the
+/// factor α the ONNX definition has on the second term: the same for α = 1,
+/// wrong otherwise. Celu nodes with another α are replaced by the definition
+/// in elementary ops, writing the same output.
+fn spell_out_celu(proto: &mut pb::ModelProto) {
+    let Some(graph) = proto.graph.as_mut() else {
+        return;
+    };
+    let alpha_of = |node: &pb::NodeProto| {
+        node.attribute
+            .iter()
+            .find(|a| a.name == "alpha")
+            .map_or(1.0, |a| a.f)
+    };
+    if !graph
+        .node
+        .iter()
+        .any(|n| n.op_type == "Celu" && alpha_of(n) != 1.0)
+    {
+        return;
+    }
+    let scalar = |name: String, value: f32| pb::TensorProto {
+        name,
+        data_type: 1,
+        float_data: vec![value],
+        ..Default::default()
+    };
+    let node = |op: &str, inputs: &[&str], output: &str| pb::NodeProto {
+        op_type: op.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.to_string()],
+        ..Default::default()
+    };
+    let mut nodes = Vec::with_capacity(graph.node.len());
+    for old in std::mem::take(&mut graph.node) {
+        let alpha = alpha_of(&old);
+        if old.op_type != "Celu" || alpha == 1.0 {
+            nodes.push(old);
+            continue;
+        }
+        let (x, y) = (old.input[0].as_str(), old.output[0].as_str());
+        let t = |part: &str| format!("{y}/upat_celu/{part}");
+        graph.initializer.push(scalar(t("alpha"), alpha));
+        graph.initializer.push(scalar(t("zero"), 0.0));
+        graph.initializer.push(scalar(t("one"), 1.0));
+        nodes.push(node("Div", &[x, &t("alpha")], &t("scaled")));
+        nodes.push(node("Exp", &[&t("scaled")], &t("exp")));
+        nodes.push(node("Sub", &[&t("exp"), &t("one")], &t("expm1")));
+        nodes.push(node("Mul", &[&t("expm1"), &t("alpha")], &t("curve")));
+        nodes.push(node("Min", &[&t("curve"), &t("zero")], &t("negative")));
+        nodes.push(node("Max", &[x, &t("zero")], &t("positive")));
+        nodes.push(node("Add", &[&t("positive"), &t("negative")], y));
+    }
+    graph.node = nodes;
 }
 
 /// tract's ONNX loader, told to ignore the shapes exporters annotate

@@ -224,3 +224,95 @@ pub fn clip(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
         None => g,
     }))
 }
+
+/// Abs: g·sign(x) (0 at 0, as PyTorch).
+pub fn abs(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
+    let g = ctx.grad(grads)?;
+    let sign = ctx.emit.unary("Sign", ctx.input(0));
+    Ok(only_first(ctx.emit.binary("Mul", &g, &sign)))
+}
+
+/// Reciprocal: −g·y².
+pub fn reciprocal(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
+    let g = ctx.grad(grads)?;
+    let y = ctx.output(0).to_string();
+    let square = ctx.emit.binary("Mul", &y, &y);
+    let scaled = ctx.emit.binary("Mul", &g, &square);
+    Ok(only_first(ctx.emit.unary("Neg", &scaled)))
+}
+
+/// Log: g/x.
+pub fn log(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
+    let g = ctx.grad(grads)?;
+    Ok(only_first(ctx.emit.binary("Div", &g, ctx.input(0))))
+}
+
+/// Softsign, y = x/(1 + |x|): g/(1 + |x|)².
+pub fn softsign(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
+    let g = ctx.grad(grads)?;
+    let magnitude = ctx.emit.unary("Abs", ctx.input(0));
+    let one = ctx.emit.scalar_f32(1.0);
+    let denominator = ctx.emit.binary("Add", &one, &magnitude);
+    let square = ctx.emit.binary("Mul", &denominator, &denominator);
+    Ok(only_first(ctx.emit.binary("Div", &g, &square)))
+}
+
+/// Selu, y = γ·x for x > 0, γ·α·(eˣ − 1) elsewhere: g·γ, or g·(y + γ·α).
+pub fn selu(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
+    let g = ctx.grad(grads)?;
+    let alpha = ctx.float_attr("alpha", 1.673_263_2);
+    let gamma = ctx.float_attr("gamma", 1.050_701);
+    let zero = ctx.emit.scalar_f32(0.0);
+    let positive = ctx.emit.binary("Greater", ctx.input(0), &zero);
+    let gamma_c = ctx.emit.scalar_f32(gamma);
+    let linear = ctx.emit.binary("Mul", &g, &gamma_c);
+    let offset = ctx.emit.scalar_f32(gamma * alpha);
+    let local = ctx.emit.binary("Add", ctx.output(0), &offset);
+    let curved = ctx.emit.binary("Mul", &g, &local);
+    Ok(only_first(ctx.emit.op(
+        "Where",
+        &[&positive, &linear, &curved],
+        vec![],
+    )))
+}
+
+/// Celu, y = max(0, x) + min(0, α·(e^(x/α) − 1)): g for x > 0, g·e^(x/α) elsewhere.
+pub fn celu(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
+    let g = ctx.grad(grads)?;
+    let alpha = ctx.emit.scalar_f32(ctx.float_attr("alpha", 1.0));
+    let x = ctx.input(0).to_string();
+    let zero = ctx.emit.scalar_f32(0.0);
+    let positive = ctx.emit.binary("Greater", &x, &zero);
+    let scaled = ctx.emit.binary("Div", &x, &alpha);
+    let local = ctx.emit.unary("Exp", &scaled);
+    let curved = ctx.emit.binary("Mul", &g, &local);
+    Ok(only_first(ctx.emit.op(
+        "Where",
+        &[&positive, &g, &curved],
+        vec![],
+    )))
+}
+
+/// Mish, y = x·tanh(softplus(x)): g·(t + x·σ(x)·(1 − t²)), t = tanh(softplus(x)).
+pub fn mish(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
+    let g = ctx.grad(grads)?;
+    let x = ctx.input(0).to_string();
+    let softplus = ctx.emit.unary("Softplus", &x);
+    let t = ctx.emit.unary("Tanh", &softplus);
+    let sigma = ctx.emit.unary("Sigmoid", &x);
+    let one = ctx.emit.scalar_f32(1.0);
+    let t2 = ctx.emit.binary("Mul", &t, &t);
+    let sech2 = ctx.emit.binary("Sub", &one, &t2);
+    let x_sigma = ctx.emit.binary("Mul", &x, &sigma);
+    let second = ctx.emit.binary("Mul", &x_sigma, &sech2);
+    let local = ctx.emit.binary("Add", &t, &second);
+    Ok(only_first(ctx.emit.binary("Mul", &g, &local)))
+}
+
+/// ThresholdedRelu, y = x for x > α, 0 elsewhere: g where x > α.
+pub fn thresholded_relu(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
+    let g = ctx.grad(grads)?;
+    let alpha = ctx.emit.scalar_f32(ctx.float_attr("alpha", 1.0));
+    let above = ctx.emit.binary("Greater", ctx.input(0), &alpha);
+    Ok(only_first(ctx.emit.mask(&above, &g)))
+}

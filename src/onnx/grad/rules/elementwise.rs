@@ -117,3 +117,45 @@ pub fn where_(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     }
     Ok(out)
 }
+
+/// Sum (variadic): g to every operand.
+pub fn sum(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
+    per_operand(ctx, grads, |_, g, _| g.to_string())
+}
+
+/// Mean (variadic): g/n to every operand.
+pub fn mean(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
+    per_operand(ctx, grads, |ctx, g, _| {
+        let n = ctx.emit.scalar_f32(1.0 / ctx.node.input.len() as f32);
+        ctx.emit.binary("Mul", g, &n)
+    })
+}
+
+/// Max and Min (variadic): g to the operands equal to the result, shared
+/// evenly among ties (PyTorch's `maximum`/`minimum` halve it between two).
+pub fn extremum(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
+    let g = ctx.grad(grads)?;
+    let y = ctx.output(0).to_string();
+    let masks: Vec<String> = (0..ctx.node.input.len())
+        .map(|i| {
+            let equal = ctx.emit.binary("Equal", ctx.input(i), &y);
+            ctx.emit.op(
+                "Cast",
+                &[&equal],
+                vec![crate::onnx::grad::emit::attr_int("to", 1)],
+            )
+        })
+        .collect();
+    let ties = ctx.emit.sum(&masks);
+    let shared = ctx.emit.binary("Div", &g, &ties);
+    let mut out = Vec::new();
+    for (i, mask) in masks.iter().enumerate() {
+        out.push(if ctx.wants(i) {
+            let gi = ctx.emit.binary("Mul", &shared, mask);
+            Some(ctx.unbroadcast(&gi, i)?)
+        } else {
+            None
+        });
+    }
+    Ok(out)
+}

@@ -8,6 +8,7 @@
 mod activation;
 mod conv;
 mod elementwise;
+mod index;
 mod linalg;
 mod norm;
 mod pool;
@@ -68,6 +69,14 @@ pub fn lookup(op_type: &str) -> Option<Rule> {
         "HardSwish" => rule(FIRST, activation::hard_swish),
         "Clip" => rule(FIRST, activation::clip),
         "Exp" => rule(FIRST, activation::exp),
+        "Log" => rule(FIRST, activation::log),
+        "Abs" => rule(FIRST, activation::abs),
+        "Reciprocal" => rule(FIRST, activation::reciprocal),
+        "Softsign" => rule(FIRST, activation::softsign),
+        "Selu" => rule(FIRST, activation::selu),
+        "Celu" => rule(FIRST, activation::celu),
+        "Mish" => rule(FIRST, activation::mish),
+        "ThresholdedRelu" => rule(FIRST, activation::thresholded_relu),
         "Gemm" => rule(Only(&[0, 1, 2]), linalg::gemm),
         "MatMul" => rule(All, linalg::matmul),
         "Add" => rule(All, elementwise::add),
@@ -78,8 +87,22 @@ pub fn lookup(op_type: &str) -> Option<Rule> {
         "Pow" => rule(FIRST, elementwise::pow),
         "Sqrt" => rule(FIRST, elementwise::sqrt),
         "Where" => rule(Only(&[1, 2]), elementwise::where_),
+        "Sum" => rule(All, elementwise::sum),
+        "Mean" => rule(All, elementwise::mean),
+        "Max" | "Min" => rule(All, elementwise::extremum),
         "ReduceMean" => rule(FIRST, reduce::reduce_mean),
         "ReduceSum" => rule(FIRST, reduce::reduce_sum),
+        "ReduceL2" => rule(FIRST, reduce::reduce_l2),
+        "ReduceL1" => rule(FIRST, reduce::reduce_l1),
+        "ReduceSumSquare" => rule(FIRST, reduce::reduce_sum_square),
+        "ReduceLogSumExp" => rule(FIRST, reduce::reduce_log_sum_exp),
+        "ReduceProd" => rule(FIRST, reduce::reduce_prod),
+        "ReduceMax" | "ReduceMin" => rule(FIRST, reduce::reduce_extremum),
+        "InstanceNormalization" => rule(FIRST, norm::instance_normalization),
+        "GatherElements" | "GatherND" | "Tile" => rule(FIRST, index::through_positions),
+        "DepthToSpace" => rule(FIRST, index::depth_to_space),
+        "SpaceToDepth" => rule(FIRST, index::space_to_depth),
+        "CumSum" => rule(FIRST, index::cum_sum),
         "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => rule(FIRST, shape::reshape_back),
         "Identity" | "Dropout" | "Cast" => rule(FIRST, shape::identity),
         "Transpose" => rule(FIRST, shape::transpose),

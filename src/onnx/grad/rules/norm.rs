@@ -38,13 +38,39 @@ fn mean(ctx: &mut Ctx, x: &str, axes: &[i64], count: usize) -> String {
 /// dx = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ · x̂)), ĝ = g · scale.
 pub fn layer_normalization(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let g = ctx.grad(grads)?;
-    let x = ctx.input(0).to_string();
-    let shape = ctx.shape(&x)?.dims.clone();
-    let rank = shape.len() as i64;
+    let rank = ctx.shape(ctx.input(0))?.rank() as i64;
     let axis = ctx.int_attr("axis", -1);
     let axis = if axis < 0 { axis + rank } else { axis };
-    let axes: Vec<i64> = (axis..rank).collect();
-    let count: usize = shape[axis as usize..].iter().product();
+    let scale = ctx.input(1).to_string();
+    normalized_back(ctx, &g, &scale, &(axis..rank).collect::<Vec<_>>())
+}
+
+/// InstanceNormalization: normalised over the spatial axes of each sample
+/// and channel, `scale` per channel; the same backward as LayerNormalization.
+pub fn instance_normalization(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
+    let g = ctx.grad(grads)?;
+    let rank = ctx.shape(ctx.input(0))?.rank() as i64;
+    if rank < 3 {
+        return fail("InstanceNormalization of a tensor without spatial axes");
+    }
+    // [C] -> [C, 1, ..., 1] so it broadcasts over [N, C, ...].
+    let trailing: Vec<i64> = (1..rank - 1).collect();
+    let scale = ctx.emit.unsqueeze(ctx.input(1), &trailing);
+    normalized_back(ctx, &g, &scale, &(2..rank).collect::<Vec<_>>())
+}
+
+/// dx of y = scale · (x − mean)/√(var + ε) + bias, statistics over `axes`.
+fn normalized_back(ctx: &mut Ctx, g: &str, scale: &str, axes: &[i64]) -> Grads {
+    let x = ctx.input(0).to_string();
+    let shape = ctx.shape(&x)?.dims.clone();
+    if axes
+        .iter()
+        .any(|&a| ctx.shape(&x).is_ok_and(|s| s.dynamic[a as usize]))
+    {
+        return fail("normalisation over the batch axis is not supported");
+    }
+    let count: usize = axes.iter().map(|&a| shape[a as usize]).product();
+    let axes = axes.to_vec();
     let mu = mean(ctx, &x, &axes, count);
     let centred = ctx.emit.binary("Sub", &x, &mu);
     let squared = ctx.emit.binary("Mul", &centred, &centred);
@@ -55,7 +81,7 @@ pub fn layer_normalization(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let one = ctx.emit.scalar_f32(1.0);
     let rstd = ctx.emit.binary("Div", &one, &std);
     let normalized = ctx.emit.binary("Mul", &centred, &rstd);
-    let scaled_g = ctx.emit.binary("Mul", &g, ctx.input(1));
+    let scaled_g = ctx.emit.binary("Mul", g, scale);
     let mean_g = mean(ctx, &scaled_g, &axes, count);
     let product = ctx.emit.binary("Mul", &scaled_g, &normalized);
     let mean_product = mean(ctx, &product, &axes, count);

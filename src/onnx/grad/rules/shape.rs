@@ -93,40 +93,58 @@ pub fn split(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     )))
 }
 
-/// Slice (step 1): pad g with zeros back to x's extent.
+/// Slice: with steps of 1 off the batch axis, pad g with zeros back to x's
+/// extent; any other slice (steps, negative steps, the batch axis) through
+/// the positions of x's elements.
 pub fn slice(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
+    match slice_by_padding(ctx, grads)? {
+        Some(g) => Ok(only_first(g)),
+        None => super::index::through_positions(ctx, grads),
+    }
+}
+
+/// `None` when the slice is not a step-1 slice of non-batch axes.
+fn slice_by_padding(ctx: &mut Ctx, grads: &[Option<String>]) -> Result<Option<String>> {
     let g = ctx.grad(grads)?;
     let x = ctx.shape(ctx.input(0))?.clone();
     let rank = x.rank();
-    let starts = ctx.const_ints(1)?;
-    let ends = ctx.const_ints(2)?;
+    // Bounds computed at run time go through the positions instead.
+    let (Ok(starts), Ok(ends)) = (ctx.const_ints(1), ctx.const_ints(2)) else {
+        return Ok(None);
+    };
     let axes = if ctx.input(3).is_empty() {
         (0..starts.len() as i64).collect()
     } else {
-        ctx.const_ints(3)?
+        let Ok(axes) = ctx.const_ints(3) else {
+            return Ok(None);
+        };
+        axes
     };
     let steps = if ctx.input(4).is_empty() {
         vec![1; starts.len()]
     } else {
-        ctx.const_ints(4)?
+        let Ok(steps) = ctx.const_ints(4) else {
+            return Ok(None);
+        };
+        steps
     };
     let mut pads = vec![0i64; 2 * rank];
     for (k, &axis) in axes.iter().enumerate() {
         if steps[k] != 1 {
-            return fail("Slice with a step other than 1 is not supported");
+            return Ok(None);
         }
         let a = normalized_axis(axis, rank);
         let dim = x.dims[a] as i64;
         let clamp = |v: i64| (if v < 0 { v + dim } else { v }).clamp(0, dim);
         let (start, end) = (clamp(starts[k]), clamp(ends[k]).max(clamp(starts[k])));
         if x.dynamic[a] && (start != 0 || end != dim) {
-            return fail("Slice along the batch axis is not supported");
+            return Ok(None);
         }
         pads[a] = start;
         pads[rank + a] = dim - end;
     }
     let pads = ctx.emit.ints(&pads);
-    Ok(only_first(ctx.emit.op(
+    Ok(Some(ctx.emit.op(
         "Pad",
         &[&g, &pads],
         vec![attr_string("mode", "constant")],
@@ -179,14 +197,25 @@ pub fn pad(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
 }
 
 /// Gather with a constant scalar index or a contiguous run of indices
-/// (ViT's class token, channel selection): pad g back into place.
+/// (ViT's class token, channel selection): pad g back into place. Any other
+/// indices, computed ones included, through the positions of x's elements.
 pub fn gather(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
+    match gather_by_padding(ctx, grads)? {
+        Some(g) => Ok(only_first(g)),
+        None => super::index::through_positions(ctx, grads),
+    }
+}
+
+/// `None` unless the indices are a constant scalar or contiguous range.
+fn gather_by_padding(ctx: &mut Ctx, grads: &[Option<String>]) -> Result<Option<String>> {
     let g = ctx.grad(grads)?;
     let x = ctx.shape(ctx.input(0))?.clone();
     let rank = x.rank();
     let axis = normalized_axis(ctx.int_attr("axis", 0), rank);
     let dim = x.dims[axis] as i64;
-    let indices = ctx.const_ints(1)?;
+    let Ok(indices) = ctx.const_ints(1) else {
+        return Ok(None);
+    };
     let index_rank = ctx
         .shape(ctx.input(1))
         .map(|s| s.rank())
@@ -197,7 +226,7 @@ pub fn gather(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
         .collect();
     let contiguous = indices.windows(2).all(|w| w[1] == w[0] + 1);
     if indices.is_empty() || !contiguous || index_rank > 1 || x.dynamic[axis] {
-        return fail("Gather is differentiated only for a constant scalar index or a contiguous range on a non-batch axis");
+        return Ok(None);
     }
     let g = if index_rank == 0 {
         ctx.emit.unsqueeze(&g, &[axis as i64])
@@ -208,7 +237,7 @@ pub fn gather(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     pads[axis] = indices[0];
     pads[rank + axis] = dim - indices[indices.len() - 1] - 1;
     let pads = ctx.emit.ints(&pads);
-    Ok(only_first(ctx.emit.op(
+    Ok(Some(ctx.emit.op(
         "Pad",
         &[&g, &pads],
         vec![attr_string("mode", "constant")],
