@@ -28,7 +28,7 @@ pub use shard::Shard;
 use crate::attack::{Attack, AttackSpec, Guarded, Perturbed, Step, Suite};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::onnx::{ClassifierGraph, Normalization, OnnxModel};
+use crate::onnx::{ClassifierGraph, Layout, Normalization, OnnxModel};
 use crate::progress::Progress;
 use crate::report::{ReportRow, WORST_CASE_ID};
 use crate::runtime::RuntimeOptions;
@@ -50,6 +50,8 @@ pub struct AuditRequest {
     pub gates: Vec<Gate>,
     pub runtime: RuntimeOptions,
     pub normalization: Option<Normalization>,
+    /// The image input's axis order (`--layout`).
+    pub layout: Layout,
     pub input: Option<String>,
     pub output: Option<String>,
     pub batch_size: usize,
@@ -65,6 +67,7 @@ pub struct AuditPlan {
     gates: Vec<Gate>,
     runtime: RuntimeOptions,
     normalization: Option<Normalization>,
+    layout: Layout,
     input: Option<String>,
     output: Option<String>,
     batch_size: usize,
@@ -101,6 +104,7 @@ impl AuditPlan {
             gates,
             runtime: request.runtime,
             normalization: request.normalization,
+            layout: request.layout,
             input: request.input,
             output: request.output,
             batch_size: request.batch_size,
@@ -279,11 +283,12 @@ fn prepare(
     data: &Dataset,
 ) -> Result<(OnnxModel, ClassifierGraph)> {
     let model = OnnxModel::load(path)?;
-    let graph = ClassifierGraph::prepare(
+    let graph = ClassifierGraph::prepare_as(
         &model,
         plan.input.as_deref(),
         plan.output.as_deref(),
         plan.normalization.as_ref(),
+        plan.layout,
     )?;
     graph.check_image_shape(&model, data.image_shape)?;
     Ok((model, graph))
@@ -993,6 +998,7 @@ mod tests {
                 threads: None,
             },
             normalization: None,
+            layout: Layout::Auto,
             input: None,
             output: None,
             batch_size: 8,

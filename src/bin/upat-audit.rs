@@ -109,6 +109,11 @@ struct AuditArgs {
     /// tract one); --threads 1 lets N shards share N cores.
     #[arg(long, value_name = "N", value_parser = upat::cli::threads)]
     threads: Option<std::num::NonZeroUsize>,
+    /// The image input's axis order: auto (NHWC when the last axis has 1, 3
+    /// or 4 entries and the second does not), nchw or nhwc. NHWC models are
+    /// fed through a transpose: data, budgets and gradients stay NCHW.
+    #[arg(long, value_name = "LAYOUT", default_value = "auto")]
+    layout: String,
     /// Per-channel MEAN:STD folded into the graph, e.g. 0.4914,0.4822,0.4465:0.2470,0.2435,0.2616.
     #[arg(long, value_name = "MEAN:STD")]
     normalize: Option<String>,
@@ -201,6 +206,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
                 threads: args.threads,
             },
             normalization,
+            layout: args.layout.parse()?,
             input: args.input,
             output: args.output,
             batch_size: args.batch_size,
@@ -415,8 +421,12 @@ fn inspect(model_path: PathBuf, input: Option<String>, output: Option<String>) -
         Ok(g) => {
             println!(
                 "classifier contract: ok (image input `{}`, logits output `{}`)",
-                g.input.name, g.output_name
+                g.input.name.trim_end_matches("__upat_nchw"),
+                g.output_name
             );
+            if g.input.channels_last {
+                println!("layout: NHWC (fed NCHW through a transpose; --layout nchw overrides)");
+            }
             let verdict = match image_shape_of(&g, None) {
                 Ok(shape) => match upat::onnx::grad::build(&g, shape, Loss::Ce) {
                     Ok(_) => "yes: white-box attacks can run".to_string(),

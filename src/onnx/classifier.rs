@@ -49,10 +49,52 @@ impl std::str::FromStr for Normalization {
     }
 }
 
+/// The order of the image input's axes (`--layout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// NHWC when the last axis has 1, 3 or 4 entries and the second does
+    /// not (Keras and TensorFlow exports), else NCHW.
+    #[default]
+    Auto,
+    Nchw,
+    Nhwc,
+}
+
+impl std::str::FromStr for Layout {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Layout::Auto),
+            "nchw" => Ok(Layout::Nchw),
+            "nhwc" => Ok(Layout::Nhwc),
+            _ => Err(Error::Usage(format!(
+                "--layout `{text}`: give auto, nchw or nhwc"
+            ))),
+        }
+    }
+}
+
+impl Layout {
+    /// Whether an input declared as `dims` (rank 4) is channels-last.
+    fn is_nhwc(self, dims: &[Dim]) -> bool {
+        let channel_like = |d: &Dim| matches!(fixed(d), Some(1 | 3 | 4));
+        match self {
+            Layout::Nchw => false,
+            Layout::Nhwc => true,
+            Layout::Auto => channel_like(&dims[3]) && !channel_like(&dims[1]),
+        }
+    }
+}
+
 /// What the image input accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputLayout {
     pub name: String,
+    /// The model takes `[N, H, W, C]`: the prepared graph takes `[N, C, H, W]`
+    /// and transposes it first, so data, attacks, budgets and gradients stay
+    /// NCHW.
+    pub channels_last: bool,
     /// `Some(b)` when the model was exported with a fixed batch size `b`.
     pub fixed_batch: Option<usize>,
     /// Declared `C, H, W`; `None` where symbolic.
@@ -150,12 +192,24 @@ fn fixed(d: &Dim) -> Option<usize> {
 
 impl ClassifierGraph {
     /// Selects the image input and logits output, checks the contract and
-    /// rewrites the graph (normalisation folded in, other outputs dropped).
+    /// rewrites the graph (normalisation folded in, other outputs dropped),
+    /// detecting the input's layout.
     pub fn prepare(
         model: &OnnxModel,
         input: Option<&str>,
         output: Option<&str>,
         normalization: Option<&Normalization>,
+    ) -> Result<Self> {
+        Self::prepare_as(model, input, output, normalization, Layout::Auto)
+    }
+
+    /// [`Self::prepare`] with the input's layout given (`--layout`).
+    pub fn prepare_as(
+        model: &OnnxModel,
+        input: Option<&str>,
+        output: Option<&str>,
+        normalization: Option<&Normalization>,
+        layout: Layout,
     ) -> Result<Self> {
         let inputs = model.inputs();
         let outputs = model.outputs();
@@ -217,10 +271,17 @@ impl ClassifierGraph {
             Some(d) => fixed(&d[1]),
             None => None,
         };
+        let channels_last = layout.is_nhwc(&dims);
+        let chw = if channels_last {
+            [fixed(&dims[3]), fixed(&dims[1]), fixed(&dims[2])]
+        } else {
+            [fixed(&dims[1]), fixed(&dims[2]), fixed(&dims[3])]
+        };
         let layout = InputLayout {
             name: image.name.clone(),
+            channels_last,
             fixed_batch: fixed(&dims[0]),
-            chw: [fixed(&dims[1]), fixed(&dims[2]), fixed(&dims[3])],
+            chw,
         };
         layout.check_declared_sizes(model)?;
         let mut proto = model.proto.clone();
@@ -229,6 +290,10 @@ impl ClassifierGraph {
             graph.initializer.iter().map(|t| t.name.clone()).collect();
         graph.input.retain(|i| !weights.contains(&i.name));
         graph.output.retain(|o| o.name == logits.name);
+        let mut layout = layout;
+        if layout.channels_last {
+            layout.name = transpose_input(graph, &layout);
+        }
         if let Some(norm) = normalization {
             let channels = layout.chw[0].unwrap_or(norm.mean.len());
             if norm.mean.len() != 1 && norm.mean.len() != channels {
@@ -281,6 +346,53 @@ impl ClassifierGraph {
             d(self.input.chw[2])
         )
     }
+}
+
+/// Replaces the NHWC image input by an NCHW one, `[N, C, H, W]`, followed by
+/// `Transpose(perm = [0, 2, 3, 1])` into the model's own input name; returns
+/// the new input's name.
+fn transpose_input(graph: &mut pb::GraphProto, layout: &InputLayout) -> String {
+    let nchw = format!("{}__upat_nchw", layout.name);
+    let dim = |d: Option<usize>| d.map(|v| v as i64);
+    let dims = [
+        dim(layout.fixed_batch),
+        dim(layout.chw[0]),
+        dim(layout.chw[1]),
+        dim(layout.chw[2]),
+    ];
+    let declared = crate::onnx::tensor_value_info(&nchw, FLOAT, &dims);
+    for input in graph.input.iter_mut().filter(|i| i.name == layout.name) {
+        // Unknown spatial sizes stay symbolic rather than becoming `N`.
+        *input = declared.clone();
+        if let Some(pb::type_proto::Value::TensorType(t)) =
+            input.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            if let Some(shape) = t.shape.as_mut() {
+                for (d, declared) in shape.dim.iter_mut().zip(dims).skip(1) {
+                    if declared.is_none() {
+                        d.value = Some(pb::tensor_shape_proto::dimension::Value::DimParam(
+                            String::new(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let transpose = pb::NodeProto {
+        op_type: "Transpose".into(),
+        name: "upat_nchw_to_nhwc".into(),
+        input: vec![nchw.clone()],
+        output: vec![layout.name.clone()],
+        attribute: vec![pb::AttributeProto {
+            name: "perm".into(),
+            r#type: pb::attribute_proto::AttributeType::Ints as i32,
+            ints: vec![0, 2, 3, 1],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    graph.node.insert(0, transpose);
+    nchw
 }
 
 /// Inserts `Div(Sub(x, mean), std)` between the input and its consumers.

@@ -8,7 +8,7 @@ mod classifier;
 mod external;
 pub mod grad;
 
-pub use classifier::{ClassifierGraph, InputLayout, Normalization};
+pub use classifier::{ClassifierGraph, InputLayout, Layout, Normalization};
 
 use crate::error::{Error, Result};
 use prost::Message;

@@ -11,6 +11,7 @@ mod external;
 mod flags;
 mod grad;
 mod hostile;
+mod layout;
 mod outcomes;
 mod resume;
 mod shard;
