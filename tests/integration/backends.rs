@@ -149,13 +149,28 @@ fn golden_npz_audits_as_labelled() {
 
 #[test]
 fn pytorch_fashion_mnist_cnn_gets_pytorchs_exact_predictions() {
+    reproduces_expected_predictions("models/fmnist-cnn.onnx", "models/fmnist-cnn.expected.json");
+}
+
+/// A Keras model converted with tf2onnx (channels-last input): both
+/// backends give ONNX Runtime's predictions in Python, hence its clean
+/// accuracy.
+#[test]
+fn keras_nhwc_model_gets_onnx_runtimes_python_predictions() {
+    reproduces_expected_predictions(
+        "models/fmnist-keras-nhwc.onnx",
+        "models/fmnist-keras-nhwc.expected.json",
+    );
+}
+
+/// Both backends reproduce every prediction `expected` records on the first
+/// Fashion-MNIST test images.
+fn reproduces_expected_predictions(model: &str, expected: &str) {
     let Some(dir) = fashion_mnist_dir() else {
         return;
     };
-    let expected: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_path("models/fmnist-cnn.expected.json")).unwrap(),
-    )
-    .unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_path(expected)).unwrap()).unwrap();
     let samples = expected["samples"].as_u64().unwrap() as usize;
     let torch_predictions: Vec<usize> = expected["predictions"]
         .as_array()
@@ -165,7 +180,7 @@ fn pytorch_fashion_mnist_cnn_gets_pytorchs_exact_predictions() {
         .collect();
     let mut data = DataSpec::FashionMnist(dir).load(Split::Test).unwrap();
     data.truncate(samples);
-    let model = OnnxModel::load(&repo_path("models/fmnist-cnn.onnx")).unwrap();
+    let model = OnnxModel::load(&repo_path(model)).unwrap();
     let graph = ClassifierGraph::prepare(&model, None, None, None).unwrap();
     for backend in BACKENDS {
         let mut classifier = runtime::open(&graph, data.image_shape, cpu(backend)).unwrap();
@@ -181,7 +196,7 @@ fn pytorch_fashion_mnist_cnn_gets_pytorchs_exact_predictions() {
         }
         assert_eq!(
             predictions, torch_predictions,
-            "{backend:?} predictions differ from PyTorch's"
+            "{backend:?} predictions differ from the reference's"
         );
     }
 }
