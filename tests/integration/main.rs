@@ -5,6 +5,7 @@
 mod attacks;
 mod backends;
 mod cli;
+mod coverage;
 #[cfg(feature = "train")]
 mod export;
 mod external;

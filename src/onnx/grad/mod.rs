@@ -19,6 +19,8 @@
 pub(crate) mod emit;
 mod loss;
 mod rules;
+
+pub use rules::{RuleEntry, RULES};
 mod shapes;
 
 pub use loss::Loss;
