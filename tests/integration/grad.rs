@@ -9,7 +9,7 @@ use upat::onnx::{ClassifierGraph, OnnxModel};
 use upat::runtime::{BackendChoice, GradientModel, LossAndGrad};
 
 /// The ops zoo of `tests/fixtures/zoo.py`: between them, every rule.
-const ZOO: [&str; 9] = [
+const ZOO: [&str; 10] = [
     "activations",
     "pooling",
     "shapes",
@@ -19,6 +19,7 @@ const ZOO: [&str; 9] = [
     "misc_ops",
     "reductions",
     "rare_ops",
+    "resizing",
 ];
 
 fn gradient_graph(model: &str, loss: Loss) -> GradientGraph {

@@ -13,6 +13,7 @@ mod linalg;
 mod norm;
 mod pool;
 mod reduce;
+mod resize;
 mod shape;
 
 use super::emit::Emitter;
@@ -111,7 +112,7 @@ pub const RULES: &[RuleEntry] = &[
     entry(&["Pad"], FIRST, shape::pad, "constant mode, non-negative pads"),
     entry(&["Gather"], FIRST, shape::gather, "any indices, constant or computed"),
     entry(&["Expand"], FIRST, shape::expand, ""),
-    entry(&["Resize"], FIRST, shape::resize, "nearest mode, integer up-scaling of H and W with block mapping (asymmetric/floor or half_pixel/round_prefer_*)"),
+    entry(&["Resize"], FIRST, resize::resize, "nearest, linear and cubic, up and down, any scales or sizes; every coordinate transformation but tf_crop_and_resize and half_pixel_symmetric; no antialias; not the batch axis"),
 ];
 
 /// One line of [`RULES`].
@@ -159,8 +160,13 @@ pub struct Constants(HashMap<String, pb::TensorProto>);
 
 impl Constants {
     pub fn collect(graph: &pb::GraphProto) -> Self {
-        // Only integer tensors: rules read indices and bounds, never weights.
-        let is_int = |t: &pb::TensorProto| t.data_type == 6 || t.data_type == 7;
+        // Integer tensors (indices, bounds) and small float ones (Resize
+        // scales); never weights.
+        let is_int = |t: &pb::TensorProto| {
+            t.data_type == 6
+                || t.data_type == 7
+                || (t.data_type == 1 && t.dims.iter().product::<i64>() <= 16)
+        };
         let mut map: HashMap<String, pb::TensorProto> = graph
             .initializer
             .iter()
@@ -181,6 +187,19 @@ impl Constants {
             }
         }
         Constants(map)
+    }
+
+    /// Values of a small constant float tensor.
+    pub fn floats(&self, name: &str) -> Option<Vec<f32>> {
+        let t = self.0.get(name).filter(|t| t.data_type == 1)?;
+        Some(if t.float_data.is_empty() {
+            t.raw_data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        } else {
+            t.float_data.clone()
+        })
     }
 
     /// Integer values of a constant tensor (int64 or int32).

@@ -1,0 +1,288 @@
+//! Resize: along each resized axis the op is a fixed linear map, an
+//! `[out, in]` matrix of interpolation weights that follows from the sizes,
+//! the scale, the mode and the coordinate transformation (ONNX's
+//! definition, as ONNX Runtime computes it). The gradient multiplies g by
+//! that matrix's transpose, axis by axis. Nearest integer up-scaling keeps
+//! its cheaper block sum.
+
+use super::{fail, only_first, Ctx};
+use crate::error::Result;
+use crate::onnx::grad::emit::attr_ints;
+
+type Grads = Result<Vec<Option<String>>>;
+
+/// How output coordinates map to input coordinates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Transform {
+    HalfPixel,
+    PytorchHalfPixel,
+    AlignCorners,
+    Asymmetric,
+}
+
+/// What decides each output element.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// `nearest_mode`: round_prefer_floor, round_prefer_ceil, floor, ceil.
+    Nearest(Rounding),
+    Linear,
+    /// `cubic_coeff_a`, `exclude_outside`.
+    Cubic(f32, bool),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rounding {
+    PreferFloor,
+    PreferCeil,
+    Floor,
+    Ceil,
+}
+
+pub fn resize(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
+    if let Ok(block_sum) = super::shape::resize(ctx, grads) {
+        return Ok(block_sum);
+    }
+    let g = ctx.grad(grads)?;
+    let (mode, transform) = settings(ctx)?;
+    let x = ctx.shape(ctx.input(0))?.clone();
+    let y = ctx.shape(ctx.output(0))?.clone();
+    let scales = axis_scales(ctx, &x.dims, &y.dims)?;
+    let rank = x.rank();
+    let mut g = g;
+    for axis in 0..rank {
+        let (size_in, size_out) = (x.dims[axis], y.dims[axis]);
+        if size_in == size_out && scales[axis] == 1.0 {
+            continue;
+        }
+        if x.dynamic[axis] {
+            return fail("Resize along the batch axis is not supported");
+        }
+        let weights = interpolation_matrix(size_in, size_out, scales[axis], mode, transform);
+        let matrix = ctx
+            .emit
+            .const_f32(&[size_out as i64, size_in as i64], &weights);
+        // Bring the axis last, contract it with the matrix, put it back.
+        let mut perm: Vec<i64> = (0..rank as i64).collect();
+        perm.swap(axis, rank - 1);
+        let last = if axis == rank - 1 {
+            g
+        } else {
+            ctx.emit
+                .op("Transpose", &[&g], vec![attr_ints("perm", &perm)])
+        };
+        let contracted = ctx.emit.binary("MatMul", &last, &matrix);
+        g = if axis == rank - 1 {
+            contracted
+        } else {
+            ctx.emit
+                .op("Transpose", &[&contracted], vec![attr_ints("perm", &perm)])
+        };
+    }
+    Ok(only_first(g))
+}
+
+fn settings(ctx: &Ctx) -> Result<(Mode, Transform)> {
+    if ctx.int_attr("antialias", 0) != 0 {
+        return fail("Resize with antialias is not supported");
+    }
+    if ctx.string_attr("keep_aspect_ratio_policy", "stretch") != "stretch" {
+        return fail("Resize with a keep_aspect_ratio_policy other than stretch is not supported");
+    }
+    let transform = match ctx
+        .string_attr("coordinate_transformation_mode", "half_pixel")
+        .as_str()
+    {
+        "half_pixel" => Transform::HalfPixel,
+        "pytorch_half_pixel" => Transform::PytorchHalfPixel,
+        "align_corners" => Transform::AlignCorners,
+        "asymmetric" => Transform::Asymmetric,
+        other => {
+            return fail(format!(
+                "Resize with coordinate_transformation_mode {other} is not supported"
+            ))
+        }
+    };
+    let mode = match ctx.string_attr("mode", "nearest").as_str() {
+        "nearest" => Mode::Nearest(
+            match ctx
+                .string_attr("nearest_mode", "round_prefer_floor")
+                .as_str()
+            {
+                "round_prefer_floor" => Rounding::PreferFloor,
+                "round_prefer_ceil" => Rounding::PreferCeil,
+                "floor" => Rounding::Floor,
+                "ceil" => Rounding::Ceil,
+                other => return fail(format!("Resize with nearest_mode {other}")),
+            },
+        ),
+        "linear" => Mode::Linear,
+        "cubic" => Mode::Cubic(
+            ctx.float_attr("cubic_coeff_a", -0.75),
+            ctx.int_attr("exclude_outside", 0) != 0,
+        ),
+        other => return fail(format!("Resize with mode {other} is not supported")),
+    };
+    Ok((mode, transform))
+}
+
+/// The scale of every axis: from the `scales` input when given (it, not
+/// out/in, enters the coordinate transformation), else out/in.
+fn axis_scales(ctx: &Ctx, x: &[usize], y: &[usize]) -> Result<Vec<f32>> {
+    let rank = x.len();
+    let mut scales: Vec<f32> = x
+        .iter()
+        .zip(y)
+        .map(|(&i, &o)| o as f32 / i as f32)
+        .collect();
+    // Inputs (X, roi, scales, sizes): the gradient graph needs opset 13+.
+    let scales_input = 2;
+    let given_sizes = !ctx.input(3).is_empty();
+    if given_sizes || ctx.input(scales_input).is_empty() {
+        return Ok(scales);
+    }
+    let given = ctx
+        .constants
+        .floats(ctx.input(scales_input))
+        .filter(|v| !v.is_empty());
+    let Some(given) = given else {
+        return fail("Resize with scales computed at run time is not supported");
+    };
+    let axes: Vec<usize> = match ctx.ints_attr("axes") {
+        Some(a) if !a.is_empty() => a
+            .iter()
+            .map(|&a| {
+                if a < 0 {
+                    (a + rank as i64) as usize
+                } else {
+                    a as usize
+                }
+            })
+            .collect(),
+        _ => (0..rank).collect(),
+    };
+    if given.len() != axes.len() {
+        return fail("Resize scales do not match its axes");
+    }
+    for (&axis, &scale) in axes.iter().zip(&given) {
+        scales[axis] = scale;
+    }
+    Ok(scales)
+}
+
+/// The input coordinate of output index `out`.
+fn source(out: usize, size_in: usize, size_out: usize, scale: f32, t: Transform) -> f32 {
+    let (out, size_in, size_out) = (out as f32, size_in as f32, size_out as f32);
+    match t {
+        Transform::HalfPixel => (out + 0.5) / scale - 0.5,
+        Transform::PytorchHalfPixel if size_out > 1.0 => (out + 0.5) / scale - 0.5,
+        Transform::PytorchHalfPixel => 0.0,
+        Transform::AlignCorners if size_out > 1.0 => out * (size_in - 1.0) / (size_out - 1.0),
+        Transform::AlignCorners => 0.0,
+        Transform::Asymmetric => out / scale,
+    }
+}
+
+/// Row-major `[size_out, size_in]` weights: output `o` = Σ_i w[o, i]·x[i].
+fn interpolation_matrix(
+    size_in: usize,
+    size_out: usize,
+    scale: f32,
+    mode: Mode,
+    transform: Transform,
+) -> Vec<f32> {
+    let mut weights = vec![0.0f32; size_out * size_in];
+    let last = size_in as i64 - 1;
+    let clamp = |i: i64| i.clamp(0, last) as usize;
+    for o in 0..size_out {
+        let row = &mut weights[o * size_in..(o + 1) * size_in];
+        let x = source(o, size_in, size_out, scale, transform);
+        match mode {
+            Mode::Nearest(rounding) => {
+                let fraction = x - x.floor();
+                let i = match rounding {
+                    Rounding::PreferFloor if fraction == 0.5 => x.floor(),
+                    Rounding::PreferCeil if fraction == 0.5 => x.ceil(),
+                    Rounding::PreferFloor | Rounding::PreferCeil => x.round(),
+                    Rounding::Floor => x.floor(),
+                    Rounding::Ceil => x.ceil(),
+                };
+                row[clamp(i as i64)] = 1.0;
+            }
+            Mode::Linear => {
+                // Coordinates outside the input stick to its edge.
+                let x = x.clamp(0.0, last as f32);
+                let i0 = x.floor() as i64;
+                let i1 = (i0 + 1).min(last);
+                let w1 = x - i0 as f32;
+                row[clamp(i0)] += 1.0 - w1;
+                row[clamp(i1)] += w1;
+            }
+            Mode::Cubic(a, exclude_outside) => {
+                let i0 = x.floor() as i64;
+                let t = x - i0 as f32;
+                let taps = cubic_weights(t, a);
+                let mut kept = 0.0;
+                for (k, w) in taps.iter().enumerate() {
+                    let i = i0 - 1 + k as i64;
+                    if exclude_outside && !(0..=last).contains(&i) {
+                        continue;
+                    }
+                    kept += w;
+                    row[clamp(i)] += w;
+                }
+                if exclude_outside && kept != 0.0 {
+                    row.iter_mut().for_each(|w| *w /= kept);
+                }
+            }
+        }
+    }
+    weights
+}
+
+/// Keys' cubic convolution weights of the taps at −1, 0, 1, 2 from floor(x).
+fn cubic_weights(t: f32, a: f32) -> [f32; 4] {
+    let far = |d: f32| ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a;
+    let near = |d: f32| ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0;
+    [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows_sum_to_one(w: &[f32], size_in: usize) {
+        for row in w.chunks(size_in) {
+            let total: f32 = row.iter().sum();
+            assert!((total - 1.0).abs() < 1e-5, "{row:?}");
+        }
+    }
+
+    #[test]
+    fn interpolation_weights_are_partitions_of_one() {
+        for mode in [
+            Mode::Nearest(Rounding::PreferFloor),
+            Mode::Linear,
+            Mode::Cubic(-0.75, false),
+            Mode::Cubic(-0.5, true),
+        ] {
+            for t in [
+                Transform::HalfPixel,
+                Transform::AlignCorners,
+                Transform::Asymmetric,
+            ] {
+                for (i, o) in [(4, 8), (8, 3), (5, 7), (1, 4)] {
+                    rows_sum_to_one(&interpolation_matrix(i, o, o as f32 / i as f32, mode, t), i);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn linear_half_pixel_doubling_matches_the_textbook_weights() {
+        // Output 1 of 4 -> 8 sits at input 0.25: 0.75·x0 + 0.25·x1.
+        let w = interpolation_matrix(4, 8, 2.0, Mode::Linear, Transform::HalfPixel);
+        assert_eq!(&w[4..8], &[0.75, 0.25, 0.0, 0.0]);
+        // Output 0 sits at −0.25, clamped to the edge.
+        assert_eq!(&w[0..4], &[1.0, 0.0, 0.0, 0.0]);
+    }
+}
