@@ -49,15 +49,15 @@ pub fn resize(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let scales = axis_scales(ctx, &x.dims, &y.dims)?;
     let rank = x.rank();
     let mut g = g;
-    for axis in 0..rank {
+    for (axis, &scale) in scales.iter().enumerate() {
         let (size_in, size_out) = (x.dims[axis], y.dims[axis]);
-        if size_in == size_out && scales[axis] == 1.0 {
+        if size_in == size_out && scale == 1.0 {
             continue;
         }
         if x.dynamic[axis] {
             return fail("Resize along the batch axis is not supported");
         }
-        let weights = interpolation_matrix(size_in, size_out, scales[axis], mode, transform);
+        let weights = interpolation_matrix(size_in, size_out, scale, mode, transform);
         let matrix = ctx
             .emit
             .const_f32(&[size_out as i64, size_in as i64], &weights);
