@@ -1,8 +1,8 @@
-//! Gemm and MatMul: transposed products.
+//! Gemm, MatMul and Einsum: transposed products.
 
 use super::{fail, Ctx};
 use crate::error::Result;
-use crate::onnx::grad::emit::{attr_float, attr_int, attr_ints};
+use crate::onnx::grad::emit::{attr_float, attr_int, attr_ints, attr_string};
 
 type Grads = Result<Vec<Option<String>>>;
 
@@ -96,4 +96,98 @@ fn unbroadcast_matmul(ctx: &mut Ctx, product: &str, i: usize) -> Result<String> 
         ctx.emit.reduce_sum(product, &batch_axes, true)
     };
     Ok(ctx.emit.reshape_like(&summed, &operand))
+}
+
+/// Einsum: operand i's gradient is the einsum of g with the other operands,
+/// written to operand i's subscripts; letters only operand i sums over are
+/// broadcast back. No ellipsis, no letter repeated within an operand.
+pub fn einsum(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
+    let g = ctx.grad(grads)?;
+    let equation: String = ctx
+        .string_attr("equation", "")
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    if equation.contains("...") {
+        return fail("Einsum with an ellipsis is not supported");
+    }
+    let (lhs, rhs) = match equation.split_once("->") {
+        Some((l, r)) => (l.to_string(), r.to_string()),
+        None => {
+            // Implicit output: the letters used once, in alphabetical order.
+            let mut once: Vec<char> = equation
+                .chars()
+                .filter(|c| c.is_ascii_alphabetic())
+                .filter(|&c| equation.matches(c).count() == 1)
+                .collect();
+            once.sort_unstable();
+            (equation.clone(), once.into_iter().collect())
+        }
+    };
+    let terms: Vec<&str> = lhs.split(',').collect();
+    if terms.len() != ctx.node.input.len() {
+        return fail(format!("Einsum `{equation}` does not match its inputs"));
+    }
+    let mut out = Vec::new();
+    for (i, term) in terms.iter().enumerate() {
+        if !ctx.wants(i) {
+            out.push(None);
+            continue;
+        }
+        if term.chars().any(|c| term.matches(c).count() > 1) {
+            return fail(format!(
+                "Einsum `{equation}` takes a diagonal (a repeated letter)"
+            ));
+        }
+        let others: String = terms
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != i)
+            .map(|(_, t)| *t)
+            .collect();
+        // Letters operand i alone sums over, absent from g and the others,
+        // come back through a tensor of ones with those letters (static
+        // sizes), else by Expand.
+        let reachable = |c: char| rhs.contains(c) || others.contains(c);
+        let shape = ctx.shape(ctx.input(i))?.clone();
+        let missing: Vec<(usize, char)> = term
+            .chars()
+            .enumerate()
+            .filter(|&(_, c)| !reachable(c))
+            .collect();
+        let ones_operand = !missing.is_empty() && missing.iter().all(|&(p, _)| !shape.dynamic[p]);
+        let target: String = if ones_operand {
+            term.to_string()
+        } else {
+            term.chars().filter(|&c| reachable(c)).collect()
+        };
+        let mut spec = rhs.clone();
+        let mut inputs = vec![g.clone()];
+        for (k, t) in terms.iter().enumerate().filter(|(k, _)| *k != i) {
+            spec.push(',');
+            spec.push_str(t);
+            inputs.push(ctx.input(k).to_string());
+        }
+        if ones_operand {
+            let dims: Vec<i64> = missing.iter().map(|&(p, _)| shape.dims[p] as i64).collect();
+            let count = dims.iter().product::<i64>() as usize;
+            inputs.push(ctx.emit.const_f32(&dims, &vec![1.0; count]));
+            spec.push(',');
+            spec.extend(missing.iter().map(|&(_, c)| c));
+        }
+        let spec = format!("{spec}->{target}");
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let gi = ctx
+            .emit
+            .op("Einsum", &refs, vec![attr_string("equation", &spec)]);
+        out.push(Some(if missing.is_empty() || ones_operand {
+            gi
+        } else {
+            let axes: Vec<i64> = missing.iter().map(|&(p, _)| p as i64).collect();
+            let unsqueezed = ctx.emit.unsqueeze(&gi, &axes);
+            let full = ctx.emit.shape_of(ctx.input(i));
+            ctx.emit.binary("Expand", &unsqueezed, &full)
+        }));
+    }
+    Ok(out)
 }
