@@ -42,6 +42,9 @@ pub enum Flag {
     /// Robust accuracy stays above 0 under ℓ∞ ε = 1, where every image can
     /// be turned into any other.
     UnboundedAttackFails { robust: f64 },
+    /// White-box attacks used gradients through ops differentiated by the
+    /// straight-through estimator (quantization): approximate gradients.
+    ApproximateGradients { ops: Vec<String> },
 }
 
 impl Flag {
@@ -54,6 +57,7 @@ impl Flag {
             Flag::TooFewClasses { .. } => "too_few_classes",
             Flag::BlackBoxBeatsWhiteBox { .. } => "black_box_beats_white_box",
             Flag::UnboundedAttackFails { .. } => "unbounded_attack_fails",
+            Flag::ApproximateGradients { .. } => "approximate_gradients",
         }
     }
 
@@ -66,6 +70,7 @@ impl Flag {
             Flag::TooFewClasses { classes, .. } => *classes as f64,
             Flag::BlackBoxBeatsWhiteBox { by, .. } => *by,
             Flag::UnboundedAttackFails { robust } => *robust,
+            Flag::ApproximateGradients { ops } => ops.len() as f64,
         }
     }
 
@@ -98,6 +103,12 @@ impl Flag {
                 "PGD at l-inf eps = 1 (any image reachable) leaves {:.1}% of the checked samples robust: \
                  the gradients do not lead the attack, so bounded figures may be too high",
                 robust * 100.0
+            ),
+            Flag::ApproximateGradients { ops } => format!(
+                "white-box attacks differentiated {} by the straight-through estimator (BPDA, Athalye et al. 2018): \
+                 the forward pass is the quantized one but its gradients are approximate, so white-box figures may be \
+                 too high; compare with score-based attacks (--suite scorebased)",
+                ops.join(" and ")
             ),
         }
     }

@@ -650,6 +650,10 @@ impl Audit<'_> {
             if let Some(flag) = checks::unbounded_attack_fails(victim, &batch)? {
                 self.flag(victim, flag);
             }
+            if !victim.approximated().is_empty() {
+                let ops = victim.approximated().to_vec();
+                self.flag(victim, Flag::ApproximateGradients { ops });
+            }
         }
         let model = victim.model.path.display().to_string();
         let outcomes: Vec<SampleOutcome> = self

@@ -16,6 +16,9 @@ pub struct Victim<'a> {
     runtime: RuntimeOptions,
     by_loss: HashMap<Loss, GradientModel>,
     classes: usize,
+    /// Ops of the gradient graphs built so far that are differentiated by
+    /// the straight-through estimator.
+    approximated: Vec<String>,
 }
 
 impl<'a> Victim<'a> {
@@ -38,7 +41,13 @@ impl<'a> Victim<'a> {
             runtime,
             by_loss: HashMap::new(),
             classes,
+            approximated: Vec::new(),
         })
+    }
+
+    /// Op types whose gradients the attacks approximated (straight-through).
+    pub fn approximated(&self) -> &[String] {
+        &self.approximated
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -52,6 +61,11 @@ impl<'a> Victim<'a> {
     fn gradients(&mut self, loss: Loss) -> Result<&mut GradientModel> {
         if !self.by_loss.contains_key(&loss) {
             let gradient = grad::build(self.graph, self.image_shape, loss)?;
+            for op in &gradient.approximated {
+                if !self.approximated.contains(op) {
+                    self.approximated.push(op.clone());
+                }
+            }
             let opened = GradientModel::open(&gradient, self.image_shape, self.runtime)?;
             self.by_loss.insert(loss, opened);
         }

@@ -163,6 +163,17 @@ fn keras_nhwc_model_gets_onnx_runtimes_python_predictions() {
     );
 }
 
+/// An int8 QDQ model (ONNX Runtime's static quantization): both backends
+/// run its quantized forward pass and give ONNX Runtime's Python
+/// predictions.
+#[test]
+fn quantized_qdq_model_gets_onnx_runtimes_python_predictions() {
+    reproduces_expected_predictions(
+        "models/fmnist-cnn-qdq.onnx",
+        "models/fmnist-cnn-qdq.expected.json",
+    );
+}
+
 /// Both backends reproduce every prediction `expected` records on the first
 /// Fashion-MNIST test images.
 fn reproduces_expected_predictions(model: &str, expected: &str) {

@@ -103,3 +103,56 @@ fn a_masked_model_is_flagged_and_honest_ones_are_not() {
     assert!(stderr(&out).contains("--fail-on-flags"), "{}", stderr(&out));
     assert!(dir.path().join("strict/report.csv").is_file());
 }
+
+/// A QDQ-quantized model: white-box attacks run through the
+/// straight-through estimator, still find adversarial examples, and the
+/// report says the gradients are approximate.
+#[test]
+fn quantized_models_are_attacked_and_flagged_as_approximate() {
+    let Some(fmnist) = crate::util::fashion_mnist_dir() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let model = crate::util::repo_path("models/fmnist-cnn-qdq.onnx");
+    for backend in ["ort", "tract"] {
+        let out = format!("out-{backend}");
+        let result = crate::util::upat_audit(
+            dir.path(),
+            &[
+                &model.display().to_string(),
+                "--data",
+                &format!("fashion-mnist:{}", fmnist.display()),
+                "--samples",
+                "64",
+                "--suite",
+                "whitebox",
+                "--backend",
+                backend,
+                "--out",
+                &out,
+            ],
+        );
+        assert!(result.status.success(), "{}", crate::util::stderr(&result));
+        let flags = std::fs::read_to_string(dir.path().join(&out).join("flags.csv")).unwrap();
+        assert!(
+            flags.contains("approximate_gradients") && flags.contains("QuantizeLinear"),
+            "{backend}: {flags}"
+        );
+        let (header, rows) = crate::util::read_csv(&dir.path().join(&out).join("report.csv"));
+        let clean: f64 = crate::util::cell(&header, &rows[0], "clean_acc")
+            .parse()
+            .unwrap();
+        let worst = rows
+            .iter()
+            .map(|r| {
+                crate::util::cell(&header, r, "robust_acc")
+                    .parse::<f64>()
+                    .unwrap()
+            })
+            .fold(f64::INFINITY, f64::min);
+        assert!(
+            worst < clean - 0.3,
+            "{backend}: the attacks barely moved the quantized model ({clean} -> {worst})"
+        );
+    }
+}

@@ -20,7 +20,7 @@ pub(crate) mod emit;
 mod loss;
 mod rules;
 
-pub use rules::{RuleEntry, RULES};
+pub use rules::{RuleEntry, RULES, STRAIGHT_THROUGH};
 mod shapes;
 
 pub use loss::Loss;
@@ -58,6 +58,9 @@ pub struct GradientGraph {
     pub classes: usize,
     /// The batch size the model was exported with, if fixed.
     pub fixed_batch: Option<usize>,
+    /// Op types on the path differentiated by the straight-through
+    /// estimator ([`STRAIGHT_THROUGH`]): the gradient is approximate.
+    pub approximated: Vec<String>,
 }
 
 /// Why a model cannot be differentiated: the first op without a rule on the
@@ -191,10 +194,12 @@ pub fn build(
                 .iter()
                 .any(|name| active.contains(name))
         {
+            // A quantized tensor carries the gradient straight through.
+            let straight_through = STRAIGHT_THROUGH.contains(&node.op_type.as_str());
             active.extend(
                 node.output
                     .iter()
-                    .filter(|o| !o.is_empty() && is_float(&shapes, o))
+                    .filter(|o| !o.is_empty() && (straight_through || is_float(&shapes, o)))
                     .cloned(),
             );
         }
@@ -237,10 +242,20 @@ pub fn build(
         on_path.push(i);
     }
 
+    let mut approximated: Vec<String> = on_path
+        .iter()
+        .map(|&i| g.node[i].op_type.clone())
+        .filter(|op| STRAIGHT_THROUGH.contains(&op.as_str()))
+        .collect();
+    approximated.sort();
+    approximated.dedup();
+
     // Bounds, pads and indices that exporters compute with shape arithmetic.
     let constants = rules::Constants::collect(g);
     let computed: Vec<String> = on_path
         .iter()
+        // Quantization parameters are not read by the straight-through rule.
+        .filter(|&&i| !STRAIGHT_THROUGH.contains(&g.node[i].op_type.as_str()))
         .flat_map(|&i| g.node[i].input.iter().skip(1))
         .filter(|name| {
             !name.is_empty()
@@ -339,6 +354,7 @@ pub fn build(
         loss,
         classes,
         fixed_batch: graph.input.fixed_batch,
+        approximated,
     })
 }
 

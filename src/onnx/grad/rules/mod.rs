@@ -12,6 +12,7 @@ mod index;
 mod linalg;
 mod norm;
 mod pool;
+mod quant;
 mod reduce;
 mod resize;
 mod shape;
@@ -101,6 +102,8 @@ pub const RULES: &[RuleEntry] = &[
     entry(&["GroupNormalization"], FIRST, norm::group_normalization, "scale per group (opset 18) or per channel (21); not over the batch axis"),
     entry(&["LpNormalization"], FIRST, norm::lp_normalization, "p = 1 or 2"),
     entry(&["Einsum"], DiffInputs::All, linalg::einsum, "no ellipsis, no letter repeated within an operand"),
+    entry(&["QuantizeLinear"], FIRST, quant::quantize_linear, "straight-through estimator (BPDA), zero outside the quantized range for a per-tensor scale: approximate, flagged"),
+    entry(&["DequantizeLinear"], FIRST, shape::identity, "straight-through estimator (BPDA): approximate, flagged"),
     entry(&["InstanceNormalization"], FIRST, norm::instance_normalization, "spatial axes present"),
     entry(&["GatherElements", "GatherND", "Tile"], FIRST, index::through_positions, "any indices or repeats"),
     entry(&["DepthToSpace"], FIRST, index::depth_to_space, "NCHW, DCR and CRD"),
@@ -117,6 +120,12 @@ pub const RULES: &[RuleEntry] = &[
     entry(&["Expand"], FIRST, shape::expand, ""),
     entry(&["Resize"], FIRST, resize::resize, "nearest, linear and cubic, up and down, any scales or sizes; every coordinate transformation but tf_crop_and_resize and half_pixel_symmetric; no antialias; not the batch axis"),
 ];
+
+/// Ops differentiated by the straight-through estimator (the identity, as
+/// BPDA does; Athalye et al. 2018): their gradients are approximate, which
+/// the audit flags. A QuantizeLinear's integer output carries the gradient
+/// to the DequantizeLinear that reads it.
+pub const STRAIGHT_THROUGH: &[&str] = &["QuantizeLinear", "DequantizeLinear"];
 
 /// One line of [`RULES`].
 pub struct RuleEntry {
@@ -165,10 +174,12 @@ impl Constants {
     pub fn collect(graph: &pb::GraphProto) -> Self {
         // Integer tensors (indices, bounds) and small float ones (Resize
         // scales); never weights.
+        // Small tensors of other types too: Resize scales, quantization
+        // zero points (whose type gives the quantized range).
         let is_int = |t: &pb::TensorProto| {
             t.data_type == 6
                 || t.data_type == 7
-                || (t.data_type == 1 && t.dims.iter().product::<i64>() <= 16)
+                || (matches!(t.data_type, 1..=5) && t.dims.iter().product::<i64>() <= 16)
         };
         let mut map: HashMap<String, pb::TensorProto> = graph
             .initializer
@@ -190,6 +201,11 @@ impl Constants {
             }
         }
         Constants(map)
+    }
+
+    /// The ONNX element type of a collected constant.
+    pub fn data_type(&self, name: &str) -> Option<i32> {
+        self.0.get(name).map(|t| t.data_type)
     }
 
     /// Values of a small constant float tensor.
