@@ -10,22 +10,14 @@ Run from the repository root with the project venv:
 """
 
 import argparse
-import gzip
 import json
 import os
 
 import numpy as np
 import torch
+from idx_files import read_idx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def read_idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def load(data_dir, prefix):

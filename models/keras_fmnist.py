@@ -13,23 +13,14 @@ Writes models/fmnist-keras-nhwc.onnx and models/fmnist-keras-nhwc.expected.json
 the tests require upat to reproduce). Reads Debian's dataset-fashion-mnist.
 """
 
-import gzip
 import json
 import os
 
 import numpy as np
+from idx_files import fashion_mnist as idx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = "/usr/share/datasets/fashion-mnist"
 SAMPLES = 1000
-
-
-def idx(name):
-    with gzip.open(os.path.join(DATA, name)) as f:
-        raw = f.read()
-    dims = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
 def main():

@@ -10,26 +10,17 @@ models/fmnist-cnn-qdq.expected.json (ONNX Runtime's predictions in Python on
 the first 1000 test images, which the tests require upat to reproduce).
 """
 
-import gzip
 import json
 import os
 
 import numpy as np
+from idx_files import fashion_mnist as idx
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = "/usr/share/datasets/fashion-mnist"
 SAMPLES = 1000
-
-
-def idx(name):
-    with gzip.open(os.path.join(DATA, name)) as f:
-        raw = f.read()
-    dims = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
 class Calibration(CalibrationDataReader):
