@@ -436,4 +436,63 @@ mod tests {
         let err = inline(&model, &mut proto).unwrap_err().to_string();
         assert!(err.contains("past the end"), "{err}");
     }
+
+    /// A Constant node inside an If branch, its tensor stored externally.
+    #[test]
+    fn tensors_in_subgraph_attributes_are_read_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let values: Vec<u8> = [5.0f32, 6.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(dir.path().join("w.bin"), &values).unwrap();
+        let external = pb::TensorProto {
+            name: "c".into(),
+            dims: vec![2],
+            data_type: 1,
+            data_location: Some(EXTERNAL),
+            external_data: vec![pb::StringStringEntryProto {
+                key: "location".into(),
+                value: "w.bin".into(),
+            }],
+            ..Default::default()
+        };
+        let constant = pb::NodeProto {
+            op_type: "Constant".into(),
+            output: vec!["c".into()],
+            attribute: vec![pb::AttributeProto {
+                name: "value".into(),
+                t: Some(external),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let branch = pb::GraphProto {
+            node: vec![constant],
+            ..Default::default()
+        };
+        let if_node = pb::NodeProto {
+            op_type: "If".into(),
+            attribute: vec![pb::AttributeProto {
+                name: "then_branch".into(),
+                g: Some(branch),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut model = pb::ModelProto {
+            graph: Some(pb::GraphProto {
+                node: vec![if_node],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(uses_external_data(&mut model));
+        let files = inline(&dir.path().join("m.onnx"), &mut model).unwrap();
+        assert_eq!(files.len(), 1);
+        assert!(!uses_external_data(&mut model));
+        let graph = model.graph.unwrap();
+        let tensor = graph.node[0].attribute[0].g.as_ref().unwrap().node[0].attribute[0]
+            .t
+            .clone()
+            .unwrap();
+        assert_eq!(tensor.raw_data, values);
+    }
 }
