@@ -115,3 +115,52 @@ fn spatial_4d(ctx: &Ctx) -> Result<[i64; 3]> {
     }
     Ok([x.dims[1] as i64, x.dims[2] as i64, x.dims[3] as i64])
 }
+
+/// ScatterElements and ScatterND (reduction `none` or `add`): `data`'s
+/// gradient is g where no update landed (all of g with `add`), the
+/// updates' gradient is g gathered at the indices they were written to.
+pub fn scatter(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
+    let g = ctx.grad(grads)?;
+    let elements = ctx.node.op_type == "ScatterElements";
+    let reduction = ctx.string_attr("reduction", "none");
+    if reduction != "none" && reduction != "add" {
+        return super::fail(format!(
+            "{} with reduction {reduction} is not supported",
+            ctx.node.op_type
+        ));
+    }
+    let (data, indices, updates) = (
+        ctx.input(0).to_string(),
+        ctx.input(1).to_string(),
+        ctx.input(2).to_string(),
+    );
+    let axis = vec![attr_int("axis", ctx.int_attr("axis", 0))];
+    let axis_attr = || if elements { axis.clone() } else { vec![] };
+    let data_grad = if !ctx.wants(0) {
+        None
+    } else if reduction == "add" {
+        Some(g.clone())
+    } else {
+        // 1 where data survives, 0 where an update overwrote it.
+        let shape = ctx.emit.shape_of(&data);
+        let ones = ctx.emit.op(
+            "ConstantOfShape",
+            &[&shape],
+            vec![attr_tensor("value", float_tensor("", &[1], &[1.0]))],
+        );
+        let zeros = ctx.emit.zeros_like(&updates);
+        let kept = ctx
+            .emit
+            .op(&ctx.node.op_type, &[&ones, &indices, &zeros], axis_attr());
+        Some(ctx.emit.binary("Mul", &g, &kept))
+    };
+    let updates_grad = ctx.wants(2).then(|| {
+        let gather = if elements {
+            "GatherElements"
+        } else {
+            "GatherND"
+        };
+        ctx.emit.op(gather, &[&g, &indices], axis_attr())
+    });
+    Ok(vec![data_grad, None, updates_grad])
+}

@@ -106,6 +106,7 @@ pub const RULES: &[RuleEntry] = &[
     entry(&["DequantizeLinear"], FIRST, shape::identity, "straight-through estimator (BPDA): approximate, flagged"),
     entry(&["InstanceNormalization"], FIRST, norm::instance_normalization, "spatial axes present"),
     entry(&["GatherElements", "GatherND", "Tile"], FIRST, index::through_positions, "any indices or repeats"),
+    entry(&["ScatterElements", "ScatterND"], DiffInputs::Only(&[0, 2]), index::scatter, "reduction none or add; data and updates differentiated"),
     entry(&["DepthToSpace"], FIRST, index::depth_to_space, "NCHW, DCR and CRD"),
     entry(&["SpaceToDepth"], FIRST, index::space_to_depth, "NCHW"),
     entry(&["CumSum"], FIRST, index::cum_sum, "exclusive and reverse"),
