@@ -100,7 +100,10 @@ fn coverage_markdown() -> String {
          that do not depend on any input: no gradient flows through them.\n\
          - **no**: no rule yet. `inspect` and white-box attacks name the op\n  \
          when the logits depend on the input through it; score-based\n  \
-         suites (`--suite scorebased`) and transfer attacks still run.\n\n",
+         suites (`--suite scorebased`) and transfer attacks still run.\n\n\
+         Models of opsets 7 to 12 are first rewritten to the forms of opset\n\
+         13 (`src/onnx/grad/upgrade.rs`; the `*_opset9`, `_opset11` and\n\
+         `_opset12` zoo exports check it), so the table holds for them too.\n\n",
     );
     let (mut yes, mut no) = (0, 0);
     out.push_str(&format!("Ops of {version}.\n\n"));

@@ -299,21 +299,53 @@ fn an_op_without_a_rule_is_named_with_a_way_out() {
 }
 
 #[test]
-fn old_opsets_are_refused_with_a_way_out() {
+fn opsets_before_7_are_refused_with_a_way_out() {
     let model = OnnxModel::load(&fixture("tiny_cnn.onnx")).unwrap();
     let mut graph = ClassifierGraph::prepare(&model, None, None, None).unwrap();
     graph
         .proto
         .opset_import
         .iter_mut()
-        .for_each(|o| o.version = 11);
+        .for_each(|o| o.version = 6);
     let err = grad::build(&graph, [3, 8, 8], Loss::Ce)
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("opset 11") && err.contains("opset_version=17"),
+        err.contains("opset 6") && err.contains("opset_version=17"),
         "{err}"
     );
+}
+
+/// Zoo models exported at opsets 9–12 (axes and bounds as attributes,
+/// Softmax over a flattened view, Upsample) give the gradients of their
+/// PyTorch models, like their opset-17 exports.
+#[test]
+fn old_opsets_are_rewritten_and_match_pytorch_autograd() {
+    for (name, opset) in [
+        ("shapes", 9),
+        ("shapes", 11),
+        ("arithmetic", 11),
+        ("arithmetic", 12),
+        ("pooling", 9),
+        ("pooling", 11),
+        ("activations", 11),
+    ] {
+        let model = OnnxModel::load(&fixture(&format!("zoo/{name}_opset{opset}.onnx"))).unwrap();
+        assert_eq!(model.opset(), Some(opset));
+        let graph = ClassifierGraph::prepare(&model, None, None, None).unwrap();
+        let gradient = grad::build(&graph, [3, 8, 8], Loss::Ce).unwrap();
+        let npz = format!("zoo/{name}_golden.npz");
+        let g = golden(&npz);
+        let expected = npz_member(&npz, "grad_ce");
+        for backend in BACKENDS {
+            let out = evaluate(&gradient, backend, &g, None);
+            let error = relative_error(&out.input_grad, &expected);
+            assert!(
+                error <= 1e-3,
+                "{name} at opset {opset} on {backend:?}: gradient relative error {error}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -19,6 +19,7 @@
 pub(crate) mod emit;
 mod loss;
 mod rules;
+mod upgrade;
 
 pub use rules::{RuleEntry, RULES, STRAIGHT_THROUGH};
 mod shapes;
@@ -41,8 +42,11 @@ pub const LOSS: &str = "loss";
 /// Name of the input-gradient output.
 pub const INPUT_GRAD: &str = "input_grad";
 
-/// The lowest opset whose op forms the rules rely on (axes as inputs).
-const MIN_OPSET: i64 = 13;
+/// The lowest opset read; models before 13 are rewritten to opset-13 forms
+/// first ([`upgrade`]).
+const MIN_OPSET: i64 = 7;
+/// The opset whose op forms the rules rely on (axes as inputs).
+const RULES_OPSET: i64 = 13;
 /// Emitted ops need opset 16+ (ScatterElements with reduction); 17 is what
 /// exporters default to and keeps every forward op's meaning for opsets 13–16.
 const GRAD_OPSET: i64 = 17;
@@ -175,6 +179,21 @@ pub fn build(
         });
     }
     let mut shapes = Shapes::infer(&proto, image_shape, graph.input.fixed_batch)?;
+    if opset < RULES_OPSET {
+        let g = proto.graph.as_mut().expect("ClassifierGraph has a graph");
+        upgrade::to_opset_13(g, opset, &shapes).map_err(|e| match e {
+            Error::Model { message, .. } => Error::Model {
+                path: graph.path.clone(),
+                message,
+            },
+            other => other,
+        })?;
+        set_opset(&mut proto, RULES_OPSET);
+        shapes = Shapes::infer(&proto, image_shape, graph.input.fixed_batch)?;
+    }
+    // Computed integer inputs are evaluated on the graph the rules see.
+    let analysed = (opset < RULES_OPSET).then(|| proto.clone());
+    let opset = opset.max(RULES_OPSET);
     let g = proto.graph.as_mut().expect("ClassifierGraph has a graph");
     let input = graph.input.name.clone();
     let logits = graph.output_name.clone();
@@ -267,7 +286,7 @@ pub fn build(
         .into_iter()
         .collect();
     shapes.evaluate_ints(
-        &graph.proto,
+        analysed.as_ref().unwrap_or(&graph.proto),
         &computed,
         image_shape,
         graph.input.fixed_batch,
