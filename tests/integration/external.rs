@@ -34,6 +34,54 @@ fn external_data_gives_the_single_files_logits_on_every_backend() {
     }
 }
 
+/// PyTorch 2.11's default export (dynamo, opset 20, weights in
+/// `model.onnx.data`) of the same network: PyTorch's golden logits and
+/// gradients on both backends.
+#[test]
+fn pytorchs_default_export_is_read_and_differentiated() {
+    let model = OnnxModel::load(&fixture("external/tiny_cnn_dynamo.onnx")).unwrap();
+    assert_eq!(model.data_files.len(), 1);
+    assert!(model.opset() >= Some(18), "{:?}", model.opset());
+    let golden = fixture("tiny_cnn_golden.npz");
+    let (_, x) = read_npz_f32(&golden, "x").unwrap();
+    let (_, expected) = read_npz_f32(&golden, "logits").unwrap();
+    let (_, y) = read_npz_f32(&golden, "y").unwrap();
+    let (_, expected_grad) = read_npz_f32(&golden, "grad_ce").unwrap();
+    let labels: Vec<i64> = y.iter().map(|&v| v as i64).collect();
+    let n = x.len() / (3 * 8 * 8);
+    let graph = ClassifierGraph::prepare(&model, None, None, None).unwrap();
+    let gradient = upat::onnx::grad::build(&graph, [3, 8, 8], upat::attack::Loss::Ce).unwrap();
+    for backend in BACKENDS {
+        let logits = runtime::open(&graph, [3, 8, 8], cpu(backend))
+            .unwrap()
+            .logits(&x, n)
+            .unwrap()
+            .values;
+        let worst = logits
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 1e-5, "{backend:?}: max |Δlogit| {worst}");
+        let grad = runtime::GradientModel::open(&gradient, [3, 8, 8], cpu(backend))
+            .unwrap()
+            .loss_and_grad(&x, &labels, None, n)
+            .unwrap()
+            .input_grad;
+        let error = grad
+            .iter()
+            .zip(&expected_grad)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f32>()
+            .sqrt()
+            / expected_grad.iter().map(|b| b * b).sum::<f32>().sqrt();
+        assert!(
+            error <= 1e-4,
+            "{backend:?}: gradient relative error {error}"
+        );
+    }
+}
+
 #[test]
 fn model_sha256_covers_the_data_file() {
     let model = OnnxModel::load(&external_model()).unwrap();
