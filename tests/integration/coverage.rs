@@ -49,6 +49,12 @@ const NO_GRADIENT: &[&str] = &[
     "Xor",
 ];
 
+/// Ops the gradient graph rewrites away before differentiating, and when.
+const REWRITTEN: &[(&str, &str)] = &[(
+    "If",
+    "folded to the branch it takes when its condition depends only on shapes and constants (src/onnx/grad/fold.rs); a condition on pixel values has no gradient",
+)];
+
 /// The zoo models (tests/fixtures/zoo.py) and the shipped models of
 /// `models/` (checked against their references in the tests), and the ops
 /// each contains.
@@ -96,6 +102,7 @@ fn coverage_markdown() -> String {
          (float32, on both backends) and finite differences; `models/`\n  \
          are audited end to end (the QDQ model's gradients are the\n  \
          straight-through estimator's, flagged `approximate_gradients`).\n\
+         - **rewritten**: replaced by ops with rules before differentiating.\n\
          - **not needed**: integer, boolean or string outputs, or outputs\n  \
          that do not depend on any input: no gradient flows through them.\n\
          - **no**: no rule yet. `inspect` and white-box attacks name the op\n  \
@@ -116,6 +123,14 @@ fn coverage_markdown() -> String {
                 ("yes", r.restrictions)
             }
             None if NO_GRADIENT.contains(op) => ("not needed", ""),
+            None if REWRITTEN.iter().any(|(o, _)| o == op) => {
+                yes += 1;
+                let why = REWRITTEN
+                    .iter()
+                    .find(|(o, _)| o == op)
+                    .map_or("", |(_, w)| w);
+                ("rewritten", why)
+            }
             None => {
                 no += 1;
                 ("no", "")
@@ -127,7 +142,7 @@ fn coverage_markdown() -> String {
         ));
     }
     out.push_str(&format!(
-        "\n{yes} ops differentiated, {} need no gradient, {no} without a rule.\n",
+        "\n{yes} ops differentiated (or rewritten), {} need no gradient, {no} without a rule.\n",
         NO_GRADIENT.iter().filter(|op| ops.contains(op)).count()
     ));
     out

@@ -9,7 +9,7 @@ use upat::onnx::{ClassifierGraph, OnnxModel};
 use upat::runtime::{BackendChoice, GradientModel, LossAndGrad};
 
 /// The ops zoo of `tests/fixtures/zoo.py`: between them, every rule.
-const ZOO: [&str; 10] = [
+const ZOO: [&str; 11] = [
     "activations",
     "pooling",
     "shapes",
@@ -20,6 +20,7 @@ const ZOO: [&str; 10] = [
     "reductions",
     "rare_ops",
     "resizing",
+    "shape_if",
 ];
 
 fn gradient_graph(model: &str, loss: Loss) -> GradientGraph {

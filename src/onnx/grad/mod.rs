@@ -17,6 +17,7 @@
 //! `rules/`, looked up by op type.
 
 pub(crate) mod emit;
+mod fold;
 mod loss;
 mod rules;
 mod upgrade;
@@ -179,6 +180,7 @@ pub fn build(
         });
     }
     let mut shapes = Shapes::infer(&proto, image_shape, graph.input.fixed_batch)?;
+    let mut rewritten = opset < RULES_OPSET;
     if opset < RULES_OPSET {
         let g = proto.graph.as_mut().expect("ClassifierGraph has a graph");
         upgrade::to_opset_13(g, opset, &shapes).map_err(|e| match e {
@@ -191,8 +193,17 @@ pub fn build(
         set_opset(&mut proto, RULES_OPSET);
         shapes = Shapes::infer(&proto, image_shape, graph.input.fixed_batch)?;
     }
+    if fold::constant_ifs(
+        &mut proto,
+        &graph.input.name,
+        image_shape,
+        graph.input.fixed_batch,
+    )? {
+        rewritten = true;
+        shapes = Shapes::infer(&proto, image_shape, graph.input.fixed_batch)?;
+    }
     // Computed integer inputs are evaluated on the graph the rules see.
-    let analysed = (opset < RULES_OPSET).then(|| proto.clone());
+    let analysed = rewritten.then(|| proto.clone());
     let opset = opset.max(RULES_OPSET);
     let g = proto.graph.as_mut().expect("ClassifierGraph has a graph");
     let input = graph.input.name.clone();
