@@ -29,7 +29,8 @@ pub const AUDIT_FILE: &str = "audit.json";
 /// The folder of finished rows.
 pub const ENTRIES_DIR: &str = "journal";
 /// Bumped when the journal's layout changes; an older journal is refused.
-const FORMAT: u32 = 1;
+/// 2: the fingerprint records how the models are read (`preparation`).
+const FORMAT: u32 = 2;
 /// No journal file of a sane audit comes near this; a larger one is refused
 /// before it is read (a report directory is input too).
 const MAX_FILE_BYTES: u64 = 4 << 30;
@@ -52,6 +53,10 @@ pub struct Fingerprint {
     pub sources: Vec<FileHash>,
     /// The backend and device asked for.
     pub runtime: String,
+    /// How the models are read: `--normalize`, `--layout`, `--input`,
+    /// `--output` (they change every figure).
+    #[serde(default)]
+    pub preparation: String,
     /// The shard this run audits (`--shard`); `data`, `samples` and
     /// `data_sha256` describe the whole, unsharded data.
     pub shard: Option<Shard>,
@@ -102,6 +107,7 @@ impl Fingerprint {
             models: hash_files(plan.models())?,
             sources: hash_files(plan.sources())?,
             runtime: runtime_key(plan.runtime()),
+            preparation: plan.preparation(),
             shard,
         })
     }
@@ -130,6 +136,10 @@ impl Fingerprint {
         check(self.models != other.models, "models (paths or contents)");
         check(self.sources != other.sources, "--source models");
         check(self.runtime != other.runtime, "--backend/--device");
+        check(
+            self.preparation != other.preparation,
+            "--normalize/--layout/--input/--output",
+        );
         check(self.shard != other.shard, "--shard");
         fields
     }
@@ -457,6 +467,7 @@ mod tests {
             }],
             sources: vec![],
             runtime: "cpu".into(),
+            preparation: "normalize=None layout=Auto input=None output=None".into(),
             shard: None,
         }
     }
@@ -471,6 +482,13 @@ mod tests {
         assert_eq!(
             a.differences(&b),
             vec!["--seed", "models (paths or contents)"]
+        );
+        // A resumed audit must read its models the same way.
+        let mut c = fingerprint();
+        c.preparation = "normalize=Some(..) layout=Nhwc input=None output=None".into();
+        assert_eq!(
+            a.differences(&c),
+            vec!["--normalize/--layout/--input/--output"]
         );
     }
 

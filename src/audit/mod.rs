@@ -185,6 +185,14 @@ impl AuditPlan {
         &self.sources
     }
 
+    /// How the models are read, for the audit's fingerprint.
+    pub fn preparation(&self) -> String {
+        format!(
+            "normalize={:?} layout={:?} input={:?} output={:?}",
+            self.normalization, self.layout, self.input, self.output
+        )
+    }
+
     pub fn seed(&self) -> u64 {
         self.seed
     }
