@@ -32,18 +32,21 @@ impl Shard {
                 .parse::<usize>()
                 .map_err(|_| usage(format!("{name} `{value}` is not a whole number")))
         };
+        let variable = |name: &str| env(name).map(|v| number(name, &v)).transpose();
+        // A Slurm task's index counts from the array's first id.
+        let slurm_min = || Ok::<_, Error>(variable("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0));
+        let slurm_index = |id: usize| -> Result<usize> {
+            id.checked_sub(slurm_min()?)
+                .ok_or_else(|| usage("SLURM_ARRAY_TASK_ID is below SLURM_ARRAY_TASK_MIN".into()))
+        };
         let shard = match text.split_once('/') {
             Some(("auto", n)) => {
                 let count = number("the shard count", n)?;
-                let index = match (env("SLURM_ARRAY_TASK_ID"), env("JOB_COMPLETION_INDEX")) {
-                    (Some(id), _) => {
-                        let min = env("SLURM_ARRAY_TASK_MIN").map_or(Ok(0), |m| number("SLURM_ARRAY_TASK_MIN", &m))?;
-                        number("SLURM_ARRAY_TASK_ID", &id)?.checked_sub(min).ok_or_else(|| usage("SLURM_ARRAY_TASK_ID is below SLURM_ARRAY_TASK_MIN".into()))?
-                    }
-                    (None, Some(index)) => number("JOB_COMPLETION_INDEX", &index)?,
-                    (None, None) => return Err(usage(
+                let index = match variable("SLURM_ARRAY_TASK_ID")? {
+                    Some(id) => slurm_index(id)?,
+                    None => variable("JOB_COMPLETION_INDEX")?.ok_or_else(|| usage(
                         "neither SLURM_ARRAY_TASK_ID (a Slurm job array) nor JOB_COMPLETION_INDEX (a Kubernetes Indexed Job) is set; give the shard as K/N".into(),
-                    )),
+                    ))?,
                 };
                 Shard { index, count }
             }
@@ -52,37 +55,23 @@ impl Shard {
                 count: number("the shard count", n)?,
             },
             None if text == "auto" => {
-                let id = env("SLURM_ARRAY_TASK_ID").ok_or_else(|| {
+                let id = variable("SLURM_ARRAY_TASK_ID")?.ok_or_else(|| {
                     usage(
                         "SLURM_ARRAY_TASK_ID is not set (not a Slurm job array task); for a Kubernetes Indexed Job give the count: --shard auto/N".into(),
                     )
                 })?;
-                let id = number("SLURM_ARRAY_TASK_ID", &id)?;
-                match env("SLURM_ARRAY_TASK_COUNT") {
-                    Some(count) => {
-                        let min = env("SLURM_ARRAY_TASK_MIN")
-                            .map_or(Ok(0), |m| number("SLURM_ARRAY_TASK_MIN", &m))?;
-                        Shard {
-                            index: id.checked_sub(min).ok_or_else(|| {
-                                usage("SLURM_ARRAY_TASK_ID is below SLURM_ARRAY_TASK_MIN".into())
-                            })?,
-                            count: number("SLURM_ARRAY_TASK_COUNT", &count)?,
-                        }
-                    }
-                    None => {
-                        let (min, max) = match (env("SLURM_ARRAY_TASK_MIN"), env("SLURM_ARRAY_TASK_MAX")) {
-                            (Some(min), Some(max)) => (number("SLURM_ARRAY_TASK_MIN", &min)?, number("SLURM_ARRAY_TASK_MAX", &max)?),
-                            _ => return Err(usage("SLURM_ARRAY_TASK_COUNT (or _MIN and _MAX) is not set; give the count: --shard auto/N".into())),
-                        };
-                        Shard {
-                            index: id.checked_sub(min).ok_or_else(|| {
-                                usage("SLURM_ARRAY_TASK_ID is below SLURM_ARRAY_TASK_MIN".into())
-                            })?,
-                            count: max.checked_sub(min).map(|d| d + 1).ok_or_else(|| {
-                                usage("SLURM_ARRAY_TASK_MAX is below SLURM_ARRAY_TASK_MIN".into())
-                            })?,
-                        }
-                    }
+                let count = match variable("SLURM_ARRAY_TASK_COUNT")? {
+                    Some(count) => count,
+                    None => match (env("SLURM_ARRAY_TASK_MIN"), variable("SLURM_ARRAY_TASK_MAX")?) {
+                        (Some(_), Some(max)) => max.checked_sub(slurm_min()?).map(|d| d + 1).ok_or_else(|| {
+                            usage("SLURM_ARRAY_TASK_MAX is below SLURM_ARRAY_TASK_MIN".into())
+                        })?,
+                        _ => return Err(usage("SLURM_ARRAY_TASK_COUNT (or _MIN and _MAX) is not set; give the count: --shard auto/N".into())),
+                    },
+                };
+                Shard {
+                    index: slurm_index(id)?,
+                    count,
                 }
             }
             None => return Err(usage("write K/N (e.g. 0/4), auto or auto/N".into())),
