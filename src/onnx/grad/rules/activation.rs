@@ -28,12 +28,18 @@ pub fn prelu(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
 }
 
 fn slope_where_negative(ctx: &mut Ctx, g: &str, slope: &str) -> Grads {
-    let zero = ctx.emit.scalar_f32(0.0);
-    let positive = ctx.emit.binary("Greater", ctx.input(0), &zero);
     let scaled = ctx.emit.binary("Mul", g, slope);
+    where_positive(ctx, g, &scaled)
+}
+
+/// `positive` where x > 0, `otherwise` elsewhere: the gradient of the
+/// piecewise activations (ReLU family, ELU family).
+fn where_positive(ctx: &mut Ctx, positive: &str, otherwise: &str) -> Grads {
+    let zero = ctx.emit.scalar_f32(0.0);
+    let above = ctx.emit.binary("Greater", ctx.input(0), &zero);
     Ok(only_first(ctx.emit.op(
         "Where",
-        &[&positive, g, &scaled],
+        &[&above, positive, otherwise],
         vec![],
     )))
 }
@@ -75,15 +81,9 @@ pub fn exp(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
 pub fn elu(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let g = ctx.grad(grads)?;
     let alpha = ctx.emit.scalar_f32(ctx.float_attr("alpha", 1.0));
-    let zero = ctx.emit.scalar_f32(0.0);
-    let positive = ctx.emit.binary("Greater", ctx.input(0), &zero);
     let local = ctx.emit.binary("Add", ctx.output(0), &alpha);
     let scaled = ctx.emit.binary("Mul", &g, &local);
-    Ok(only_first(ctx.emit.op(
-        "Where",
-        &[&positive, &g, &scaled],
-        vec![],
-    )))
+    where_positive(ctx, &g, &scaled)
 }
 
 /// Erf: g·2/√π·exp(−x²).
@@ -262,35 +262,22 @@ pub fn selu(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let g = ctx.grad(grads)?;
     let alpha = ctx.float_attr("alpha", 1.673_263_2);
     let gamma = ctx.float_attr("gamma", 1.050_701);
-    let zero = ctx.emit.scalar_f32(0.0);
-    let positive = ctx.emit.binary("Greater", ctx.input(0), &zero);
     let gamma_c = ctx.emit.scalar_f32(gamma);
     let linear = ctx.emit.binary("Mul", &g, &gamma_c);
     let offset = ctx.emit.scalar_f32(gamma * alpha);
     let local = ctx.emit.binary("Add", ctx.output(0), &offset);
     let curved = ctx.emit.binary("Mul", &g, &local);
-    Ok(only_first(ctx.emit.op(
-        "Where",
-        &[&positive, &linear, &curved],
-        vec![],
-    )))
+    where_positive(ctx, &linear, &curved)
 }
 
 /// Celu, y = max(0, x) + min(0, α·(e^(x/α) − 1)): g for x > 0, g·e^(x/α) elsewhere.
 pub fn celu(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let g = ctx.grad(grads)?;
     let alpha = ctx.emit.scalar_f32(ctx.float_attr("alpha", 1.0));
-    let x = ctx.input(0).to_string();
-    let zero = ctx.emit.scalar_f32(0.0);
-    let positive = ctx.emit.binary("Greater", &x, &zero);
-    let scaled = ctx.emit.binary("Div", &x, &alpha);
+    let scaled = ctx.emit.binary("Div", ctx.input(0), &alpha);
     let local = ctx.emit.unary("Exp", &scaled);
     let curved = ctx.emit.binary("Mul", &g, &local);
-    Ok(only_first(ctx.emit.op(
-        "Where",
-        &[&positive, &g, &curved],
-        vec![],
-    )))
+    where_positive(ctx, &g, &curved)
 }
 
 /// Mish, y = x·tanh(softplus(x)): g·(t + x·σ(x)·(1 − t²)), t = tanh(softplus(x)).
