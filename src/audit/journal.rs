@@ -91,7 +91,7 @@ impl Fingerprint {
                 .map(|p| {
                     Ok(FileHash {
                         path: p.display().to_string(),
-                        sha256: crate::onnx::OnnxModel::load(p)?.sha256,
+                        sha256: crate::onnx::OnnxModel::sha256_of(p)?,
                     })
                 })
                 .collect()

@@ -48,6 +48,29 @@ pub fn uses_external_data(model: &mut pb::ModelProto) -> bool {
     any
 }
 
+/// The data files `model`'s external tensors are stored in, checked like
+/// [`inline`] checks them but not read: the files `model_sha256` covers, in
+/// the order they are first referenced.
+pub fn data_files(model_path: &Path, model: &mut pb::ModelProto) -> Result<Vec<PathBuf>> {
+    let dir = model_dir(model_path)?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for_each_tensor(model, &mut |tensor| {
+        if is_external(tensor) {
+            let location = locate(&dir, tensor).map_err(|why| {
+                Error::model(
+                    model_path,
+                    format!("tensor `{}` is stored externally, but {why}", tensor.name),
+                )
+            })?;
+            if !files.contains(&location.file) {
+                files.push(location.file);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(files)
+}
+
 /// Reads every external tensor of `model` (loaded from `model_path`) into its
 /// `raw_data`. Returns the data files in the order they are first
 /// referenced, each once: the files `model_sha256` covers.

@@ -132,6 +132,16 @@ fn hash_file(hasher: &mut Sha256, path: &Path) -> Result<()> {
     }
 }
 
+/// SHA-256 of a model file's bytes followed by its data files'.
+fn sha256_with_data(model_bytes: &[u8], files: &[PathBuf]) -> Result<String> {
+    let mut hasher = Sha256::new();
+    hasher.update(model_bytes);
+    for file in files {
+        hash_file(&mut hasher, file)?;
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
 /// An ONNX model read from disk, with the hash reports identify it by.
 #[derive(Debug, Clone)]
 pub struct OnnxModel {
@@ -156,15 +166,22 @@ impl OnnxModel {
         let mut model = Self::decode(path, &bytes)?;
         if external::uses_external_data(&mut model.proto) {
             let files = external::inline(path, &mut model.proto)?;
-            let mut hasher = Sha256::new();
-            hasher.update(&bytes);
-            for file in &files {
-                hash_file(&mut hasher, file)?;
-            }
-            model.sha256 = hex(&hasher.finalize());
+            model.sha256 = sha256_with_data(&bytes, &files)?;
             model.data_files = files;
         }
         Ok(model)
+    }
+
+    /// [`Self::sha256`] of the model at `path`, without reading its
+    /// external tensors into memory.
+    pub fn sha256_of(path: &Path) -> Result<String> {
+        let bytes = crate::limits::read_regular(path)?;
+        let mut model = Self::decode(path, &bytes)?;
+        if !external::uses_external_data(&mut model.proto) {
+            return Ok(model.sha256);
+        }
+        let files = external::data_files(path, &mut model.proto)?;
+        sha256_with_data(&bytes, &files)
     }
 
     /// Decodes model bytes; `path` is only used in messages and reports.

@@ -94,6 +94,7 @@ fn model_sha256_covers_the_data_file() {
         .map(|b| format!("{b:02x}"))
         .collect();
     assert_eq!(model.sha256, expected);
+    assert_eq!(OnnxModel::sha256_of(&external_model()).unwrap(), expected);
 }
 
 /// report.csv without the columns that name the file (model, its hash)
