@@ -1,8 +1,8 @@
 //! UPAT training-step throughput (images/s): augment two views, instance
 //! attack of K steps, UPAT loss, backward, SGD step — on random 3×32×32 data.
 //!
-//! `cargo run --example bench_upat_step -- WIDTH BATCH K ITERATIONS` prints
-//! `images_per_second=<value>`; scripts/bench/upat_step.py runs it next to the
+//! `cargo run --example bench_upat_step -- WIDTH BATCH K ITERATIONS [cpu|cuda]`
+//! prints `images_per_second=<value>`; scripts/bench/upat_step.py runs it next to the
 //! PyTorch implementation of the same step and prints the ratio.
 
 use std::time::Instant;
@@ -16,17 +16,20 @@ use upat::train::sgd::Sgd;
 use upat::train::trainer::batch_loss;
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<i64> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse())
-        .collect::<Result<_, _>>()?;
-    anyhow::ensure!(
-        args.len() == 4,
-        "usage: bench_upat_step WIDTH BATCH K ITERATIONS"
-    );
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let device = match args.len() {
+        5 => match args.pop().as_deref() {
+            Some("cuda") => Device::Cuda(0),
+            Some("cpu") => Device::Cpu,
+            other => anyhow::bail!("device {other:?}: use cpu or cuda"),
+        },
+        4 => Device::Cpu,
+        _ => anyhow::bail!("usage: bench_upat_step WIDTH BATCH K ITERATIONS [cpu|cuda]"),
+    };
+    let args: Vec<i64> = args.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
     let (width, batch, steps, iterations) = (args[0], args[1], args[2], args[3]);
     tch::manual_seed(0);
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(device);
     let normalization = InputNormalization {
         mean: vec![0.5; 3],
         std: vec![0.25; 3],
@@ -68,8 +71,14 @@ fn main() -> anyhow::Result<()> {
     };
     let mut sgd = Sgd::new(&vs, config.lr, config.momentum, config.weight_decay);
     let augment = Augmentations::default();
-    let x = Tensor::rand([batch, 3, 32, 32], (Kind::Float, Device::Cpu));
-    let y = Tensor::zeros([batch], (Kind::Int64, Device::Cpu));
+    let x = Tensor::rand([batch, 3, 32, 32], (Kind::Float, device));
+    let y = Tensor::zeros([batch], (Kind::Int64, device));
+    // CUDA kernels run asynchronously: time to the end of the last one.
+    let synchronize = || {
+        if let Device::Cuda(index) = device {
+            tch::Cuda::synchronize(index as i64);
+        }
+    };
     let mut step = || -> anyhow::Result<()> {
         let loss = batch_loss(&config, &net, &augment, &x, &y)?;
         sgd.zero_grad();
@@ -78,10 +87,12 @@ fn main() -> anyhow::Result<()> {
         Ok(())
     };
     step()?; // warm-up
+    synchronize();
     let started = Instant::now();
     for _ in 0..iterations {
         step()?;
     }
+    synchronize();
     println!(
         "images_per_second={}",
         (batch * iterations) as f64 / started.elapsed().as_secs_f64()

@@ -3,6 +3,7 @@ written in PyTorch, same width, batch and K, same machine, same run.
 
     source scripts/env.sh && cargo build --example bench_upat_step
     .venv/bin/python scripts/bench/upat_step.py [--width 16] [--batch 128] [--steps 5] [--iterations 5] [--rounds 3]
+        [--device cpu|cuda] [--upat target/debug/examples/bench_upat_step]
 
 The step: two SimCLR views (resized crop + flip via affine_grid, colour jitter
 with YIQ hue rotation, random grey, per-sample Gaussian blur), K steps of the
@@ -116,15 +117,22 @@ def upat_step(net, opt, x, steps, eps=0.03, alpha=2 / 256, lam=1 / 256):
     opt.step()
 
 
+def synchronize(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def pytorch_rate(args, net, opt, x):
+    synchronize(args.device)
     started = time.perf_counter()
     for _ in range(args.iterations):
         upat_step(net, opt, x, args.steps)
+    synchronize(args.device)
     return args.batch * args.iterations / (time.perf_counter() - started)
 
 
 def upat_rate(args):
-    command = ["target/debug/examples/bench_upat_step", str(args.width), str(args.batch), str(args.steps), str(args.iterations)]
+    command = [args.upat, str(args.width), str(args.batch), str(args.steps), str(args.iterations), args.device]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return float(re.search(r"images_per_second=([0-9.]+)", out).group(1))
 
@@ -136,8 +144,13 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3, help="alternating PyTorch/upat rounds; medians are compared")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--upat", default="target/debug/examples/bench_upat_step", help="the built example")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    # Every tensor the step makes (the views' random draws too) lands on the device.
+    torch.set_default_device(args.device)
+    # libtorch's defaults (TF32 in cuDNN convolutions, none in matmul) hold on both sides.
     torch.manual_seed(0)
     net = Net(args.width).train()
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
@@ -149,7 +162,7 @@ def main():
         reference.append(pytorch_rate(args, net, opt, x))
         ours.append(upat_rate(args))
     ref_median, our_median = statistics.median(reference), statistics.median(ours)
-    print(f"UPAT step, ResNet-18 width {args.width}, batch {args.batch}, K={args.steps}, 3x32x32, {os.cpu_count()} cores, "
+    print(f"UPAT step, ResNet-18 width {args.width}, batch {args.batch}, K={args.steps}, 3x32x32, {args.device}, {os.cpu_count()} cores, "
           f"{args.rounds} rounds of {args.iterations} steps")
     print(f"PyTorch {torch.__version__}: {ref_median:8.1f} images/s (rounds: {', '.join(f'{r:.1f}' for r in reference)})")
     print(f"upat-train (tch):  {our_median:8.1f} images/s (rounds: {', '.join(f'{r:.1f}' for r in ours)})")

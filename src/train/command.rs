@@ -120,9 +120,12 @@ pub fn run_training(
     let device = device(device_name)?;
     // A resumed run may have been given more epochs.
     run.start(&config)?;
-    let mut vs = nn::VarStore::new(device);
+    // Initialised on the CPU, then moved: a seed names the same initial
+    // weights on every device (CUDA's generator draws other values).
+    let mut vs = nn::VarStore::new(Device::Cpu);
     tch::manual_seed(config.seed as i64);
     let net = build(&config, &vs);
+    vs.set_device(device);
     if let Some(encoder) = &config.encoder {
         let source = existing(encoder)?;
         if run.completed_epochs()? == 0 {
