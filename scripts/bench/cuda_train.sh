@@ -10,6 +10,7 @@
 # the same libtorch as the python3 here, whose lib/ is put on
 # LD_LIBRARY_PATH); DATA_DIR is a Fashion-MNIST directory (idx .gz files).
 # Exported models, logs and the benchmark's output land in OUT_DIR.
+# DEVICES (default "cuda cpu") and BENCH=0 (skips the benchmark) narrow it.
 set -euo pipefail
 bin=$1 data=$2 out=$3
 mkdir -p "$out"
@@ -20,7 +21,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
 common=(--data "fashion-mnist:$data" --samples "${SAMPLES:-4256}" --width "${WIDTH:-8}"
         --batch-size 64 --holdout 256 --eps 0.1 --alpha 0.025)
-for device in cuda cpu; do
+for device in ${DEVICES:-cuda cpu}; do
     run="$out/$device"
     echo "== $device: UPAT pre-training, fine-tuning, export"
     start=$(date +%s.%N)
@@ -33,6 +34,7 @@ for device in cuda cpu; do
     python3 -c "print('$device: pretrain %.1f s, finetune %.1f s' % ($mid - $start, $end - $mid))" | tee -a "$out/times.txt"
 done
 
+[ "${BENCH:-1}" = 0 ] && exit 0
 echo "== UPAT step: upat-train (tch) vs PyTorch on the GPU"
 for shape in "16 128" "64 256"; do
     set -- $shape
