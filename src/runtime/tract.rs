@@ -65,10 +65,17 @@ impl TractSession {
                 .with_input_fact(i, fact.into())
                 .map_err(|e| tract_error("bad input", e))?;
         }
-        let plan = model
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(|e| tract_error(&format!("cannot prepare the model for inputs {key:?}"), e))?;
+        // tract's optimiser has defects on some graphs (a strided Slice after a
+        // Reshape, in LeViT: "Pulling Downsample over Reshape: Invalid axis").
+        // The unoptimised typed model computes the same values, more slowly.
+        let plan = match model.clone().into_optimized() {
+            Ok(optimized) => optimized.into_runnable(),
+            Err(optimizer) => model
+                .into_typed()
+                .and_then(|typed| typed.into_runnable())
+                .map_err(|_| optimizer),
+        }
+        .map_err(|e| tract_error(&format!("cannot prepare the model for inputs {key:?}"), e))?;
         self.plans.insert(key, plan.clone());
         Ok(plan)
     }

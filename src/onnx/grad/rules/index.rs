@@ -15,6 +15,13 @@ type Grads = Result<Vec<Option<String>>>;
 
 /// The node replayed on int64 positions of x's elements instead of x.
 pub fn through_positions(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
+    let others = ctx.node.input[1..].to_vec();
+    replay_on_positions(ctx, grads, &others)
+}
+
+/// [`through_positions`] with the node's other inputs given: `""` drops
+/// an optional one that would not type-check against int64 positions.
+pub fn replay_on_positions(ctx: &mut Ctx, grads: &[Option<String>], others: &[String]) -> Grads {
     let g = ctx.grad(grads)?;
     let x = ctx.input(0).to_string();
     let shape = ctx.emit.shape_of(&x);
@@ -26,7 +33,7 @@ pub fn through_positions(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let range = ctx.emit.op("Range", &[&zero, &count, &one], vec![]);
     let positions = ctx.emit.binary("Reshape", &range, &shape);
     let mut inputs: Vec<&str> = vec![&positions];
-    inputs.extend(ctx.node.input[1..].iter().map(String::as_str));
+    inputs.extend(others.iter().map(String::as_str));
     let moved = ctx
         .emit
         .op(&ctx.node.op_type, &inputs, ctx.node.attribute.clone());

@@ -116,7 +116,7 @@ pub const RULES: &[RuleEntry] = &[
     entry(&["Concat"], DiffInputs::All, shape::concat, "not along the batch axis"),
     entry(&["Split"], FIRST, shape::split, ""),
     entry(&["Slice"], FIRST, shape::slice, "any starts, ends, axes (negative too) and steps"),
-    entry(&["Pad"], FIRST, shape::pad, "constant mode, non-negative pads"),
+    entry(&["Pad"], FIRST, shape::pad, "non-negative pads"),
     entry(&["Gather"], FIRST, shape::gather, "any indices, constant or computed"),
     entry(&["Expand"], FIRST, shape::expand, ""),
     entry(&["Resize"], FIRST, resize::resize, "nearest, linear and cubic, up and down, any scales or sizes; every coordinate transformation but tf_crop_and_resize and half_pixel_symmetric; no antialias; not the batch axis"),

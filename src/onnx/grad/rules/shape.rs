@@ -151,12 +151,27 @@ fn slice_by_padding(ctx: &mut Ctx, grads: &[Option<String>]) -> Result<Option<St
     )))
 }
 
-/// Pad (constant mode, non-negative pads): slice the padding off g.
+/// Pad: in constant mode (non-negative pads), slice the padding off g; in
+/// reflect, edge and wrap modes, where padding copies elements of x, the
+/// Pad replayed on x's positions says where each element of g goes.
 pub fn pad(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
-    let g = ctx.grad(grads)?;
-    if ctx.string_attr("mode", "constant") != "constant" {
-        return fail("only constant-mode Pad is supported");
+    let mode = ctx.string_attr("mode", "constant");
+    if mode != "constant" {
+        if !matches!(mode.as_str(), "reflect" | "edge" | "wrap") {
+            return fail(format!("Pad mode `{mode}`"));
+        }
+        if ctx.const_ints(1)?.iter().any(|&p| p < 0) {
+            return fail("Pad with negative pads is not supported");
+        }
+        // The constant value (input 2) is unused in these modes, and a float
+        // one would not type-check against int64 positions.
+        let mut others = ctx.node.input[1..].to_vec();
+        if let Some(value) = others.get_mut(1) {
+            value.clear();
+        }
+        return super::index::replay_on_positions(ctx, grads, &others);
     }
+    let g = ctx.grad(grads)?;
     let x = ctx.shape(ctx.input(0))?.clone();
     let rank = x.rank();
     let pads = ctx.const_ints(1)?;
