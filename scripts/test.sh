@@ -11,6 +11,17 @@ if ! cmp -s scripts/goldens/torchvision_models.py "$goldens/.generator" 2>/dev/n
     "$VIRTUAL_ENV/bin/python" scripts/goldens/torchvision_models.py "$goldens" 2>/dev/null
     cp scripts/goldens/torchvision_models.py "$goldens/.generator"
 fi
+# The timm zoo (tests/integration/zoo.rs): ~70 exports of timm architectures
+# with float64 reference gradients, remade when their generators change.
+zoo="$goldens/timm"
+if ! cat scripts/goldens/timm_zoo.py scripts/goldens/onnx_in_torch.py scripts/requirements.txt \
+        | cmp -s - "$zoo/.generator" 2>/dev/null; then
+    echo "== generating the timm zoo into target/goldens/timm (a few minutes)" >&2
+    mkdir -p "$zoo"
+    "$VIRTUAL_ENV/bin/python" scripts/goldens/timm_zoo.py --out "$zoo" >"$goldens/timm_zoo.log" 2>&1 \
+        || { tail -20 "$goldens/timm_zoo.log" >&2; exit 1; }
+    cat scripts/goldens/timm_zoo.py scripts/goldens/onnx_in_torch.py scripts/requirements.txt >"$zoo/.generator"
+fi
 # Tests that need Fashion-MNIST or the goldens fail here rather than skip.
 export UPAT_REQUIRE_FASHION_MNIST=1 UPAT_REQUIRE_GOLDENS=1
 # The sharded-audit test submits to a real single-node Slurm cluster (Debian's

@@ -1,7 +1,7 @@
 //! The gradient graph against PyTorch autograd, finite differences, and
 //! across backends.
 
-use crate::util::{cpu, fixture, stderr, stdout, upat_audit, BACKENDS};
+use crate::util::{cpu, fixture, relative_error, stderr, stdout, upat_audit, BACKENDS};
 use upat::attack::Loss;
 use upat::data::read_npz_f32;
 use upat::onnx::grad::{self, GradientGraph};
@@ -48,17 +48,6 @@ fn golden(npz: &str) -> Golden {
 
 fn npz_member(npz: &str, member: &str) -> Vec<f32> {
     read_npz_f32(&fixture(npz), member).unwrap().1
-}
-
-/// max |a − b| / max |b|.
-fn relative_error(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
 }
 
 fn evaluate(

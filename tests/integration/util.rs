@@ -174,3 +174,14 @@ pub fn report_without_seconds(out: &Path) -> Vec<Vec<String>> {
     });
     rows
 }
+
+/// max |a − b| / max |b|.
+pub fn relative_error(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
