@@ -14,6 +14,7 @@ mod grad;
 mod hostile;
 mod layout;
 mod outcomes;
+mod resize;
 mod resume;
 mod shard;
 mod slurm;

@@ -15,9 +15,16 @@ type Grads = Result<Vec<Option<String>>>;
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Transform {
     HalfPixel,
+    /// half_pixel, shifted to keep the image centred when the output size
+    /// was rounded (opset 19).
+    HalfPixelSymmetric,
     PytorchHalfPixel,
     AlignCorners,
     Asymmetric,
+    /// The axis's region of interest `[start, end]` (fractions of the
+    /// input) stretched over the output; outputs whose source falls
+    /// outside the input take `extrapolation_value`, a constant.
+    TfCropAndResize(f32, f32),
 }
 
 /// What decides each output element.
@@ -48,10 +55,25 @@ pub fn resize(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let y = ctx.shape(ctx.output(0))?.clone();
     let scales = axis_scales(ctx, &x.dims, &y.dims)?;
     let rank = x.rank();
+    let regions = match transform {
+        // By scales, the output size of a cropping Resize is ambiguous: ONNX's
+        // text says input·(end − start)·scale, ONNX Runtime computes
+        // input·scale, and ONNX's shape inference a third size.
+        Transform::TfCropAndResize(..) if ctx.input(3).is_empty() => {
+            return fail("Resize tf_crop_and_resize is differentiated when given sizes, not scales")
+        }
+        Transform::TfCropAndResize(..) => Some(regions_of_interest(ctx, rank)?),
+        _ => None,
+    };
     let mut g = g;
     for (axis, &scale) in scales.iter().enumerate() {
         let (size_in, size_out) = (x.dims[axis], y.dims[axis]);
-        if size_in == size_out && scale == 1.0 {
+        let transform = match &regions {
+            Some(roi) => Transform::TfCropAndResize(roi[axis].0, roi[axis].1),
+            None => transform,
+        };
+        let whole = !matches!(transform, Transform::TfCropAndResize(a, b) if (a, b) != (0.0, 1.0));
+        if size_in == size_out && scale == 1.0 && whole {
             continue;
         }
         if x.dynamic[axis] {
@@ -93,6 +115,8 @@ fn settings(ctx: &Ctx) -> Result<(Mode, Transform)> {
         .as_str()
     {
         "half_pixel" => Transform::HalfPixel,
+        "half_pixel_symmetric" => Transform::HalfPixelSymmetric,
+        "tf_crop_and_resize" => Transform::TfCropAndResize(0.0, 1.0),
         "pytorch_half_pixel" => Transform::PytorchHalfPixel,
         "align_corners" => Transform::AlignCorners,
         "asymmetric" => Transform::Asymmetric,
@@ -169,11 +193,50 @@ fn axis_scales(ctx: &Ctx, x: &[usize], y: &[usize]) -> Result<Vec<f32>> {
     Ok(scales)
 }
 
-/// The input coordinate of output index `out`.
+/// The `(start, end)` of every axis from the constant `roi` input
+/// (`[starts..., ends...]` over all axes, or over `axes`); whole axes elsewhere.
+fn regions_of_interest(ctx: &Ctx, rank: usize) -> Result<Vec<(f32, f32)>> {
+    let Some(roi) = ctx.constants.floats(ctx.input(1)).filter(|v| !v.is_empty()) else {
+        return fail("Resize tf_crop_and_resize needs a constant roi");
+    };
+    let axes: Vec<usize> = match ctx.ints_attr("axes") {
+        Some(a) if !a.is_empty() => a
+            .iter()
+            .map(|&a| {
+                if a < 0 {
+                    (a + rank as i64) as usize
+                } else {
+                    a as usize
+                }
+            })
+            .collect(),
+        _ => (0..rank).collect(),
+    };
+    if roi.len() != 2 * axes.len() {
+        return fail("Resize roi does not match its axes");
+    }
+    let mut regions = vec![(0.0, 1.0); rank];
+    for (k, &axis) in axes.iter().enumerate() {
+        regions[axis] = (roi[k], roi[axes.len() + k]);
+    }
+    Ok(regions)
+}
+
+/// The input coordinate of output index `out` (ONNX's definitions, with
+/// ONNX Runtime's reading of half_pixel_symmetric).
 fn source(out: usize, size_in: usize, size_out: usize, scale: f32, t: Transform) -> f32 {
     let (out, size_in, size_out) = (out as f32, size_in as f32, size_out as f32);
     match t {
         Transform::HalfPixel => (out + 0.5) / scale - 0.5,
+        Transform::HalfPixelSymmetric => {
+            let adjustment = size_out / (scale * size_in);
+            let offset = size_in / 2.0 * (1.0 - adjustment);
+            offset + (out + 0.5) / scale - 0.5
+        }
+        Transform::TfCropAndResize(start, end) if size_out > 1.0 => {
+            start * (size_in - 1.0) + out * (end - start) * (size_in - 1.0) / (size_out - 1.0)
+        }
+        Transform::TfCropAndResize(start, end) => 0.5 * (start + end) * (size_in - 1.0),
         Transform::PytorchHalfPixel if size_out > 1.0 => (out + 0.5) / scale - 0.5,
         Transform::PytorchHalfPixel => 0.0,
         Transform::AlignCorners if size_out > 1.0 => out * (size_in - 1.0) / (size_out - 1.0),
@@ -196,6 +259,10 @@ fn interpolation_matrix(
     for o in 0..size_out {
         let row = &mut weights[o * size_in..(o + 1) * size_in];
         let x = source(o, size_in, size_out, scale, transform);
+        if matches!(transform, Transform::TfCropAndResize(..)) && !(0.0..=last as f32).contains(&x)
+        {
+            continue; // extrapolation_value: a constant, no gradient
+        }
         match mode {
             Mode::Nearest(rounding) => {
                 let fraction = x - x.floor();
