@@ -1,6 +1,6 @@
-//! Resize's gradient in the coordinate transformation modes no exporter in
-//! the zoo writes (half_pixel_symmetric, tf_crop_and_resize with its region
-//! of interest and extrapolation), checked against ONNX Runtime's own Resize.
+//! Resize's gradient in the forms no exporter in the zoo writes (antialias,
+//! half_pixel_symmetric, tf_crop_and_resize with its region of interest and
+//! extrapolation), checked against each runtime's own Resize.
 //!
 //! The model is linear, logits = W·flatten(Resize(x)) = A·x, so the input
 //! gradient of the cross-entropy is Aᵀp with p = softmax(z) − onehot(y).
@@ -215,7 +215,28 @@ fn resize_gradients_are_the_adjoint_of_the_runtimes_resize() {
         scales: [1.0; 4],
         sizes: Some(sizes),
     };
+    let antialias = || vec![int("antialias", 1)];
     let cases = [
+        scaled("linear", "half_pixel", antialias(), [1.0, 1.0, 0.45, 0.6]),
+        scaled(
+            "linear",
+            "pytorch_half_pixel",
+            antialias(),
+            [1.0, 1.0, 1.7, 0.3],
+        ),
+        scaled("cubic", "half_pixel", antialias(), [1.0, 1.0, 0.5, 0.75]),
+        scaled(
+            "cubic",
+            "asymmetric",
+            vec![int("antialias", 1), int("exclude_outside", 1)],
+            [1.0, 1.0, 2.0, 0.6],
+        ),
+        scaled(
+            "linear",
+            "half_pixel_symmetric",
+            antialias(),
+            [1.0, 1.0, 0.7, 0.4],
+        ),
         scaled(
             "linear",
             "half_pixel_symmetric",
@@ -252,10 +273,12 @@ fn resize_gradients_are_the_adjoint_of_the_runtimes_resize() {
     ];
     let dir = tempfile::tempdir().unwrap();
     for (i, case) in cases.iter().enumerate() {
+        let antialiased = case.extra.iter().any(|a| a.name == "antialias");
         let name = format!(
-            "{} {} {:?} {:?}",
+            "{} {}{} {:?} {:?}",
             case.mode,
             case.transform,
+            if antialiased { " antialias" } else { "" },
             &case.scales[2..],
             case.sizes
         );

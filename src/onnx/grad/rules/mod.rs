@@ -119,7 +119,7 @@ pub const RULES: &[RuleEntry] = &[
     entry(&["Pad"], FIRST, shape::pad, "non-negative pads"),
     entry(&["Gather"], FIRST, shape::gather, "any indices, constant or computed"),
     entry(&["Expand"], FIRST, shape::expand, ""),
-    entry(&["Resize"], FIRST, resize::resize, "nearest, linear and cubic, up and down, any scales or sizes; every coordinate transformation (tf_crop_and_resize given sizes); no antialias; not the batch axis"),
+    entry(&["Resize"], FIRST, resize::resize, "nearest, linear and cubic, up and down, any scales or sizes; every coordinate transformation (tf_crop_and_resize given sizes); antialias (not with align_corners or tf_crop_and_resize); not the batch axis"),
 ];
 
 /// Ops differentiated by the straight-through estimator (the identity, as

@@ -28,13 +28,16 @@ enum Transform {
 }
 
 /// What decides each output element.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Mode {
     /// `nearest_mode`: round_prefer_floor, round_prefer_ceil, floor, ceil.
     Nearest(Rounding),
     Linear,
     /// `cubic_coeff_a`, `exclude_outside`.
     Cubic(f32, bool),
+    /// Linear or cubic with `antialias`: the filter stretched by 1/scale
+    /// when shrinking (ONNX Runtime's, after Pillow's); `exclude_outside`.
+    Antialiased(Box<Mode>, bool),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -79,7 +82,7 @@ pub fn resize(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
         if x.dynamic[axis] {
             return fail("Resize along the batch axis is not supported");
         }
-        let weights = interpolation_matrix(size_in, size_out, scale, mode, transform);
+        let weights = interpolation_matrix(size_in, size_out, scale, &mode, transform);
         let matrix = ctx
             .emit
             .const_f32(&[size_out as i64, size_in as i64], &weights);
@@ -104,9 +107,6 @@ pub fn resize(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
 }
 
 fn settings(ctx: &Ctx) -> Result<(Mode, Transform)> {
-    if ctx.int_attr("antialias", 0) != 0 {
-        return fail("Resize with antialias is not supported");
-    }
     if ctx.string_attr("keep_aspect_ratio_policy", "stretch") != "stretch" {
         return fail("Resize with a keep_aspect_ratio_policy other than stretch is not supported");
     }
@@ -145,6 +145,22 @@ fn settings(ctx: &Ctx) -> Result<(Mode, Transform)> {
             ctx.int_attr("exclude_outside", 0) != 0,
         ),
         other => return fail(format!("Resize with mode {other} is not supported")),
+    };
+    // Antialiasing (opset 18) widens linear and cubic filters by 1/scale
+    // when shrinking; nearest ignores it.
+    let mode = match mode {
+        Mode::Linear | Mode::Cubic(..) if ctx.int_attr("antialias", 0) != 0 => {
+            if matches!(transform, Transform::TfCropAndResize(..)) {
+                return fail("Resize tf_crop_and_resize with antialias is not supported");
+            }
+            // ONNX Runtime and ONNX's reference implementation compute
+            // different images here: no gradient can match both.
+            if transform == Transform::AlignCorners {
+                return fail("Resize align_corners with antialias is not supported (runtimes disagree on its values)");
+            }
+            Mode::Antialiased(Box::new(mode), ctx.int_attr("exclude_outside", 0) != 0)
+        }
+        mode => mode,
     };
     Ok((mode, transform))
 }
@@ -250,7 +266,7 @@ fn interpolation_matrix(
     size_in: usize,
     size_out: usize,
     scale: f32,
-    mode: Mode,
+    mode: &Mode,
     transform: Transform,
 ) -> Vec<f32> {
     let mut weights = vec![0.0f32; size_out * size_in];
@@ -284,7 +300,10 @@ fn interpolation_matrix(
                 row[clamp(i0)] += 1.0 - w1;
                 row[clamp(i1)] += w1;
             }
-            Mode::Cubic(a, exclude_outside) => {
+            Mode::Antialiased(filter, exclude_outside) => {
+                antialiased_row(row, x, scale, filter, *exclude_outside)
+            }
+            &Mode::Cubic(a, exclude_outside) => {
                 let i0 = x.floor() as i64;
                 let t = x - i0 as f32;
                 let taps = cubic_weights(t, a);
@@ -304,6 +323,46 @@ fn interpolation_matrix(
         }
     }
     weights
+}
+
+/// One output's weights under antialiasing: the filter centred on the
+/// source coordinate `x`, stretched by 1/scale when shrinking, normalised
+/// to sum to one. Taps outside the input are dropped with
+/// `exclude_outside`, else they count for the edge element.
+fn antialiased_row(row: &mut [f32], x: f32, scale: f32, filter: &Mode, exclude_outside: bool) {
+    let (half_support, kernel): (f32, Box<dyn Fn(f32) -> f32>) = match *filter {
+        Mode::Cubic(a, _) => (2.0, Box::new(move |d: f32| cubic_kernel(d.abs(), a))),
+        _ => (1.0, Box::new(|d: f32| (1.0 - d.abs()).max(0.0))),
+    };
+    let stretch = (1.0 / scale).max(1.0);
+    let support = half_support * stretch;
+    let center = x + 0.5;
+    let first = (center - support + 0.5).floor() as i64;
+    let end = (center + support + 0.5).floor() as i64;
+    let last = row.len() as i64 - 1;
+    let mut total = 0.0;
+    for i in first..end {
+        if exclude_outside && !(0..=last).contains(&i) {
+            continue;
+        }
+        let w = kernel((i as f32 - center + 0.5) / stretch);
+        row[i.clamp(0, last) as usize] += w;
+        total += w;
+    }
+    if total != 0.0 {
+        row.iter_mut().for_each(|w| *w /= total);
+    }
+}
+
+/// Keys' cubic kernel at distance `d` ≥ 0.
+fn cubic_kernel(d: f32, a: f32) -> f32 {
+    if d < 1.0 {
+        ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0
+    } else if d < 2.0 {
+        ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a
+    } else {
+        0.0
+    }
 }
 
 /// Keys' cubic convolution weights of the taps at −1, 0, 1, 2 from floor(x).
@@ -338,7 +397,10 @@ mod tests {
                 Transform::Asymmetric,
             ] {
                 for (i, o) in [(4, 8), (8, 3), (5, 7), (1, 4)] {
-                    rows_sum_to_one(&interpolation_matrix(i, o, o as f32 / i as f32, mode, t), i);
+                    rows_sum_to_one(
+                        &interpolation_matrix(i, o, o as f32 / i as f32, &mode, t),
+                        i,
+                    );
                 }
             }
         }
@@ -347,7 +409,7 @@ mod tests {
     #[test]
     fn linear_half_pixel_doubling_matches_the_textbook_weights() {
         // Output 1 of 4 -> 8 sits at input 0.25: 0.75·x0 + 0.25·x1.
-        let w = interpolation_matrix(4, 8, 2.0, Mode::Linear, Transform::HalfPixel);
+        let w = interpolation_matrix(4, 8, 2.0, &Mode::Linear, Transform::HalfPixel);
         assert_eq!(&w[4..8], &[0.75, 0.25, 0.0, 0.0]);
         // Output 0 sits at −0.25, clamped to the edge.
         assert_eq!(&w[0..4], &[1.0, 0.0, 0.0, 0.0]);
