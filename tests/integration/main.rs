@@ -2,6 +2,7 @@
 //! user runs them. Fixtures come from `tests/fixtures/generate.py` and
 //! `models/fmnist_cnn.py`.
 
+mod adjoint;
 mod attacks;
 mod backends;
 mod cli;
@@ -14,7 +15,6 @@ mod grad;
 mod hostile;
 mod layout;
 mod outcomes;
-mod resize;
 mod resume;
 mod shard;
 mod slurm;

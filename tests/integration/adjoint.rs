@@ -1,12 +1,13 @@
-//! Resize's gradient in the forms no exporter in the zoo writes (antialias,
-//! half_pixel_symmetric, tf_crop_and_resize with its region of interest and
-//! extrapolation), checked against each runtime's own Resize.
+//! Gradients of linear ops in forms no exporter in the zoo writes, checked
+//! against each runtime's own op: Resize with antialias,
+//! half_pixel_symmetric, and tf_crop_and_resize with its region of interest
+//! and extrapolation.
 //!
-//! The model is linear, logits = W·flatten(Resize(x)) = A·x, so the input
+//! The model is linear, logits = W·flatten(op(x)) = A·x, so the input
 //! gradient of the cross-entropy is Aᵀp with p = softmax(z) − onehot(y).
 //! The adjoint identity ⟨Aᵀp, v⟩ = ⟨p, A·v⟩ then checks it for any v, where
 //! A·v is the model's own forward pass at v: the reference is the runtime's
-//! Resize, not a second reading of the ONNX definition.
+//! op, not a second reading of the ONNX definition.
 
 use crate::util::{cpu, BACKENDS};
 use upat::attack::Loss;
@@ -62,19 +63,87 @@ fn noise(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// input [N, 2, 5, 7] → Resize → Flatten → MatMul W → logits [N, 10].
-fn linear_model(case: &Case) -> (pb::ModelProto, usize) {
+fn node(
+    op: &str,
+    inputs: &[&str],
+    output: &str,
+    attribute: Vec<pb::AttributeProto>,
+) -> pb::NodeProto {
+    pb::NodeProto {
+        op_type: op.into(),
+        name: output.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute,
+        ..Default::default()
+    }
+}
+
+/// input [N, 2, 5, 7] → `op` (writing "mapped", `features` values per
+/// image) → Flatten → MatMul W → logits [N, 10]: linear in the input.
+fn linear_head(
+    op: pb::NodeProto,
+    mut initializer: Vec<pb::TensorProto>,
+    features: usize,
+) -> pb::ModelProto {
+    let weights: Vec<f32> = noise(features * CLASSES, 7)
+        .iter()
+        .map(|v| v - 0.5)
+        .collect();
+    initializer.push(floats(
+        "weights",
+        &[features as i64, CLASSES as i64],
+        weights,
+    ));
+    let flatten = pb::AttributeProto {
+        name: "axis".into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: 1,
+        ..Default::default()
+    };
+    let graph = pb::GraphProto {
+        name: "linear".into(),
+        node: vec![
+            op,
+            node("Flatten", &["mapped"], "flat", vec![flatten]),
+            node("MatMul", &["flat", "weights"], "logits", vec![]),
+        ],
+        initializer,
+        input: vec![tensor_value_info(
+            "input",
+            1,
+            &[None, Some(2), Some(5), Some(7)],
+        )],
+        output: vec![tensor_value_info(
+            "logits",
+            1,
+            &[None, Some(CLASSES as i64)],
+        )],
+        ..Default::default()
+    };
+    pb::ModelProto {
+        ir_version: 9,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 19,
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+}
+
+/// The linear model around one Resize case.
+fn resize_model(case: &Case) -> pb::ModelProto {
     let out = match case.sizes {
         Some(sizes) => sizes.map(|s| s as usize),
         None => [2, 3].map(|a| (SHAPE[a - 1] as f32 * case.scales[a]).floor() as usize),
     };
-    let features = SHAPE[0] * out[0] * out[1];
     let mut attributes = vec![
         attr_string("mode", case.mode),
         attr_string("coordinate_transformation_mode", case.transform),
     ];
     attributes.extend(case.extra.iter().cloned());
-    let (resize_inputs, sizing) = match case.sizes {
+    let (inputs, sizing) = match case.sizes {
         Some(sizes) => {
             attributes.push(pb::AttributeProto {
                 name: "axes".into(),
@@ -96,64 +165,40 @@ fn linear_model(case: &Case) -> (pb::ModelProto, usize) {
             floats("scales", &[4], case.scales.to_vec()),
         ),
     };
-    let node = |op: &str, inputs: &[&str], output: &str, attribute: Vec<pb::AttributeProto>| {
-        pb::NodeProto {
-            op_type: op.into(),
-            name: output.into(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.into()],
-            attribute,
-            ..Default::default()
-        }
-    };
-    let weights: Vec<f32> = noise(features * CLASSES, 7)
-        .iter()
-        .map(|v| v - 0.5)
-        .collect();
-    let graph = pb::GraphProto {
-        name: "resize".into(),
-        node: vec![
-            node("Resize", resize_inputs, "resized", attributes),
-            node(
-                "Flatten",
-                &["resized"],
-                "flat",
-                vec![pb::AttributeProto {
-                    name: "axis".into(),
-                    r#type: pb::attribute_proto::AttributeType::Int as i32,
-                    i: 1,
-                    ..Default::default()
-                }],
-            ),
-            node("MatMul", &["flat", "weights"], "logits", vec![]),
-        ],
-        initializer: vec![
+    linear_head(
+        node("Resize", inputs, "mapped", attributes),
+        vec![
             floats("roi", &[case.roi.len() as i64], case.roi.clone()),
             sizing,
-            floats("weights", &[features as i64, CLASSES as i64], weights),
         ],
-        input: vec![tensor_value_info(
-            "input",
-            1,
-            &[None, Some(2), Some(5), Some(7)],
-        )],
-        output: vec![tensor_value_info(
-            "logits",
-            1,
-            &[None, Some(CLASSES as i64)],
-        )],
-        ..Default::default()
-    };
-    let proto = pb::ModelProto {
-        ir_version: 9,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 19,
-        }],
-        graph: Some(graph),
-        ..Default::default()
-    };
-    (proto, features)
+        SHAPE[0] * out[0] * out[1],
+    )
+}
+
+/// Checks the gradient of `proto` by the adjoint identity on both backends
+/// (tract only where it runs the model).
+fn check_adjoint(proto: &pb::ModelProto, name: &str, dir: &std::path::Path) {
+    let path = dir.join("model.onnx");
+    std::fs::write(&path, upat::onnx::encode(proto)).unwrap();
+    let model = OnnxModel::load(&path).unwrap();
+    let graph = ClassifierGraph::prepare(&model, None, None, None).unwrap();
+    let gradient = grad::build(&graph, SHAPE, Loss::Ce).unwrap_or_else(|e| panic!("{name}: {e}"));
+    for backend in BACKENDS {
+        match adjoint_error(&gradient, backend) {
+            Ok(error) => {
+                eprintln!("{name} on {backend:?}: adjoint error {error:.1e}");
+                assert!(error < 1e-5, "{name} on {backend:?}: adjoint error {error}");
+            }
+            // ONNX Runtime, the reference, must run every case.
+            Err(why) if backend == BackendChoice::Tract => {
+                eprintln!(
+                    "{name} on tract: not run ({})",
+                    why.lines().next().unwrap_or("")
+                )
+            }
+            Err(why) => panic!("{name} on {backend:?}: {why}"),
+        }
+    }
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
@@ -272,7 +317,7 @@ fn resize_gradients_are_the_adjoint_of_the_runtimes_resize() {
         ),
     ];
     let dir = tempfile::tempdir().unwrap();
-    for (i, case) in cases.iter().enumerate() {
+    for case in &cases {
         let antialiased = case.extra.iter().any(|a| a.name == "antialias");
         let name = format!(
             "{} {}{} {:?} {:?}",
@@ -282,29 +327,6 @@ fn resize_gradients_are_the_adjoint_of_the_runtimes_resize() {
             &case.scales[2..],
             case.sizes
         );
-        let (proto, _) = linear_model(case);
-        let path = dir.path().join(format!("resize{i}.onnx"));
-        std::fs::write(&path, upat::onnx::encode(&proto)).unwrap();
-        let model = OnnxModel::load(&path).unwrap();
-        let graph = ClassifierGraph::prepare(&model, None, None, None).unwrap();
-        let gradient =
-            grad::build(&graph, SHAPE, Loss::Ce).unwrap_or_else(|e| panic!("{name}: {e}"));
-        for backend in BACKENDS {
-            match adjoint_error(&gradient, backend) {
-                Ok(error) => {
-                    eprintln!("{name} on {backend:?}: adjoint error {error:.1e}");
-                    assert!(error < 1e-5, "{name} on {backend:?}: adjoint error {error}");
-                }
-                // tract does not implement these two transformation modes;
-                // ONNX Runtime, the reference, must run every case.
-                Err(why) if backend == BackendChoice::Tract => {
-                    eprintln!(
-                        "{name} on tract: not run ({})",
-                        why.lines().next().unwrap_or("")
-                    )
-                }
-                Err(why) => panic!("{name} on {backend:?}: {why}"),
-            }
-        }
+        check_adjoint(&resize_model(case), &name, dir.path());
     }
 }
