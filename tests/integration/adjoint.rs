@@ -9,7 +9,7 @@
 //! A·v is the model's own forward pass at v: the reference is the runtime's
 //! op, not a second reading of the ONNX definition.
 
-use crate::util::{cpu, BACKENDS};
+use crate::util::{cpu, pixels, BACKENDS};
 use upat::attack::Loss;
 use upat::onnx::grad;
 use upat::onnx::{pb, tensor_value_info, ClassifierGraph, OnnxModel};
@@ -48,21 +48,6 @@ fn floats(name: &str, dims: &[i64], values: Vec<f32>) -> pb::TensorProto {
     }
 }
 
-/// Uniform values in [0, 1) from a fixed linear congruential sequence.
-fn noise(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        })
-        .collect()
-}
-
 fn node(
     op: &str,
     inputs: &[&str],
@@ -86,7 +71,7 @@ fn linear_head(
     mut initializer: Vec<pb::TensorProto>,
     features: usize,
 ) -> pb::ModelProto {
-    let weights: Vec<f32> = noise(features * CLASSES, 7)
+    let weights: Vec<f32> = pixels(features * CLASSES, 7)
         .iter()
         .map(|v| v - 0.5)
         .collect();
@@ -210,7 +195,7 @@ fn adjoint_error(gradient: &grad::GradientGraph, backend: BackendChoice) -> Resu
     let mut session =
         GradientModel::open(gradient, SHAPE, cpu(backend)).map_err(|e| e.to_string())?;
     let len: usize = SHAPE.iter().product();
-    let x = noise(len, 1);
+    let x = pixels(len, 1);
     let y = [3i64];
     let at_x = session
         .loss_and_grad(&x, &y, None, 1)
@@ -223,7 +208,7 @@ fn adjoint_error(gradient: &grad::GradientGraph, backend: BackendChoice) -> Resu
     let norm = |a: &[f32]| dot(a, a).sqrt();
     let mut worst = 0.0f64;
     for seed in 2..5 {
-        let v = noise(len, seed);
+        let v = pixels(len, seed);
         let at_v = session
             .loss_and_grad(&v, &y, None, 1)
             .map_err(|e| e.to_string())?;

@@ -1,6 +1,6 @@
 //! Both backends against PyTorch's golden logits and predictions, and against each other.
 
-use crate::util::{cpu, fashion_mnist_dir, fixture, repo_path, BACKENDS};
+use crate::util::{cpu, fashion_mnist_dir, fixture, pixels, repo_path, BACKENDS};
 use upat::data::{load_npz, read_npz_f32, DataSpec, Split};
 use upat::onnx::{ClassifierGraph, Normalization, OnnxModel};
 use upat::runtime::{self, BackendChoice, Classifier};
@@ -22,19 +22,6 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
-}
-
-/// Deterministic pseudo-random pixels in [0, 1].
-fn pixels(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        })
-        .collect()
 }
 
 #[test]

@@ -185,3 +185,16 @@ pub fn relative_error(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
         / scale
 }
+
+/// Deterministic pseudo-random pixels in [0, 1].
+pub fn pixels(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
+}

@@ -187,19 +187,7 @@ fn axis_scales(ctx: &Ctx, x: &[usize], y: &[usize]) -> Result<Vec<f32>> {
     let Some(given) = given else {
         return fail("Resize with scales computed at run time is not supported");
     };
-    let axes: Vec<usize> = match ctx.ints_attr("axes") {
-        Some(a) if !a.is_empty() => a
-            .iter()
-            .map(|&a| {
-                if a < 0 {
-                    (a + rank as i64) as usize
-                } else {
-                    a as usize
-                }
-            })
-            .collect(),
-        _ => (0..rank).collect(),
-    };
+    let axes = resized_axes(ctx, rank);
     if given.len() != axes.len() {
         return fail("Resize scales do not match its axes");
     }
@@ -209,13 +197,10 @@ fn axis_scales(ctx: &Ctx, x: &[usize], y: &[usize]) -> Result<Vec<f32>> {
     Ok(scales)
 }
 
-/// The `(start, end)` of every axis from the constant `roi` input
-/// (`[starts..., ends...]` over all axes, or over `axes`); whole axes elsewhere.
-fn regions_of_interest(ctx: &Ctx, rank: usize) -> Result<Vec<(f32, f32)>> {
-    let Some(roi) = ctx.constants.floats(ctx.input(1)).filter(|v| !v.is_empty()) else {
-        return fail("Resize tf_crop_and_resize needs a constant roi");
-    };
-    let axes: Vec<usize> = match ctx.ints_attr("axes") {
+/// The axes `scales`, `sizes` and `roi` speak of: the `axes` attribute
+/// (opset 18, negative ones counted from the end), else all of them.
+fn resized_axes(ctx: &Ctx, rank: usize) -> Vec<usize> {
+    match ctx.ints_attr("axes") {
         Some(a) if !a.is_empty() => a
             .iter()
             .map(|&a| {
@@ -227,7 +212,16 @@ fn regions_of_interest(ctx: &Ctx, rank: usize) -> Result<Vec<(f32, f32)>> {
             })
             .collect(),
         _ => (0..rank).collect(),
+    }
+}
+
+/// The `(start, end)` of every axis from the constant `roi` input
+/// (`[starts..., ends...]` over all axes, or over `axes`); whole axes elsewhere.
+fn regions_of_interest(ctx: &Ctx, rank: usize) -> Result<Vec<(f32, f32)>> {
+    let Some(roi) = ctx.constants.floats(ctx.input(1)).filter(|v| !v.is_empty()) else {
+        return fail("Resize tf_crop_and_resize needs a constant roi");
     };
+    let axes = resized_axes(ctx, rank);
     if roi.len() != 2 * axes.len() {
         return fail("Resize roi does not match its axes");
     }
