@@ -71,7 +71,7 @@ fn network_initialised_on(
     let mut vs = nn::VarStore::new(init);
     let net = Network::new(
         &vs.root(),
-        config.image_shape[0] as i64,
+        config.image_shape[0],
         config.width,
         10,
         HeadFeatures::Projector,

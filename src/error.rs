@@ -46,6 +46,15 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// A report, record or log line could not be formatted (a value its
+    /// format cannot hold): a bug, never the user's input.
+    #[error("cannot format {what}: {message}")]
+    Format { what: &'static str, message: String },
+
+    /// Training cannot go on (the loss became NaN or infinite, say).
+    #[error("training stopped: {0}")]
+    Training(String),
+
     /// An attack broke its contract (left the ε-ball or the box, or asked
     /// for what it declared it would not): a bug, never a report row.
     #[error("internal error: {0}")]

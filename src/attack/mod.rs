@@ -30,7 +30,7 @@ pub use crate::onnx::grad::Loss;
 pub use crate::runtime::{Logits, LossAndGrad};
 pub use pgd::Pgd;
 pub use registry::{Entry, ATTACKS};
-pub use suite::{builtin_suite, AttackSpec, Fields, Step, Suite, BUILTIN_SUITES};
+pub use suite::{builtin_suite, AttackSpec, Fields, Step, Suite, BUILTIN_SUITES, WORST_CASE_ID};
 
 use crate::error::{Error, Result};
 

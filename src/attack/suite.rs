@@ -6,9 +6,13 @@
 use super::registry::{self, FieldError};
 use super::{Attack, Loss, Norm, Oracle, Settings};
 use crate::error::{Error, Result};
-use crate::report::WORST_CASE_ID;
 use std::path::Path;
 use std::sync::Arc;
+
+/// The reserved `attack_id` of the per-model row that counts a sample as
+/// robust only when it survives every attack of the audit (AutoAttack's
+/// rule); no suite entry may take it.
+pub const WORST_CASE_ID: &str = "worst_case";
 
 /// The built-in suites: the files in `audits/`, embedded.
 pub const BUILTIN_SUITES: &[(&str, &str)] = &[

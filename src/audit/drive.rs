@@ -6,7 +6,6 @@
 //! verdict, as in AutoAttack), and checks each against the ε-ball and the
 //! `[0, 1]` box: a violation is an error, never a report row.
 
-use super::victim::Victim;
 use crate::attack::project::norm_of;
 use crate::attack::{Batch, Model, Norm, Perturbed};
 use crate::data::Dataset;
@@ -61,14 +60,16 @@ pub struct Drive<'s> {
 
 /// What makes the examples of one batch: given the model, the batch's
 /// dataset positions and the batch itself.
-pub type Perturb<'p> = dyn FnMut(&mut Victim, &[usize], &Batch) -> Result<Perturbed> + 'p;
+pub type Perturb<'p> = dyn FnMut(&mut dyn Model, &[usize], &Batch) -> Result<Perturbed> + 'p;
 
 /// Runs `perturb` on the samples of `data` at `pool` (dataset positions),
-/// batch by batch, and judges every example on `victim`. With `keep`, the
+/// batch by batch, and judges every example on `victim` (the audited ONNX
+/// model, or any other [`Model`]: executors are tested on the analytic
+/// linear classifier). With `keep`, the
 /// examples themselves are appended to it, in pool order.
 pub fn drive(
     step: &Drive,
-    victim: &mut Victim,
+    victim: &mut dyn Model,
     data: &Dataset,
     pool: &[usize],
     perturb: &mut Perturb,

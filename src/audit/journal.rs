@@ -30,7 +30,8 @@ pub const AUDIT_FILE: &str = "audit.json";
 pub const ENTRIES_DIR: &str = "journal";
 /// Bumped when the journal's layout changes; an older journal is refused.
 /// 2: the fingerprint records how the models are read (`preparation`).
-const FORMAT: u32 = 2;
+/// 3: the fingerprint's `runtime` is fields (`backend`, `device`), not text.
+const FORMAT: u32 = 3;
 /// No journal file of a sane audit comes near this; a larger one is refused
 /// before it is read (a report directory is input too).
 const MAX_FILE_BYTES: u64 = 4 << 30;
@@ -52,7 +53,7 @@ pub struct Fingerprint {
     pub models: Vec<FileHash>,
     pub sources: Vec<FileHash>,
     /// The backend and device asked for.
-    pub runtime: String,
+    pub runtime: RuntimeKey,
     /// How the models are read: `--normalize`, `--layout`, `--input`,
     /// `--output` (they change every figure).
     #[serde(default)]
@@ -60,6 +61,25 @@ pub struct Fingerprint {
     /// The shard this run audits (`--shard`); `data`, `samples` and
     /// `data_sha256` describe the whole, unsharded data.
     pub shard: Option<Shard>,
+}
+
+/// The runtime choices that can change outcomes: the backend and device
+/// asked for (`auto` stays `auto`). `--threads` is left out: shards of one
+/// audit may run with different thread counts, and their results do not
+/// depend on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeKey {
+    pub backend: String,
+    pub device: String,
+}
+
+impl From<RuntimeOptions> for RuntimeKey {
+    fn from(runtime: RuntimeOptions) -> Self {
+        RuntimeKey {
+            backend: runtime.backend.as_str().to_string(),
+            device: runtime.device.as_str().to_string(),
+        }
+    }
 }
 
 /// A model file as given on the command line and the hash of its bytes.
@@ -106,7 +126,7 @@ impl Fingerprint {
             data_sha256: hex(&samples.finalize()),
             models: hash_files(plan.models())?,
             sources: hash_files(plan.sources())?,
-            runtime: runtime_key(plan.runtime()),
+            runtime: plan.runtime().into(),
             preparation: plan.preparation(),
             shard,
         })
@@ -279,16 +299,6 @@ impl Journal {
     }
 }
 
-/// Backend and device, the runtime choices that can change outcomes.
-/// `--threads` is left out: shards of one audit may run with different
-/// thread counts, and their results do not depend on it.
-fn runtime_key(runtime: RuntimeOptions) -> String {
-    format!(
-        "RuntimeOptions {{ backend: {:?}, device: {:?} }}",
-        runtime.backend, runtime.device
-    )
-}
-
 fn key(model: &str, attack_id: &str, source: Option<&str>) -> Key {
     (
         model.to_string(),
@@ -366,14 +376,14 @@ pub fn read_finished(dir: &Path) -> Result<(AuditFile, Vec<Entry>)> {
     Ok((file, entries))
 }
 
+/// Whether `out` holds an audit (its `audit.json`, or something planted
+/// under that name) that `--resume` could continue.
+pub fn holds_audit(out: &Path) -> bool {
+    std::fs::symlink_metadata(out.join(AUDIT_FILE)).is_ok()
+}
+
 fn read_audit_file(out: &Path) -> Result<AuditFile> {
     let path = out.join(AUDIT_FILE);
-    if !path.exists() && std::fs::symlink_metadata(&path).is_err() {
-        return Err(Error::Usage(format!(
-            "--resume: {} holds no audit to resume (no {AUDIT_FILE}); run without --resume",
-            out.display()
-        )));
-    }
     let bytes = read_bounded(&path)?;
     serde_json::from_slice(&bytes).map_err(|e| {
         Error::data(
@@ -466,7 +476,10 @@ mod tests {
                 sha256: "1".into(),
             }],
             sources: vec![],
-            runtime: "cpu".into(),
+            runtime: RuntimeKey {
+                backend: "tract".into(),
+                device: "cpu".into(),
+            },
             preparation: "normalize=None layout=Auto input=None output=None".into(),
             shard: None,
         }

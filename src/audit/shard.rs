@@ -2,6 +2,7 @@
 //! scheduler's array tasks can each audit one and `merge` can combine them
 //! into exactly the report one machine would have written.
 
+use crate::data::Dataset;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -20,6 +21,22 @@ impl std::fmt::Display for Shard {
 }
 
 impl Shard {
+    /// This shard's slice of `data` (the whole audited data, after
+    /// `--samples`); a shard with no samples is an error.
+    pub fn slice(&self, mut data: Dataset) -> Result<Dataset> {
+        let total = data.len();
+        let range = self.range(total);
+        if range.is_empty() {
+            return Err(Error::Usage(format!(
+                "shard {self} has no samples: {total} samples do not make {} shards",
+                self.count
+            )));
+        }
+        let mut slice = data.split_off(range.start);
+        slice.truncate(range.len());
+        Ok(slice)
+    }
+
     /// `K/N`; `auto` (Slurm job arrays: `SLURM_ARRAY_TASK_ID` with
     /// `SLURM_ARRAY_TASK_COUNT`, or `_MIN`/`_MAX`); `auto/N` (also
     /// Kubernetes Indexed Jobs: `JOB_COMPLETION_INDEX`). `env` reads a

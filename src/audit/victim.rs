@@ -50,6 +50,21 @@ impl<'a> Victim<'a> {
         &self.approximated
     }
 
+    /// What the user should know about how the model and its gradient
+    /// graphs run (tract running one unoptimised, say).
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = self.classifier.notes().to_vec();
+        for gradient in self.by_loss.values() {
+            for note in gradient.notes() {
+                let note = format!("{note} (its gradient graph)");
+                if !notes.contains(&note) {
+                    notes.push(note);
+                }
+            }
+        }
+        notes
+    }
+
     pub fn backend_name(&self) -> &'static str {
         self.classifier.backend_name()
     }

@@ -7,7 +7,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use upat::attack::{registry, Loss, Suite, BUILTIN_SUITES};
-use upat::audit::{run_audit, AuditPlan, AuditRequest, Fingerprint, Gate, Journal, Shard};
+use upat::audit::{run_audit, AuditPlan, AuditRequest, Fingerprint, Gate, Recorder, Shard, Start};
 use upat::data::{DataSpec, Split};
 use upat::onnx::{ClassifierGraph, Normalization, OnnxModel};
 use upat::progress::TerminalProgress;
@@ -105,8 +105,8 @@ struct AuditArgs {
     backend: BackendChoice,
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
-    /// The backend's intra-op threads (default: ONNX Runtime one per core,
-    /// tract one); --threads 1 lets N shards share N cores.
+    /// The backend's intra-op threads (default: one per core); --threads 1
+    /// lets N shards share N cores.
     #[arg(long, value_name = "N", value_parser = upat::cli::threads)]
     threads: Option<std::num::NonZeroUsize>,
     /// The image input's axis order: auto (NHWC when the last axis has 1, 3
@@ -265,52 +265,40 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
     );
     let fingerprint = Fingerprint::of(&config.plan, &data, config.shard)?;
     if let Some(shard) = config.shard {
-        let range = shard.range(data.len());
-        let mut slice = data.split_off(range.start);
-        slice.truncate(range.len());
-        data = slice;
+        let total = data.len();
+        data = shard.slice(data)?;
+        let first = shard.range(total).start;
         eprintln!(
-            "shard {shard}: samples {}..{} of {}",
-            range.start, range.end, fingerprint.samples
+            "shard {shard}: samples {first}..{} of {total}",
+            first + data.len()
         );
-        if data.is_empty() {
-            return Err(upat::Error::Usage(format!(
-                "shard {shard} has no samples: {} samples do not make {} shards",
-                fingerprint.samples, shard.count
-            ))
-            .into());
-        }
     }
-    let mut journal = Journal::start(
+    let (mut recorder, start) = Recorder::open(
         &config.out,
         fingerprint,
         config.plan.gates().to_vec(),
         config.resume,
     )?;
-    if config.resume {
-        eprintln!(
-            "resuming the audit in {}: {} row(s) finished earlier",
-            config.out.display(),
-            journal.pending()
-        );
+    match start {
+        Start::Fresh => {}
+        Start::Resumed { rows } => eprintln!(
+            "resuming the audit in {}: {rows} row(s) finished earlier",
+            config.out.display()
+        ),
+        Start::NothingToResume => eprintln!(
+            "--resume: {} holds no audit to resume; starting a new one",
+            config.out.display()
+        ),
     }
     let outcome = run_audit(
         &config.plan,
         &data,
-        Some(&mut journal),
+        &mut recorder,
         &mut TerminalProgress::new("samples"),
     )?;
     let per_sample = config.per_sample || config.shard.is_some();
-    let samples = per_sample.then_some(outcome.outcomes.as_slice());
+    recorder.publish(&outcome, per_sample)?;
     let flags = outcome.flag_rows();
-    upat::report::write_reports(
-        &config.out,
-        &outcome.rows,
-        samples,
-        &flags,
-        &outcome.warnings,
-    )?;
-    journal.finish(&flags)?;
     for warning in &outcome.warnings {
         eprintln!("warning: {warning}");
     }
@@ -343,6 +331,8 @@ fn merge(dirs: Vec<PathBuf>, out: PathBuf, fail_under: Vec<String>) -> Result<Ex
         .iter()
         .map(|g| g.parse::<Gate>())
         .collect::<upat::Result<Vec<_>>>()?;
+    let dir = upat::audit::outdir::OutputDir::claim(&out)?;
+    dir.remove_results()?;
     let merged = upat::audit::merge(&dirs, gates)?;
     upat::report::write_reports(
         &out,

@@ -152,6 +152,12 @@ fn config(
     let pretrain = command == TrainCommand::Pretrain;
     let spec: DataSpec = common.data.parse()?;
     let mut data = spec.load(Split::Train)?;
+    if data.is_empty() {
+        return Err(upat::Error::Usage(format!(
+            "--data {}: the training split has no samples; give a data file that holds training images",
+            common.data
+        )));
+    }
     if let Some(n) = common.samples {
         data.truncate(n);
     }

@@ -11,9 +11,8 @@ use crate::error::{Error, Result};
 use serde::Serialize;
 use std::path::Path;
 
-/// The `attack_id` of the per-model row that counts a sample as robust only
-/// when it survives every attack of the audit (AutoAttack's rule).
-pub const WORST_CASE_ID: &str = "worst_case";
+/// Reserved by the suite layer, which refuses it as an entry's id.
+pub use crate::attack::WORST_CASE_ID;
 
 /// One line of `report.csv`: a (model, attack) pair. Field order is the column order.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -73,10 +72,12 @@ pub fn fraction(mask: &[bool]) -> f64 {
 
 fn csv_bytes<F: FnOnce(&mut csv::Writer<Vec<u8>>) -> csv::Result<()>>(fill: F) -> Result<Vec<u8>> {
     let mut writer = csv::Writer::from_writer(Vec::new());
-    fill(&mut writer).map_err(|e| Error::Usage(format!("cannot format CSV: {e}")))?;
-    writer
-        .into_inner()
-        .map_err(|e| Error::Usage(format!("cannot format CSV: {e}")))
+    let format = |message: String| Error::Format {
+        what: "CSV",
+        message,
+    };
+    fill(&mut writer).map_err(|e| format(e.to_string()))?;
+    writer.into_inner().map_err(|e| format(e.to_string()))
 }
 
 /// `report.csv`: every row, in order.
@@ -195,6 +196,18 @@ pub fn flags_csv(flags: &[FlagRow]) -> Result<Vec<u8>> {
 pub fn samples_csv(outcomes: &[SampleOutcome]) -> Result<Vec<u8>> {
     csv_bytes(|w| outcomes.iter().try_for_each(|o| w.serialize(o)))
 }
+
+/// Every file [`write_reports`] may write: an audit's results, removed
+/// before a new run into the same directory starts.
+pub const RESULT_FILES: &[&str] = &[
+    "report.csv",
+    "summary.csv",
+    "transfer.csv",
+    "samples.csv",
+    "flags.csv",
+    "report.md",
+    "robustness.svg",
+];
 
 /// Writes `summary.csv`, `transfer.csv` (when there were transfer attacks),
 /// `samples.csv` (when `samples` is given), `flags.csv`, `report.md`, `robustness.svg`

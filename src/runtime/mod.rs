@@ -27,6 +27,16 @@ pub enum Device {
     Cuda,
 }
 
+impl BackendChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Ort => "ort",
+            BackendChoice::Tract => "tract",
+        }
+    }
+}
+
 impl Device {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -73,6 +83,11 @@ pub trait Classifier {
     fn backend_name(&self) -> &'static str;
 
     fn device(&self) -> Device;
+
+    /// The session's notes ([`Session::notes`]).
+    fn notes(&self) -> &[String] {
+        &[]
+    }
 
     /// Logits for `n` images (NCHW, `[0, 1]`). Splits or pads the batch to the
     /// model's fixed batch size, and checks the output is `[n, K]`.
@@ -136,21 +151,27 @@ pub trait Session {
     fn run(&mut self, feeds: &[Feed]) -> Result<Vec<Fetched>>;
     fn backend_name(&self) -> &'static str;
     fn device(&self) -> Device;
+    /// What the user should know about how the model runs (tract running
+    /// a graph unoptimised, say); none by default.
+    fn notes(&self) -> &[String] {
+        &[]
+    }
 }
 
-/// Images `start..start + take` as a batch of `chunk`, padded with copies of
-/// the last one; fixed-batch models need whole batches, and the padding's
-/// outputs are dropped by the caller.
-fn padded_chunk(
-    images: &[f32],
-    image_len: usize,
+/// Rows `start..start + take` of `rows` (each `row_len` long: an image, a
+/// label) as a batch of `chunk`, padded with copies of the last one;
+/// fixed-batch models need whole batches, and the padding's outputs are
+/// dropped by the caller. The one place batches are chunked and padded.
+fn padded_chunk<T: Copy>(
+    rows: &[T],
+    row_len: usize,
     start: usize,
     take: usize,
     chunk: usize,
-) -> Vec<f32> {
-    let mut batch = images[start * image_len..(start + take) * image_len].to_vec();
-    while batch.len() < chunk * image_len {
-        batch.extend_from_within((take - 1) * image_len..take * image_len);
+) -> Vec<T> {
+    let mut batch = rows[start * row_len..(start + take) * row_len].to_vec();
+    while batch.len() < chunk * row_len {
+        batch.extend_from_within((take - 1) * row_len..take * row_len);
     }
     batch
 }
@@ -161,7 +182,7 @@ pub struct RuntimeOptions {
     pub backend: BackendChoice,
     pub device: Device,
     /// Intra-op threads (`--threads`); `None` keeps the backend's default:
-    /// one per physical core on ONNX Runtime, one on tract. Results do not
+    /// one per core on either backend. Results do not
     /// depend on it, so audits with different counts are combinable.
     pub threads: Option<std::num::NonZeroUsize>,
 }
@@ -222,6 +243,10 @@ impl Classifier for ClassifierModel {
     fn device(&self) -> Device {
         self.session.device()
     }
+
+    fn notes(&self) -> &[String] {
+        self.session.notes()
+    }
 }
 
 /// Opens `graph` on the requested backend for images of `image_shape`.
@@ -275,6 +300,11 @@ impl GradientModel {
         self.session.backend_name()
     }
 
+    /// The session's notes ([`Session::notes`]).
+    pub fn notes(&self) -> &[String] {
+        self.session.notes()
+    }
+
     /// Logits, per-sample loss and input gradient of `n` images.
     /// `targets` is required by (and only by) the targeted DLR loss. A
     /// fixed-batch model is run chunk by chunk, the last chunk padded with
@@ -300,9 +330,7 @@ impl GradientModel {
         };
         for start in (0..n).step_by(chunk) {
             let take = chunk.min(n - start);
-            let pad = |v: &[i64]| -> Vec<i64> {
-                (0..chunk).map(|i| v[start + i.min(take - 1)]).collect()
-            };
+            let pad = |v: &[i64]| padded_chunk(v, 1, start, take, chunk);
             let batch = padded_chunk(images, image_len, start, take, chunk);
             let chunk_targets = targets.map(pad);
             let out = self.run_exact(&batch, &pad(labels), chunk_targets.as_deref(), chunk)?;
@@ -336,12 +364,12 @@ impl GradientModel {
             (true, Some(t)) => feeds.push(Feed::I64(t, &vector)),
             (false, None) => {}
             (true, None) => {
-                return Err(Error::Usage(
+                return Err(Error::Internal(
                     "the dlr-targeted loss needs target classes".into(),
                 ))
             }
             (false, Some(_)) => {
-                return Err(Error::Usage(
+                return Err(Error::Internal(
                     "target classes given to an untargeted loss".into(),
                 ))
             }

@@ -1,6 +1,6 @@
-//! The pure-Rust backend: tract, with inputs fixed to concrete shapes so that
-//! it can optimise the graph (one plan per set of input shapes seen, usually
-//! two: the full batch and the remainder).
+//! The pure-Rust backend: tract, with the inputs' shapes given so that it can
+//! optimise the graph: once for every batch size (the batch axis a symbol)
+//! where its optimiser can, else once per set of input shapes seen.
 
 use super::{Device, Feed, Fetched, Session};
 use crate::error::{Error, Result};
@@ -13,9 +13,24 @@ use tract_onnx::prelude::*;
 /// A model running on tract.
 pub struct TractSession {
     proto: pb::ModelProto,
+    /// Whether one plan serves every batch size (decided on first use).
+    batched: Option<Batched>,
+    /// Plans per set of input shapes, where no batched plan could be made.
     plans: HashMap<Vec<Vec<usize>>, Arc<TypedRunnableModel>>,
-    /// tract's matrix products run on this pool (single-threaded by default).
+    /// What the user should know about how the model runs.
+    notes: Vec<String>,
+    /// tract's matrix products run on this pool (one thread per core by
+    /// default).
     executor: Executor,
+}
+
+/// How plans are kept.
+enum Batched {
+    /// One plan, its batch axis symbolic: attacks whose batches shrink as
+    /// samples are fooled optimise the graph once, not once per size.
+    Plan(Arc<TypedRunnableModel>),
+    /// The graph needs concrete shapes: one plan per set of input shapes.
+    PerShape,
 }
 
 fn tract_error(context: &str, e: impl std::fmt::Display) -> Error {
@@ -35,49 +50,117 @@ impl TractSession {
                 .map(|_| ())
                 .map_err(|e| tract_error("cannot load the model (an op or attribute tract does not support?); try --backend ort", e))
         })?;
+        // One thread per core unless told otherwise, as ONNX Runtime does.
+        let threads = threads
+            .or_else(|| std::thread::available_parallelism().ok())
+            .map_or(1, |n| n.get());
         let executor = match threads {
-            Some(n) if n.get() > 1 => Executor::multithread_with_name(n.get(), "upat-tract"),
-            _ => Executor::SingleThread,
+            1 => Executor::SingleThread,
+            n => Executor::multithread_with_name(n, "upat-tract"),
         };
         let mut proto = proto.clone();
         spell_out_celu(&mut proto);
         Ok(TractSession {
             proto,
+            batched: None,
             plans: HashMap::new(),
+            notes: Vec::new(),
             executor,
         })
     }
 
+    /// The plan for `feeds`: one plan for every batch size (the inputs'
+    /// first axis symbolic), built once, where tract can optimise the graph
+    /// that way; else one per set of input shapes.
     fn plan(&mut self, feeds: &[Feed]) -> Result<Arc<TypedRunnableModel>> {
+        if let Some(Batched::Plan(plan)) = &self.batched {
+            return Ok(plan.clone());
+        }
+        if self.batched.is_none() {
+            let batch = feeds.first().and_then(|f| f.shape().first().copied());
+            let shared = feeds.iter().all(|f| f.shape().first().copied() == batch);
+            self.batched = Some(match (batch, shared) {
+                (Some(_), true) => match self.optimised(feeds, true) {
+                    Ok(plan) => Batched::Plan(plan),
+                    Err(_) => Batched::PerShape,
+                },
+                _ => Batched::PerShape,
+            });
+            if let Some(Batched::Plan(plan)) = &self.batched {
+                return Ok(plan.clone());
+            }
+        }
         let key: Vec<Vec<usize>> = feeds.iter().map(|f| f.shape().to_vec()).collect();
         if let Some(plan) = self.plans.get(&key) {
             return Ok(plan.clone());
         }
+        let plan = self.optimised(feeds, false)?;
+        self.plans.insert(key, plan.clone());
+        Ok(plan)
+    }
+
+    /// Optimises the graph for the shapes of `feeds` (with `symbolic_batch`,
+    /// their first axis left as a symbol). Where tract's optimiser fails on
+    /// a graph it can otherwise run, the unoptimised model runs — the same
+    /// values, more slowly — and a note says so.
+    fn optimised(
+        &mut self,
+        feeds: &[Feed],
+        symbolic_batch: bool,
+    ) -> Result<Arc<TypedRunnableModel>> {
+        let shapes: Vec<Vec<usize>> = feeds.iter().map(|f| f.shape().to_vec()).collect();
         let mut model = onnx()
             .model_for_proto_model(&self.proto)
             .map_err(|e| tract_error("cannot load the model", e))?;
-        for (i, feed) in feeds.iter().enumerate() {
+        let batch = model.symbols.sym("N");
+        for (i, (feed, shape)) in feeds.iter().zip(&shapes).enumerate() {
+            let dims: TVec<TDim> = shape
+                .iter()
+                .enumerate()
+                .map(|(axis, &d)| match axis {
+                    0 if symbolic_batch => batch.to_dim(),
+                    _ => d.to_dim(),
+                })
+                .collect();
             let fact = match feed {
-                Feed::F32(_, shape) => f32::fact(*shape),
-                Feed::I64(_, shape) => i64::fact(*shape),
+                Feed::F32(..) => f32::fact(dims),
+                Feed::I64(..) => i64::fact(dims),
             };
             model = model
                 .with_input_fact(i, fact.into())
                 .map_err(|e| tract_error("bad input", e))?;
         }
+        let described = if symbolic_batch {
+            "any batch size".to_string()
+        } else {
+            format!("inputs {shapes:?}")
+        };
         // tract's optimiser has defects on some graphs (a strided Slice after a
         // Reshape, in LeViT: "Pulling Downsample over Reshape: Invalid axis").
-        // The unoptimised typed model computes the same values, more slowly.
-        let plan = match model.clone().into_optimized() {
+        match model.clone().into_optimized() {
             Ok(optimized) => optimized.into_runnable(),
-            Err(optimizer) => model
-                .into_typed()
-                .and_then(|typed| typed.into_runnable())
-                .map_err(|_| optimizer),
+            // A symbolic batch the optimiser cannot handle: per-shape plans.
+            Err(optimizer) if symbolic_batch => Err(optimizer),
+            Err(optimizer) => {
+                let plan = model
+                    .into_typed()
+                    .and_then(|typed| typed.into_runnable())
+                    .map_err(|_| optimizer);
+                if plan.is_ok() {
+                    self.note(
+                        "tract's optimiser failed on this graph; it runs unoptimised (the same values, more slowly; --backend ort is faster)",
+                    );
+                }
+                plan
+            }
         }
-        .map_err(|e| tract_error(&format!("cannot prepare the model for inputs {key:?}"), e))?;
-        self.plans.insert(key, plan.clone());
-        Ok(plan)
+        .map_err(|e| tract_error(&format!("cannot prepare the model for {described}"), e))
+    }
+
+    fn note(&mut self, note: &str) {
+        if !self.notes.iter().any(|n| n == note) {
+            self.notes.push(note.to_string());
+        }
     }
 }
 
@@ -159,10 +242,26 @@ impl Session for TractSession {
     fn device(&self) -> Device {
         Device::Cpu
     }
+
+    fn notes(&self) -> &[String] {
+        &self.notes
+    }
 }
 
 impl TractSession {
     fn run_uncontained(&mut self, feeds: &[Feed]) -> Result<Vec<Fetched>> {
+        match self.run_plan(feeds) {
+            // A batched plan that cannot run this batch: per-shape plans
+            // from now on.
+            Err(_) if matches!(self.batched, Some(Batched::Plan(_))) => {
+                self.batched = Some(Batched::PerShape);
+                self.run_plan(feeds)
+            }
+            result => result,
+        }
+    }
+
+    fn run_plan(&mut self, feeds: &[Feed]) -> Result<Vec<Fetched>> {
         let plan = self.plan(feeds)?;
         let inputs = feeds
             .iter()

@@ -68,6 +68,16 @@ pub fn device(name: &str) -> Result<Device> {
     }
 }
 
+/// A device as the command line names it (`cpu`, `cuda:0`), for messages.
+pub fn device_label(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        Device::Mps => "mps".into(),
+        Device::Vulkan => "vulkan".into(),
+    }
+}
+
 fn build(config: &RunConfig, vs: &nn::VarStore) -> Network {
     Network::new(
         &vs.root(),
@@ -129,6 +139,14 @@ pub fn run_training(
     if let Some(encoder) = &config.encoder {
         let source = existing(encoder)?;
         if run.completed_epochs()? == 0 {
+            if source.read_checkpoint()?.is_none() {
+                return Err(Error::Usage(format!(
+                    "--encoder {}: the run has no completed epoch, so no encoder to start from; \
+                     let it finish an epoch (upat-train pretrain ... --out {} --resume) or give another run",
+                    encoder.display(),
+                    encoder.display()
+                )));
+            }
             let missing = vs.load_partial(source.checkpoint()).map_err(|e| {
                 Error::data(
                     source.checkpoint(),
@@ -144,10 +162,11 @@ pub fn run_training(
         }
     }
     progress.line(&format!(
-        "{}: {} training, {} held out, on {device:?}",
+        "{}: {} training, {} held out, on {}",
         config.method,
         train_data.len(),
-        holdout.len()
+        holdout.len(),
+        device_label(device)
     ));
     train(&config, &run, &vs, &net, &train_data, &holdout, progress)?;
     if config.method.makes_classifier() {

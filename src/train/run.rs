@@ -369,12 +369,14 @@ impl RunDir {
             }
         }
         let mut writer = csv::Writer::from_writer(Vec::new());
-        writer
-            .serialize(row)
-            .map_err(|e| Error::Usage(format!("cannot format metrics: {e}")))?;
-        let bytes = writer
-            .into_inner()
-            .map_err(|e| Error::Usage(format!("cannot format metrics: {e}")))?;
+        writer.serialize(row).map_err(|e| Error::Format {
+            what: "metrics",
+            message: e.to_string(),
+        })?;
+        let bytes = writer.into_inner().map_err(|e| Error::Format {
+            what: "metrics",
+            message: e.to_string(),
+        })?;
         let text = String::from_utf8(bytes).expect("csv is utf-8");
         let (header, line) = text.split_once('\n').expect("header and row");
         crate::atomic::write_atomic(

@@ -284,7 +284,7 @@ pub fn train(
             let loss = batch_loss(config, net, &augment, &x, &y)?;
             let value = loss.double_value(&[]);
             if !value.is_finite() {
-                return Err(Error::Usage(format!(
+                return Err(Error::Training(format!(
                     "the loss became {value} at epoch {epoch}, batch {b}; training stopped and {} keeps the last complete epoch ({}). Lower --lr and resume",
                     run.0.display(),
                     epoch - 1

@@ -171,13 +171,15 @@ fn a_killed_audit_resumes_to_the_outcomes_of_an_uninterrupted_one() {
 #[test]
 fn resume_refuses_what_it_cannot_continue() {
     let Some(setup) = setup(PGD) else { return };
+    // Nothing to resume: a requeued job passing --resume starts afresh.
     let nothing = setup.run(&["--out", "empty", "--resume"]);
-    assert_eq!(nothing.status.code(), Some(2), "{}", stderr(&nothing));
+    assert!(nothing.status.success(), "{}", stderr(&nothing));
     assert!(
-        stderr(&nothing).contains("no audit to resume"),
+        stderr(&nothing).contains("holds no audit to resume; starting a new one"),
         "{}",
         stderr(&nothing)
     );
+    assert!(complete(&setup.path("empty")));
 
     let first = setup.run(&["--out", "r", "--seed", "1"]);
     assert!(first.status.success(), "{}", stderr(&first));
@@ -188,6 +190,9 @@ fn resume_refuses_what_it_cannot_continue() {
         "{}",
         stderr(&other_seed)
     );
+    // A refused --resume leaves the finished audit as it was.
+    assert!(complete(&setup.path("r")));
+    assert!(setup.path("r/report.csv").exists());
 
     // A damaged entry is named, not trusted.
     let journal = setup.path("r/journal");
@@ -224,4 +229,79 @@ fn resume_refuses_what_it_cannot_continue() {
     let again = setup.run(&["--out", "r", "--seed", "2"]);
     assert!(again.status.success(), "{}", stderr(&again));
     assert_eq!(entries(&setup.path("r")), 2);
+}
+
+/// A rerun into a finished audit's directory that fails once under way
+/// leaves no results of the earlier run beside its own incomplete
+/// `audit.json`.
+#[test]
+fn a_failed_rerun_leaves_no_stale_results() {
+    let Some(setup) = setup(PGD) else { return };
+    let first = setup.run(&["--out", "r"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(setup.path("r/report.csv").exists());
+    // A second model that does not take Fashion-MNIST's images: the audit
+    // starts, then fails on it (exit 2).
+    let mut args = setup.args_with(&["--out", "r"]);
+    args.insert(
+        1,
+        repo_path("tests/fixtures/tiny_cnn.onnx")
+            .display()
+            .to_string(),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let failed = upat_audit(setup.dir.path(), &args);
+    assert_eq!(failed.status.code(), Some(2), "{}", stderr(&failed));
+    assert!(!complete(&setup.path("r")));
+    for stale in upat::report::RESULT_FILES {
+        assert!(!setup.path("r").join(stale).exists(), "{stale} left behind");
+    }
+}
+
+/// One audit at a time in a report directory: a second is refused while
+/// the first runs, and the directory is free again once it is killed.
+#[test]
+fn a_report_directory_is_held_by_one_audit() {
+    let Some(setup) = setup(MIXED_SUITE) else {
+        return;
+    };
+    let source = repo_path("models/fmnist-cnn.onnx").display().to_string();
+    let mut long = setup.args_with(&["--out", "busy", "--source", &source]);
+    let samples = long.iter().position(|a| a == "--samples").unwrap() + 1;
+    long[samples] = "400".into();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_upat-audit"))
+        .args(&long)
+        .current_dir(setup.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = setup.path("busy/.upat-audit.lock");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(&lock).map_or(true, |pid| pid.trim() != child.id().to_string()) {
+        assert!(
+            Instant::now() < deadline,
+            "the audit never took its directory"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the audit ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = setup.run(&["--out", "busy", "--source", &source]);
+    let still_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        still_running,
+        "the first audit ended before the second started"
+    );
+    assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("in use by another upat-audit")
+            && stderr(&second).contains(&child.id().to_string()),
+        "{}",
+        stderr(&second)
+    );
+    // The kernel released the killed audit's lock.
+    let third = setup.run(&["--out", "busy", "--source", &source]);
+    assert!(third.status.success(), "{}", stderr(&third));
 }
