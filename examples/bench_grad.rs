@@ -34,7 +34,10 @@ fn main() -> anyhow::Result<()> {
         RuntimeOptions {
             backend,
             device: Device::Cpu,
-            threads: None,
+            // The reference's thread count, where the benchmark sets it.
+            threads: std::env::var("UPAT_BENCH_THREADS")
+                .ok()
+                .and_then(|t| t.parse().ok()),
         },
     )?;
     let images: Vec<f32> = (0..batch * dims.iter().product::<usize>())

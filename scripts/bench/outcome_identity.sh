@@ -9,6 +9,7 @@
 #   scripts/bench/outcome_identity.sh --compare old/ new/
 #
 # --compare diffs report.csv (timings removed) and samples.csv of every run.
+# BACKENDS="ort" (say) runs one backend only; SAMPLES sets the sample count.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../env.sh"
 cd "$UPAT_ROOT"
@@ -107,7 +108,7 @@ TOML
 models="models/fmnist-cnn.onnx models/fmnist-cnn-at.onnx"
 common=(--data fashion-mnist --samples "${SAMPLES:-60}" --suite "$suite" --seed 7
         --batch-size 16 --per-sample --source models/fmnist-cnn.onnx)
-for backend in ort tract; do
+for backend in ${BACKENDS:-ort tract}; do
     echo "== $backend: whole" >&2
     "$bin" $models "${common[@]}" --backend "$backend" --out "$out/$backend-whole" >/dev/null
     echo "== $backend: resumed after losing half the journal" >&2

@@ -287,7 +287,14 @@ impl GradientModel {
         image_shape: [usize; 3],
         options: RuntimeOptions,
     ) -> Result<Self> {
-        let session = open_session(&graph.proto, options)?;
+        // ONNX Runtime runs the same gradients through faster kernels.
+        let session = match resolve_backend(options)? {
+            "ort" => open_session(
+                &crate::onnx::grad::specialise::for_onnx_runtime(graph),
+                options,
+            )?,
+            _ => open_session(&graph.proto, options)?,
+        };
         Ok(GradientModel {
             session,
             image_shape,

@@ -446,3 +446,48 @@ fn torchvision_architectures_match_pytorch_autograd_on_both_backends() {
         }
     }
 }
+
+/// ONNX Runtime runs the backward of MaxPools whose windows do not overlap
+/// as `MaxUnpool` (`grad/specialise.rs`): exactly the portable graph's
+/// values, the overlapping and ceil-mode pools left as they are.
+#[test]
+fn onnx_runtime_runs_tiling_max_pools_as_max_unpool_with_the_same_values() {
+    use upat::onnx::grad::specialise::for_onnx_runtime;
+    use upat::runtime::{open_session, Feed};
+    // pooling: one tiling pool among overlapping and ceil-mode ones.
+    for (model, golden_file, tiling) in [
+        ("zoo/pooling.onnx", "zoo/pooling_golden.npz", 1),
+        ("tiny_cnn.onnx", "tiny_cnn_golden.npz", 1),
+    ] {
+        let portable = gradient_graph(model, Loss::Ce);
+        assert_eq!(portable.unpool_sites.len(), tiling, "{model}");
+        let fast = for_onnx_runtime(&portable);
+        let ops = |proto: &upat::onnx::pb::ModelProto, op: &str| {
+            let g = proto.graph.as_ref().unwrap();
+            g.node.iter().filter(|n| n.op_type == op).count()
+        };
+        assert_eq!(ops(&fast, "MaxUnpool"), tiling, "{model}");
+        assert_eq!(
+            ops(&fast, "ScatterElements") + tiling,
+            ops(&portable.proto, "ScatterElements"),
+            "{model}: the portable scatter stays for the other pools only"
+        );
+        let g = golden(golden_file);
+        let image = [g.n, 3, 8, 8];
+        let vector = [g.n];
+        let feeds = [Feed::F32(&g.x, &image), Feed::I64(&g.y, &vector)];
+        let run = |proto| {
+            open_session(proto, cpu(BackendChoice::Ort))
+                .unwrap()
+                .run(&feeds)
+                .unwrap()
+        };
+        let (a, b) = (run(&portable.proto), run(&fast));
+        assert_eq!(a.len(), 3);
+        assert_eq!(
+            a, b,
+            "{model}: logits, loss and input gradient must be identical"
+        );
+        assert!(a[2].values.iter().any(|v| *v != 0.0));
+    }
+}

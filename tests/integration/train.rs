@@ -414,3 +414,57 @@ fn training_refuses_to_overwrite_a_run_and_bad_options() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not a run directory"));
 }
+
+/// Messages a user meets on common mistakes say what is wrong in the
+/// user's words: no Rust debug text, no misleading rule.
+#[test]
+fn mistakes_get_plain_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = Dataset::new(
+        "empty",
+        [1, 12, 12],
+        vec![],
+        vec![],
+        3,
+        &dir.path().join("empty.npz"),
+    )
+    .unwrap();
+    save_npz(&dir.path().join("empty.npz"), &empty).unwrap();
+    let mut args = vec!["pretrain", "--data", "npz:empty.npz", "--out", "e"];
+    args.extend(SMALL);
+    let out = upat_train(dir.path(), &args);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("has no samples") && !stderr(&out).contains("classes"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Training logs name the device as the command line does.
+    tiny_dataset(&dir.path().join("tiny.npz"));
+    let data = ["--data", "npz:tiny.npz", "--epochs", "1"];
+    let mut args = [&["pretrain", "--out", "enc"][..], &data].concat();
+    args.extend(SMALL);
+    let out = upat_train(dir.path(), &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+    assert!(log.contains("on cpu") && !log.contains("Cpu"), "{log}");
+
+    // An encoder run that never finished an epoch has no encoder to give.
+    std::fs::remove_file(dir.path().join("enc/checkpoint.safetensors")).unwrap();
+    let finetune = [
+        &["finetune", "--encoder", "enc", "--out", "ft"][..],
+        &data,
+        &small_without_width(),
+    ]
+    .concat();
+    let out = upat_train(dir.path(), &finetune);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no completed epoch")
+            && !stderr(&out).contains("IoError")
+            && !stderr(&out).contains("Os {"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -14,6 +14,8 @@ pub struct Emitter {
     pub initializers: Vec<pb::TensorProto>,
     /// Default-domain opset the emitted graph declares.
     pub opset: i64,
+    /// MaxPool backwards ONNX Runtime can run faster (`specialise.rs`).
+    pub unpool_sites: Vec<super::specialise::UnpoolSite>,
     taken: HashSet<String>,
     counter: usize,
     shape_cache: HashMap<String, String>,
@@ -98,6 +100,7 @@ impl Emitter {
         Emitter {
             nodes: Vec::new(),
             initializers: Vec::new(),
+            unpool_sites: Vec::new(),
             opset,
             taken,
             counter: 0,

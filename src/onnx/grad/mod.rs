@@ -24,6 +24,7 @@ mod upgrade;
 
 pub use rules::{RuleEntry, RULES, STRAIGHT_THROUGH};
 mod shapes;
+pub mod specialise;
 
 pub use loss::Loss;
 pub use shapes::{Shapes, TensorShape};
@@ -66,6 +67,9 @@ pub struct GradientGraph {
     /// Op types on the path differentiated by the straight-through
     /// estimator ([`STRAIGHT_THROUGH`]): the gradient is approximate.
     pub approximated: Vec<String>,
+    /// MaxPool backwards ONNX Runtime runs in a faster form
+    /// ([`specialise::for_onnx_runtime`]).
+    pub unpool_sites: Vec<specialise::UnpoolSite>,
 }
 
 /// Why a model cannot be differentiated: the first op without a rule on the
@@ -366,6 +370,7 @@ pub fn build(
     emit.nodes.push(identity(&input_grad, INPUT_GRAD));
     emit.nodes.push(identity(&head.loss, LOSS));
 
+    let unpool_sites = emit.unpool_sites;
     g.node.extend(emit.nodes);
     g.initializer.extend(emit.initializers);
     g.input.push(int_vector_input(LABELS));
@@ -385,6 +390,7 @@ pub fn build(
         classes,
         fixed_batch: graph.input.fixed_batch,
         approximated,
+        unpool_sites,
     })
 }
 

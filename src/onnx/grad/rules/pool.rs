@@ -5,6 +5,7 @@ use super::conv::{conv_geometry, transpose_back};
 use super::{fail, only_first, Ctx};
 use crate::error::Result;
 use crate::onnx::grad::emit::{attr_int, attr_string};
+use crate::onnx::grad::specialise::UnpoolSite;
 
 type Grads = Result<Vec<Option<String>>>;
 
@@ -31,7 +32,38 @@ pub fn max_pool(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
         &[&flat_zeros, &flat_indices, &flat_g],
         vec![attr_int("axis", 2), attr_string("reduction", "add")],
     );
-    Ok(only_first(ctx.emit.reshape_like(&scattered, &x)))
+    let dx = ctx.emit.reshape_like(&scattered, &x);
+    if let Some(site) = unpool_site(ctx, &dx, &g, &indices)? {
+        ctx.emit.unpool_sites.push(site);
+    }
+    Ok(only_first(dx))
+}
+
+/// Where the MaxPool's windows do not overlap (strides ≥ kernel, no
+/// dilation, floor mode), its backward can run as ONNX Runtime's
+/// `MaxUnpool` (`grad/specialise.rs`).
+fn unpool_site(ctx: &Ctx, dx: &str, g: &str, indices: &str) -> Result<Option<UnpoolSite>> {
+    let kernel: Vec<usize> = match ctx.ints_attr("kernel_shape") {
+        Some(k) if !k.is_empty() => k.iter().map(|&v| v as usize).collect(),
+        _ => return Ok(None),
+    };
+    let x = ctx.input(0);
+    let x_shape = ctx.shape(x)?.dims.clone();
+    let y_shape = ctx.shape(ctx.output(0))?.dims.clone();
+    let geo = conv_geometry(ctx, kernel.clone(), &x_shape[2..], &y_shape[2..])?;
+    let disjoint = geo.strides.iter().zip(&kernel).all(|(s, k)| s >= k)
+        && geo.dilations.iter().all(|&d| d == 1)
+        && ctx.int_attr("ceil_mode", 0) == 0;
+    let ints = |v: &[usize]| v.iter().map(|&d| d as i64).collect::<Vec<_>>();
+    Ok(disjoint.then(|| UnpoolSite {
+        output: dx.to_string(),
+        grad: g.to_string(),
+        indices: indices.to_string(),
+        input: x.to_string(),
+        kernel: ints(&kernel),
+        strides: ints(&geo.strides),
+        pads: ints(&[geo.pads_begin.clone(), geo.pads_end.clone()].concat()),
+    }))
 }
 
 /// AveragePool: scale each output's gradient by 1/(cells it averaged), then
