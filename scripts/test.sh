@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: installs what is missing, then runs every test, with the
-# default features (train + ort) and as the audit-only build (no libtorch).
+# The test command: installs what is missing, checks formatting and lints,
+# then runs every test, with the default features (train + ort) and as the
+# audit-only build (no libtorch).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 # Golden gradients of torchvision models (too large for git), remade when
@@ -30,6 +31,10 @@ export UPAT_REQUIRE_FASHION_MNIST=1 UPAT_REQUIRE_GOLDENS=1
 if bash scripts/slurm-local.sh install; then
     export UPAT_REQUIRE_SLURM=1
 fi
+echo "== cargo fmt --check; cargo clippy -D warnings (both feature sets)" >&2
+cargo fmt --check
+cargo clippy --quiet --all-targets -- -D warnings
+cargo clippy --quiet --all-targets --no-default-features --features ort -- -D warnings
 echo "== cargo test (features: train, ort)" >&2
 cargo test
 echo "== cargo test --no-default-features --features ort (upat-audit without libtorch)" >&2

@@ -27,6 +27,7 @@ PY
 if [ "${1:-}" = "--compare" ]; then
     a=$2 b=$3 status=0
     for run in $(cd "$a" && ls -d */ | tr -d /); do
+        [ -d "$b/$run" ] || { echo "only in $a: $run"; continue; }
         for file in report.csv samples.csv; do
             [ -f "$a/$run/$file" ] || continue
             if [ "$file" = report.csv ]; then

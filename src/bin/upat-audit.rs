@@ -11,7 +11,7 @@ use upat::audit::{run_audit, AuditPlan, AuditRequest, Fingerprint, Gate, Recorde
 use upat::data::{DataSpec, Split};
 use upat::onnx::{ClassifierGraph, Normalization, OnnxModel};
 use upat::progress::TerminalProgress;
-use upat::runtime::{resolve_backend, BackendChoice, Device, RuntimeOptions};
+use upat::runtime::{resolve_backend, Backend, BackendChoice, Device, RuntimeOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -92,7 +92,7 @@ struct AuditArgs {
     /// built-in suites is added from the library at start-up.)
     #[arg(long = "suite", value_name = "NAME|FILE.toml", default_value = "smoke")]
     suites: Vec<String>,
-    /// Test data: cifar10:DIR, cifar100:DIR, fashion-mnist[:DIR], mnist:DIR or npz:FILE.
+    /// Test data (the forms are added from the library at start-up).
     #[arg(long, value_name = "SPEC")]
     data: Option<String>,
     /// Audit only the first N samples.
@@ -174,7 +174,10 @@ impl TryFrom<AuditArgs> for AuditConfig {
             ));
         }
         let data = args.data.as_deref().ok_or_else(|| {
-            upat::Error::Usage("--data SPEC is required: cifar10:DIR, cifar100:DIR, fashion-mnist[:DIR], mnist:DIR or npz:FILE".into())
+            upat::Error::Usage(format!(
+                "--data SPEC is required: {}",
+                upat::data::DATA_FORMS
+            ))
         })?;
         let data: DataSpec = data.parse()?;
         if args.samples == Some(0) {
@@ -233,14 +236,14 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
     let config = AuditConfig::try_from(args)?;
     let backend = resolve_backend(config.plan.runtime());
     match (config.plan.runtime().backend, &backend) {
-        (BackendChoice::Auto, Ok("tract")) => {
+        (BackendChoice::Auto, Ok(Backend::Tract)) => {
             eprintln!("backend: tract (ONNX Runtime's library was not found; see --backend)")
         }
-        (_, Ok("ort")) => match upat::runtime::ort_library() {
+        (_, Ok(Backend::Ort)) => match upat::runtime::ort_library() {
             Some(library) => eprintln!("backend: ort ({})", library.display()),
             None => eprintln!("backend: ort"),
         },
-        (_, Ok(name)) => eprintln!("backend: {name}"),
+        (_, Ok(Backend::Tract)) => eprintln!("backend: tract"),
         (_, Err(_)) => {}
     }
     backend?;
@@ -411,7 +414,7 @@ fn inspect(model_path: PathBuf, input: Option<String>, output: Option<String>) -
         Ok(g) => {
             println!(
                 "classifier contract: ok (image input `{}`, logits output `{}`)",
-                g.input.name.trim_end_matches("__upat_nchw"),
+                g.input.model_name(),
                 g.output_name
             );
             if g.input.channels_last {
@@ -493,6 +496,9 @@ fn command() -> clap::Command {
         .map(|(kind, about)| format!("  {kind:<10} {about}\n"))
         .collect();
     Cli::command()
+        .mut_arg("data", |a| {
+            a.help(format!("Test data: {}", upat::data::DATA_FORMS))
+        })
         .mut_arg("suites", |a| {
             a.help(format!(
                 "Suite: a built-in ({}) or a suite TOML file; repeatable",

@@ -172,6 +172,10 @@ pub enum DataSpec {
     Npz(PathBuf),
 }
 
+/// The `--data` forms, for help texts and messages (the one list).
+pub const DATA_FORMS: &str =
+    "cifar10:DIR, cifar100:DIR, fashion-mnist[:DIR], mnist:DIR or npz:FILE";
+
 impl std::str::FromStr for DataSpec {
     type Err = Error;
 
@@ -197,8 +201,7 @@ impl std::str::FromStr for DataSpec {
             "mnist" => Ok(DataSpec::Mnist(need_path(path)?)),
             "npz" => Ok(DataSpec::Npz(need_path(path)?)),
             _ => Err(Error::Usage(format!(
-                "--data {spec}: unknown dataset kind `{kind}`; use cifar10:DIR, cifar100:DIR, \
-                 fashion-mnist[:DIR], mnist:DIR or npz:FILE"
+                "--data {spec}: unknown dataset kind `{kind}`; use {DATA_FORMS}"
             ))),
         }
     }

@@ -101,6 +101,21 @@ pub struct InputLayout {
     pub chw: [Option<usize>; 3],
 }
 
+/// What the NCHW input fed through a transpose is called, after the
+/// model's own NHWC input.
+const NCHW_SUFFIX: &str = "__upat_nchw";
+
+impl InputLayout {
+    /// The image input's name in the model file (`name` is the prepared
+    /// graph's, which differs for an NHWC model fed through a transpose).
+    pub fn model_name(&self) -> &str {
+        match self.channels_last {
+            true => self.name.strip_suffix(NCHW_SUFFIX).unwrap_or(&self.name),
+            false => &self.name,
+        }
+    }
+}
+
 /// A model reduced to the classifier contract, ready for any backend.
 #[derive(Debug, Clone)]
 pub struct ClassifierGraph {
@@ -352,7 +367,7 @@ impl ClassifierGraph {
 /// `Transpose(perm = [0, 2, 3, 1])` into the model's own input name; returns
 /// the new input's name.
 fn transpose_input(graph: &mut pb::GraphProto, layout: &InputLayout) -> String {
-    let nchw = format!("{}__upat_nchw", layout.name);
+    let nchw = format!("{}{NCHW_SUFFIX}", layout.name);
     let dim = |d: Option<usize>| d.map(|v| v as i64);
     let dims = [
         dim(layout.fixed_batch),

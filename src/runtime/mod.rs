@@ -27,6 +27,23 @@ pub enum Device {
     Cuda,
 }
 
+/// A backend that runs: what [`BackendChoice`] resolves to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Ort,
+    Tract,
+}
+
+impl Backend {
+    /// As reports and messages name it (`report.csv`'s `backend`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Ort => "ort",
+            Backend::Tract => "tract",
+        }
+    }
+}
+
 impl BackendChoice {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -193,7 +210,7 @@ pub fn open_session(
     options: RuntimeOptions,
 ) -> Result<Box<dyn Session>> {
     match resolve_backend(options)? {
-        "tract" => {
+        Backend::Tract => {
             if options.device == Device::Cuda {
                 return Err(Error::Usage(
                     "--device cuda needs the ort backend (tract runs on the CPU only); use --backend ort".into(),
@@ -202,13 +219,13 @@ pub fn open_session(
             Ok(Box::new(tract::TractSession::new(proto, options.threads)?))
         }
         #[cfg(feature = "ort")]
-        _ => Ok(Box::new(ort::OrtSession::new(
+        Backend::Ort => Ok(Box::new(ort::OrtSession::new(
             proto,
             options.device,
             options.threads,
         )?)),
         #[cfg(not(feature = "ort"))]
-        _ => unreachable!("resolve_backend only returns ort when the feature is on"),
+        Backend::Ort => unreachable!("resolve_backend only returns ort when the feature is on"),
     }
 }
 
@@ -289,11 +306,11 @@ impl GradientModel {
     ) -> Result<Self> {
         // ONNX Runtime runs the same gradients through faster kernels.
         let session = match resolve_backend(options)? {
-            "ort" => open_session(
+            Backend::Ort => open_session(
                 &crate::onnx::grad::specialise::for_onnx_runtime(graph),
                 options,
             )?,
-            _ => open_session(&graph.proto, options)?,
+            Backend::Tract => open_session(&graph.proto, options)?,
         };
         Ok(GradientModel {
             session,
@@ -405,23 +422,23 @@ impl GradientModel {
     }
 }
 
-/// The backend `options` resolves to: `"ort"` or `"tract"`.
-pub fn resolve_backend(options: RuntimeOptions) -> Result<&'static str> {
+/// The backend `options` resolves to.
+pub fn resolve_backend(options: RuntimeOptions) -> Result<Backend> {
     match options.backend {
-        BackendChoice::Tract => Ok("tract"),
+        BackendChoice::Tract => Ok(Backend::Tract),
         BackendChoice::Ort => {
             ort_available()?;
-            Ok("ort")
+            Ok(Backend::Ort)
         }
         // CUDA only exists on ort, so auto must not quietly fall back to a CPU backend.
         BackendChoice::Auto if options.device == Device::Cuda => {
             ort_available()?;
-            Ok("ort")
+            Ok(Backend::Ort)
         }
         BackendChoice::Auto => Ok(if ort_available().is_ok() {
-            "ort"
+            Backend::Ort
         } else {
-            "tract"
+            Backend::Tract
         }),
     }
 }
