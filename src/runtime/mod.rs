@@ -199,7 +199,7 @@ pub struct RuntimeOptions {
     pub backend: BackendChoice,
     pub device: Device,
     /// Intra-op threads (`--threads`); `None` keeps the backend's default:
-    /// one per core on either backend. Results do not
+    /// one per core on ONNX Runtime, one on tract. Results do not
     /// depend on it, so audits with different counts are combinable.
     pub threads: Option<std::num::NonZeroUsize>,
 }
