@@ -33,7 +33,7 @@ pub use plan::{AuditPlan, AuditRequest, Job, JobKind, Schedule};
 pub use record::{Recorder, Start};
 pub use shard::Shard;
 
-use crate::attack::{Oracle, Step};
+use crate::attack::{Attack, AttackSpec, Oracle, Step};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -44,6 +44,7 @@ use executors::clean::Clean;
 use executors::transfer::TransferSet;
 use executors::Context;
 use std::collections::HashMap;
+use std::sync::Arc;
 use victim::Victim;
 
 /// What an audit produced.
@@ -142,6 +143,29 @@ struct Audit<'a> {
     warnings: Vec<String>,
 }
 
+/// What one model's jobs share while they run.
+struct ModelRun<'s> {
+    /// The columns every row of the model shares.
+    base: RowMeta,
+    clean: Clean,
+    /// Cascades in progress, by suite entry.
+    cascades: HashMap<usize, Cascade>,
+    transfer_sets: &'s [TransferSet],
+}
+
+impl ModelRun<'_> {
+    /// Cascade `spec` on this model (started on first use), and the clean
+    /// pass it started from.
+    fn cascade(&mut self, spec: usize) -> (&mut Cascade, &Clean) {
+        let clean = &self.clean;
+        let cascade = self
+            .cascades
+            .entry(spec)
+            .or_insert_with(|| Cascade::new(clean));
+        (cascade, clean)
+    }
+}
+
 impl Audit<'_> {
     /// Crafts the examples of every transfer job the journal lacks, on its
     /// source model (each (attack, source) pair once, whatever the number
@@ -208,7 +232,8 @@ impl Audit<'_> {
         Ok(sets)
     }
 
-    /// Audits one model: the clean pass, then its jobs, then the checks.
+    /// Audits one model: the clean pass, then its jobs (each replayed from
+    /// the journal or run by its executor), then the checks.
     fn model(
         &mut self,
         victim: &mut Victim,
@@ -216,138 +241,38 @@ impl Audit<'_> {
         transfer_sets: &[TransferSet],
         progress: &mut dyn Progress,
     ) -> Result<()> {
-        let plan = self.plan;
         let first_row = self.recorder.rows();
         let file = victim.model;
         let clean = executors::clean::run(&self.ctx, victim, &file.path, progress)?;
         self.checks_after_clean(victim, &clean)?;
-        let base = self.row_meta(victim);
-        let mut cascades: HashMap<usize, Cascade> = HashMap::new();
+        let mut run = ModelRun {
+            base: self.row_meta(victim),
+            clean,
+            cascades: HashMap::new(),
+            transfer_sets,
+        };
         for job in jobs {
-            let replayed = self
-                .recorder
-                .replay(plan, job, &base, self.ctx.data, &clean)?;
-            if let Some(replayed) = &replayed {
-                let robust = replayed.outcomes.iter().filter(|o| o.robust).count();
-                progress.line(&format!(
-                    "  {:<24} robust {:.4} (finished by an earlier run)",
-                    job.attack_id,
-                    robust as f64 / replayed.outcomes.len().max(1) as f64
-                ));
-            }
-            let spec = match job.kind {
-                JobKind::Clean => None,
-                JobKind::Attack { spec }
-                | JobKind::Transfer { spec, .. }
-                | JobKind::CascadeComponent { spec, .. }
-                | JobKind::CascadeTotal { spec } => Some(&plan.attacks()[spec]),
-            };
-            let meta = RowMeta {
-                attack_id: job.attack_id.clone(),
-                attack: spec.map_or("clean", |s| s.kind.as_str()).to_string(),
-                settings: spec.and_then(|s| s.settings()),
-                ..base.clone()
-            };
-            match (job.kind, spec.map(|s| &s.step)) {
-                (JobKind::Clean, _) if replayed.is_none() => {
-                    let meta = RowMeta {
-                        attack: "clean".into(),
-                        settings: None,
-                        seconds: clean.seconds,
-                        ..meta
-                    };
-                    self.recorder.clean(meta, self.ctx.data, &clean)?;
-                }
-                (JobKind::Attack { .. }, Some(Step::Attack(attack))) if replayed.is_none() => {
-                    let started = std::time::Instant::now();
-                    let judged = executors::attack::run(
-                        &self.ctx,
-                        victim,
-                        &job.attack_id,
-                        attack.as_ref(),
-                        &clean.correct,
-                        progress,
-                    )?;
-                    self.warn_on_disagreement(victim, &job.attack_id, &judged);
-                    let seconds = started.elapsed().as_secs_f64();
-                    self.record(RowMeta { seconds, ..meta }, &clean, &judged, progress)?;
-                }
-                (JobKind::Transfer { spec, source }, Some(Step::Transfer(craft)))
-                    if replayed.is_none() =>
-                {
-                    let set = transfer_sets
-                        .iter()
-                        .find(|s| s.spec == spec && s.source == source)
-                        .ok_or_else(|| {
-                            Error::Internal(format!("no crafted examples of `{}`", job.attack_id))
-                        })?;
-                    let started = std::time::Instant::now();
-                    let judged = executors::transfer::evaluate(
-                        &self.ctx,
-                        victim,
-                        &job.attack_id,
-                        craft.as_ref(),
-                        set,
-                        &clean.correct,
-                        progress,
-                    )?;
-                    let source = plan.sources()[source].display().to_string();
-                    let meta = RowMeta {
-                        source: Some(source.clone()),
-                        seconds: set.seconds + started.elapsed().as_secs_f64(),
-                        ..meta
-                    };
-                    let robust = self.recorder.attack(meta, self.ctx.data, &clean, &judged)?;
+            let replayed =
+                self.recorder
+                    .replay(self.plan, job, &run.base, self.ctx.data, &run.clean)?;
+            match replayed {
+                Some(replayed) => {
+                    let robust = replayed.outcomes.iter().filter(|o| o.robust).count();
                     progress.line(&format!(
-                        "  {:<24} robust {robust:.4} (from {source})",
-                        job.attack_id
+                        "  {:<24} robust {:.4} (finished by an earlier run)",
+                        job.attack_id,
+                        robust as f64 / replayed.outcomes.len().max(1) as f64
                     ));
-                }
-                (JobKind::CascadeComponent { spec, component }, Some(Step::Cascade(parts))) => {
-                    let cascade = cascades.entry(spec).or_insert_with(|| Cascade::new(&clean));
-                    if let Some(replayed) = replayed {
-                        cascade.replayed(&clean, &replayed.outcomes, replayed.seconds);
-                        continue;
+                    // A later component of its cascade starts from its verdicts.
+                    if let JobKind::CascadeComponent { spec, .. } = job.kind {
+                        let (cascade, clean) = run.cascade(spec);
+                        cascade.replayed(clean, &replayed.outcomes, replayed.seconds);
                     }
-                    let (kind, attack) = &parts[component];
-                    let done = cascade.run(
-                        &self.ctx,
-                        victim,
-                        &job.attack_id,
-                        attack.as_ref(),
-                        &clean,
-                        progress,
-                    )?;
-                    self.warn_on_disagreement(victim, &job.attack_id, &done.judged);
-                    let meta = RowMeta {
-                        attack: kind.to_string(),
-                        settings: Some(attack.settings()),
-                        seconds: done.seconds,
-                        ..meta
-                    };
-                    let robust = self
-                        .recorder
-                        .attack(meta, self.ctx.data, &clean, &done.row)?;
-                    progress.line(&format!(
-                        "  {:<24} robust {robust:.4} ({:.1}s, cumulative)",
-                        job.attack_id, done.seconds
-                    ));
                 }
-                (JobKind::CascadeTotal { spec }, Some(Step::Cascade(_))) if replayed.is_none() => {
-                    let cascade = cascades.entry(spec).or_insert_with(|| Cascade::new(&clean));
-                    let (judged, seconds) = cascade.total(&clean);
-                    self.record(RowMeta { seconds, ..meta }, &clean, &judged, progress)?;
-                }
-                (_, _) if replayed.is_some() => {}
-                (kind, _) => {
-                    return Err(Error::Internal(format!(
-                        "job {kind:?} for `{}` does not match its suite entry",
-                        job.attack_id
-                    )))
-                }
+                None => self.run_job(victim, job, &mut run, progress)?,
             }
         }
-        self.checks_after_attacks(victim, &clean, first_row)?;
+        self.checks_after_attacks(victim, &run.clean, first_row)?;
         for note in victim.notes() {
             self.warnings
                 .push(format!("{}: {note}", victim.model.display_name()));
@@ -355,19 +280,136 @@ impl Audit<'_> {
         Ok(())
     }
 
-    /// Records an attack row and tells its robust accuracy.
-    fn record(
+    /// Runs `job` through its executor and records its row.
+    fn run_job(
         &mut self,
-        meta: RowMeta,
-        clean: &Clean,
-        judged: &[Judged],
+        victim: &mut Victim,
+        job: &Job,
+        run: &mut ModelRun,
         progress: &mut dyn Progress,
     ) -> Result<()> {
-        let id = meta.attack_id.clone();
+        let data = self.ctx.data;
+        let mut meta = RowMeta {
+            attack_id: job.attack_id.clone(),
+            ..run.base.clone()
+        };
+        let started = std::time::Instant::now();
+        let id = job.attack_id.as_str();
+        let judged = match job.kind {
+            JobKind::Clean => {
+                let meta = RowMeta {
+                    attack: "clean".into(),
+                    seconds: run.clean.seconds,
+                    ..meta
+                };
+                return self.recorder.clean(meta, data, &run.clean);
+            }
+            JobKind::Attack { spec } => {
+                let (spec, attack) = self.step_attack(spec)?;
+                meta.attack = spec.kind.clone();
+                meta.settings = spec.settings();
+                let judged = executors::attack::run(
+                    &self.ctx,
+                    victim,
+                    id,
+                    attack,
+                    &run.clean.correct,
+                    progress,
+                )?;
+                self.warn_on_disagreement(victim, id, &judged);
+                judged
+            }
+            JobKind::Transfer { spec, source } => {
+                let (spec_entry, craft) = self.step_attack(spec)?;
+                let set = run
+                    .transfer_sets
+                    .iter()
+                    .find(|s| s.spec == spec && s.source == source)
+                    .ok_or_else(|| Error::Internal(format!("no crafted examples of `{id}`")))?;
+                let judged = executors::transfer::evaluate(
+                    &self.ctx,
+                    victim,
+                    id,
+                    craft,
+                    set,
+                    &run.clean.correct,
+                    progress,
+                )?;
+                let source = self.plan.sources()[source].display().to_string();
+                let meta = RowMeta {
+                    attack: spec_entry.kind.clone(),
+                    settings: spec_entry.settings(),
+                    source: Some(source.clone()),
+                    seconds: set.seconds + started.elapsed().as_secs_f64(),
+                    ..meta
+                };
+                let robust = self.recorder.attack(meta, data, &run.clean, &judged)?;
+                progress.line(&format!("  {id:<24} robust {robust:.4} (from {source})"));
+                return Ok(());
+            }
+            JobKind::CascadeComponent { spec, component } => {
+                let (kind, attack) = self.cascade_component(spec, component)?;
+                let (cascade, clean) = run.cascade(spec);
+                let done = cascade.run(&self.ctx, victim, id, attack.as_ref(), clean, progress)?;
+                self.warn_on_disagreement(victim, id, &done.judged);
+                let meta = RowMeta {
+                    attack: kind.to_string(),
+                    settings: Some(attack.settings()),
+                    seconds: done.seconds,
+                    ..meta
+                };
+                let robust = self.recorder.attack(meta, data, &run.clean, &done.row)?;
+                progress.line(&format!(
+                    "  {id:<24} robust {robust:.4} ({:.1}s, cumulative)",
+                    done.seconds
+                ));
+                return Ok(());
+            }
+            JobKind::CascadeTotal { spec } => {
+                let entry = &self.plan.attacks()[spec];
+                meta.attack = entry.kind.clone();
+                meta.settings = entry.settings();
+                let (cascade, clean) = run.cascade(spec);
+                let (judged, seconds) = cascade.total(clean);
+                meta.seconds = seconds;
+                judged
+            }
+        };
+        if !matches!(job.kind, JobKind::CascadeTotal { .. }) {
+            meta.seconds = started.elapsed().as_secs_f64();
+        }
         let seconds = meta.seconds;
-        let robust = self.recorder.attack(meta, self.ctx.data, clean, judged)?;
+        let robust = self.recorder.attack(meta, data, &run.clean, &judged)?;
         progress.line(&format!("  {id:<24} robust {robust:.4} ({seconds:.1}s)"));
         Ok(())
+    }
+
+    /// Suite entry `spec` and the attack its attack or transfer step runs.
+    fn step_attack(&self, spec: usize) -> Result<(&AttackSpec, &dyn Attack)> {
+        let entry = &self.plan.attacks()[spec];
+        match &entry.step {
+            Step::Attack(attack) | Step::Transfer(attack) => Ok((entry, attack.as_ref())),
+            _ => Err(Error::Internal(format!(
+                "`{}` is scheduled as an attack but is not one",
+                entry.id
+            ))),
+        }
+    }
+
+    /// Component `component` of cascade `spec`: its kind and attack.
+    fn cascade_component(
+        &self,
+        spec: usize,
+        component: usize,
+    ) -> Result<(&'static str, Arc<dyn Attack>)> {
+        let entry = &self.plan.attacks()[spec];
+        match &entry.step {
+            Step::Cascade(parts) if component < parts.len() => Ok(parts[component].clone()),
+            _ => Err(Error::Internal(format!(
+                "`{}` has no cascade component {component}",
+                entry.id
+            ))),
+        }
     }
 
     /// The columns every row of `victim` shares.
