@@ -28,7 +28,7 @@ if ! cmp -s scripts/requirements.txt "$stamp" 2>/dev/null; then
         python3 -m venv "$VIRTUAL_ENV"
     fi
     say "installing scripts/requirements.txt into .venv (torch is large: a few minutes the first time)"
-    "$VIRTUAL_ENV/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+    "$VIRTUAL_ENV/bin/python" -m pip install --quiet --no-cache-dir --disable-pip-version-check -r scripts/requirements.txt
     cp scripts/requirements.txt "$stamp"
 fi
 

@@ -3,6 +3,10 @@
 # then runs every test, with the default features (train + ort) and as the
 # audit-only build (no libtorch).
 set -euo pipefail
+# A test run rebuilds the crate a few times (two feature sets, tests,
+# examples); incremental caches would only fill the disk. Set
+# CARGO_INCREMENTAL=1 to keep them.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 # Golden gradients of torchvision models (too large for git), remade when
 # their generator changes.
