@@ -84,7 +84,7 @@ fn network_initialised_on(
 fn images(data: &Dataset, batch: usize, device: Device) -> Tensor {
     let [c, h, w] = data.image_shape.map(|d| d as i64);
     let range = batch * BATCH..(batch + 1) * BATCH;
-    Tensor::from_slice(data.pixels_of(range))
+    Tensor::from_slice(&data.pixels_of(range).expect("in-memory pixels"))
         .view([BATCH as i64, c, h, w])
         .to_device(device)
 }

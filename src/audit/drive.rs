@@ -79,25 +79,34 @@ pub fn drive(
     let len = data.image_len();
     let mut judged = Vec::with_capacity(pool.len());
     progress.begin(step.label, pool.len() as u64);
-    for chunk in pool.chunks(step.batch_size.max(1)) {
-        let images: Vec<f32> = chunk
-            .iter()
-            .flat_map(|&i| data.pixels_of(i..i + 1).iter().copied())
-            .collect();
-        let labels: Vec<i64> = chunk.iter().map(|&i| data.labels[i]).collect();
-        let ids: Vec<u64> = chunk.iter().map(|&i| data.ids[i]).collect();
-        let batch = Batch {
-            images: &images,
-            labels: &labels,
-            ids: &ids,
-            seed: step.seed,
-        };
-        let out = perturb(victim, chunk, &batch)?;
-        if out.adversarial.len() != images.len()
-            || out.fooled.len() != chunk.len()
-            || out.queries.len() != chunk.len()
-        {
-            return Err(Error::Internal(format!(
+    let chunks: Vec<&[usize]> = pool.chunks(step.batch_size.max(1)).collect();
+    // Image files are decoded for the next batch while the model works on
+    // this one; in-memory pixels are only copied.
+    let prefetch = data.decodes_on_demand();
+    std::thread::scope(|scope| -> Result<()> {
+        let mut next = None;
+        for (k, &chunk) in chunks.iter().enumerate() {
+            let images: Vec<f32> = match next.take() {
+                Some(decoding) => join(decoding)?,
+                None => data.gather(chunk)?,
+            };
+            if let Some(&following) = chunks.get(k + 1).filter(|_| prefetch) {
+                next = Some(scope.spawn(move || data.gather(following)));
+            }
+            let labels: Vec<i64> = chunk.iter().map(|&i| data.labels[i]).collect();
+            let ids: Vec<u64> = chunk.iter().map(|&i| data.ids[i]).collect();
+            let batch = Batch {
+                images: &images,
+                labels: &labels,
+                ids: &ids,
+                seed: step.seed,
+            };
+            let out = perturb(victim, chunk, &batch)?;
+            if out.adversarial.len() != images.len()
+                || out.fooled.len() != chunk.len()
+                || out.queries.len() != chunk.len()
+            {
+                return Err(Error::Internal(format!(
                 "`{}` returned {} pixels, {} verdicts and {} query counts for a batch of {} images of {len} pixels",
                 step.label,
                 out.adversarial.len(),
@@ -105,34 +114,43 @@ pub fn drive(
                 out.queries.len(),
                 chunk.len()
             )));
+            }
+            let logits = victim.logits(&out.adversarial, chunk.len())?;
+            for (j, ((row, prediction), &index)) in
+                logits.rows().zip(logits.argmax()).zip(chunk).enumerate()
+            {
+                let example = &out.adversarial[j * len..(j + 1) * len];
+                let norm = check_example(step, example, batch.image(j), ids[j])?;
+                let finite = row.iter().all(|v| v.is_finite());
+                let sum: f32 = row.iter().sum();
+                judged.push(Judged {
+                    index,
+                    prediction: prediction as u32,
+                    correct: finite && prediction as i64 == labels[j],
+                    probability_like: finite
+                        && row.iter().all(|v| (0.0..=1.0).contains(v))
+                        && (sum - 1.0).abs() < 1e-3,
+                    finite,
+                    norm,
+                    queries: out.queries[j],
+                    claimed_fooled: out.fooled[j],
+                });
+            }
+            if let Some(keep) = keep.as_deref_mut() {
+                keep.extend_from_slice(&out.adversarial);
+            }
+            progress.advance(chunk.len() as u64);
         }
-        let logits = victim.logits(&out.adversarial, chunk.len())?;
-        for (j, ((row, prediction), &index)) in
-            logits.rows().zip(logits.argmax()).zip(chunk).enumerate()
-        {
-            let example = &out.adversarial[j * len..(j + 1) * len];
-            let norm = check_example(step, example, batch.image(j), ids[j])?;
-            let finite = row.iter().all(|v| v.is_finite());
-            let sum: f32 = row.iter().sum();
-            judged.push(Judged {
-                index,
-                prediction: prediction as u32,
-                correct: finite && prediction as i64 == labels[j],
-                probability_like: finite
-                    && row.iter().all(|v| (0.0..=1.0).contains(v))
-                    && (sum - 1.0).abs() < 1e-3,
-                finite,
-                norm,
-                queries: out.queries[j],
-                claimed_fooled: out.fooled[j],
-            });
-        }
-        if let Some(keep) = keep.as_deref_mut() {
-            keep.extend_from_slice(&out.adversarial);
-        }
-        progress.advance(chunk.len() as u64);
-    }
+        Ok(())
+    })?;
     Ok(judged)
+}
+
+/// The images a prefetching thread decoded (its panic, if any, goes on).
+fn join(decoding: std::thread::ScopedJoinHandle<'_, Result<Vec<f32>>>) -> Result<Vec<f32>> {
+    decoding
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// The example's perturbation size, after checking it is finite, in the box

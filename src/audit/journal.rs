@@ -98,13 +98,7 @@ impl Fingerprint {
             attacks.update(format!("{}\n{}\n{:?}\n", spec.id, spec.kind, spec.step));
         }
         let mut samples = Sha256::new();
-        for (id, label) in data.ids.iter().zip(&data.labels) {
-            samples.update(id.to_le_bytes());
-            samples.update(label.to_le_bytes());
-        }
-        for pixel in &data.pixels {
-            samples.update(pixel.to_le_bytes());
-        }
+        data.hash_into(&mut samples)?;
         let hash_files = |paths: &[PathBuf]| -> Result<Vec<FileHash>> {
             paths
                 .iter()

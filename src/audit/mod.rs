@@ -111,7 +111,7 @@ pub fn run_audit(
             &graph,
             data.image_shape,
             plan.runtime(),
-            data.pixels_of(0..1),
+            &data.pixels_of(0..1)?,
         )?;
         progress.line(&format!(
             "{}: {} backend on {}",
@@ -201,7 +201,7 @@ impl Audit<'_> {
                 &graph,
                 self.ctx.data.image_shape,
                 self.plan.runtime(),
-                self.ctx.data.pixels_of(0..1),
+                &self.ctx.data.pixels_of(0..1)?,
             )?;
             for spec in pairs {
                 let attack = &self.plan.attacks()[spec];
@@ -467,7 +467,7 @@ impl Audit<'_> {
         }
         let data = self.ctx.data;
         let n = data.len().min(self.plan.batch_size()).min(250);
-        if let Some(flag) = checks::randomized(victim, data.pixels_of(0..n), n)? {
+        if let Some(flag) = checks::randomized(victim, &data.pixels_of(0..n)?, n)? {
             self.flag(victim, flag);
         }
         if probabilities {
@@ -505,10 +505,7 @@ impl Audit<'_> {
                 .copied()
                 .take(checks::CHECKED_SAMPLES)
                 .collect();
-            let images: Vec<f32> = checked
-                .iter()
-                .flat_map(|&i| data.pixels_of(i..i + 1).iter().copied())
-                .collect();
+            let images = data.gather(&checked)?;
             let labels: Vec<i64> = checked.iter().map(|&i| data.labels[i]).collect();
             let ids: Vec<u64> = checked.iter().map(|&i| data.ids[i]).collect();
             if let Some(flag) = checks::zero_gradients(victim, &images, &labels)? {

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use upat::attack::{registry, Loss, Suite, BUILTIN_SUITES};
 use upat::audit::{run_audit, AuditPlan, AuditRequest, Fingerprint, Gate, Recorder, Shard, Start};
-use upat::data::{DataSpec, Split};
+use upat::data::images::transform::TRANSFORM_FORMS;
+use upat::data::images::ImageOptions;
+use upat::data::{save_npz, DataSpec, Dataset, Split};
 use upat::onnx::{ClassifierGraph, Normalization, OnnxModel};
 use upat::progress::TerminalProgress;
 use upat::runtime::{resolve_backend, Backend, BackendChoice, Device, RuntimeOptions};
@@ -68,6 +70,22 @@ enum Command {
         #[arg(long = "fail-under", value_name = "ATTACK_ID=ACC")]
         fail_under: Vec<String>,
     },
+    /// Write the test data as an audit would feed it to a model (decoded,
+    /// preprocessed, float NCHW in [0, 1]) to an .npz with `x`, `y` and
+    /// `ids` (each sample's id), to check it in Python or use it elsewhere.
+    Prepare {
+        /// The data (the forms are added from the library at start-up).
+        #[arg(long, value_name = "SPEC")]
+        data: String,
+        /// Only the first N samples.
+        #[arg(long, value_name = "N", value_parser = upat::cli::positive)]
+        samples: Option<usize>,
+        #[command(flatten)]
+        images: ImageArgs,
+        /// The .npz file to write.
+        #[arg(long, value_name = "FILE.npz")]
+        out: PathBuf,
+    },
     /// Print a model's inputs, outputs, metadata and op histogram, and whether
     /// it meets the classifier contract.
     Inspect {
@@ -98,6 +116,8 @@ struct AuditArgs {
     /// Audit only the first N samples.
     #[arg(long, value_name = "N", value_parser = upat::cli::positive)]
     samples: Option<usize>,
+    #[command(flatten)]
+    images: ImageArgs,
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = upat::cli::positive)]
     batch_size: usize,
     /// auto = ONNX Runtime when its library loads, else tract.
@@ -152,10 +172,94 @@ struct AuditArgs {
     shard: Option<String>,
 }
 
+/// How image collections (imagefolder:, images:) are read.
+#[derive(Debug, Args)]
+struct ImageArgs {
+    /// Preprocessing of imagefolder:/images: data, as torchvision does it on
+    /// PIL images (the forms are added from the library at start-up).
+    #[arg(long, value_name = "SPEC")]
+    transform: Option<String>,
+    /// Class names in index order, one per line, for imagefolder:/images:
+    /// data (default: the sorted folder or label names).
+    #[arg(long, value_name = "FILE")]
+    classes: Option<PathBuf>,
+    /// Skip images that cannot be read or decoded (named in report.md and
+    /// counted) instead of stopping at the first.
+    #[arg(long)]
+    skip_bad_images: bool,
+}
+
+impl ImageArgs {
+    /// The options, refused for data that is not an image collection.
+    fn options(&self, data: &DataSpec) -> upat::Result<ImageOptions> {
+        let given = self.transform.is_some() || self.classes.is_some() || self.skip_bad_images;
+        if given && !data.is_image_collection() {
+            return Err(upat::Error::Usage(
+                "--transform, --classes and --skip-bad-images apply to imagefolder:DIR and images:LIST data".into(),
+            ));
+        }
+        Ok(ImageOptions {
+            transform: self
+                .transform
+                .as_deref()
+                .map(str::parse)
+                .transpose()?
+                .unwrap_or_default(),
+            classes: self.classes.clone(),
+        })
+    }
+}
+
+/// Loads `--data` (the split a test set names) for an audit or `prepare`:
+/// the first `samples`, and image collections listed, not yet decoded.
+fn load_data(spec: &DataSpec, options: &ImageOptions, samples: Option<usize>) -> Result<Dataset> {
+    let mut data = spec
+        .load_with(Split::Test, options)
+        .context("cannot load the test data")?;
+    if let Some(n) = samples {
+        if n > data.len() {
+            eprintln!(
+                "--samples {n}: the test split has only {} samples; auditing all of them",
+                data.len()
+            );
+        }
+        data.truncate(n);
+    }
+    Ok(data)
+}
+
+/// Decodes an image collection's samples once; with `skip_bad`, the ones
+/// that fail are dropped and described (for report.md), else the first
+/// stops the run.
+fn prepare_images(data: &mut Dataset, skip_bad: bool) -> Result<Option<String>> {
+    let bad = data.prepare(skip_bad)?;
+    if bad.is_empty() {
+        return Ok(None);
+    }
+    const LISTED: usize = 20;
+    let mut text = format!(
+        "{} image(s) could not be used and were skipped (--skip-bad-images): ",
+        bad.len()
+    );
+    let named: Vec<String> = bad
+        .iter()
+        .take(LISTED)
+        .map(|b| format!("sample {} ({}): {}", b.id, b.name, b.why))
+        .collect();
+    text.push_str(&named.join("; "));
+    if bad.len() > LISTED {
+        text.push_str(&format!("; and {} more", bad.len() - LISTED));
+    }
+    eprintln!("warning: {text}");
+    Ok(Some(text))
+}
+
 /// Validated audit arguments.
 struct AuditConfig {
     plan: AuditPlan,
     data: DataSpec,
+    images: ImageOptions,
+    skip_bad_images: bool,
     samples: Option<usize>,
     out: PathBuf,
     per_sample: bool,
@@ -180,6 +284,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
             ))
         })?;
         let data: DataSpec = data.parse()?;
+        let images = args.images.options(&data)?;
         if args.samples == Some(0) {
             return Err(upat::Error::Usage("--samples must be at least 1".into()));
         }
@@ -218,6 +323,8 @@ impl TryFrom<AuditArgs> for AuditConfig {
         Ok(AuditConfig {
             plan,
             data,
+            images,
+            skip_bad_images: args.images.skip_bad_images,
             samples: args.samples,
             out: args.out,
             per_sample: args.per_sample,
@@ -247,19 +354,7 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
         (_, Err(_)) => {}
     }
     backend?;
-    let mut data = config
-        .data
-        .load(Split::Test)
-        .context("cannot load the test data")?;
-    if let Some(n) = config.samples {
-        if n > data.len() {
-            eprintln!(
-                "--samples {n}: the test split has only {} samples; auditing all of them",
-                data.len()
-            );
-        }
-        data.truncate(n);
-    }
+    let mut data = load_data(&config.data, &config.images, config.samples)?;
     eprintln!(
         "data: {} test split, {} samples of {:?}",
         data.name,
@@ -276,6 +371,7 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
             first + data.len()
         );
     }
+    let skipped = prepare_images(&mut data, config.skip_bad_images)?;
     let (mut recorder, start) = Recorder::open(
         &config.out,
         fingerprint,
@@ -293,12 +389,13 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
             config.out.display()
         ),
     }
-    let outcome = run_audit(
+    let mut outcome = run_audit(
         &config.plan,
         &data,
         &mut recorder,
         &mut TerminalProgress::new("samples"),
     )?;
+    outcome.warnings.extend(skipped);
     let per_sample = config.per_sample || config.shard.is_some();
     recorder.publish(&outcome, per_sample)?;
     let flags = outcome.flag_rows();
@@ -487,6 +584,27 @@ fn grad(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `upat-audit prepare`: the data as the audit feeds it, to an .npz.
+fn prepare(
+    data: &str,
+    samples: Option<usize>,
+    images: &ImageArgs,
+    out: &std::path::Path,
+) -> Result<ExitCode> {
+    let spec: DataSpec = data.parse()?;
+    let options = images.options(&spec)?;
+    let mut data = load_data(&spec, &options, samples)?;
+    prepare_images(&mut data, images.skip_bad_images)?;
+    save_npz(out, &data)?;
+    println!(
+        "wrote {}: {} samples of {:?} (x float32 NCHW in [0, 1], y int64, ids uint64)",
+        out.display(),
+        data.len(),
+        data.image_shape
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The CLI, with the lists that come from the library: built-in suites and
 /// the registry's attack kinds.
 fn command() -> clap::Command {
@@ -498,6 +616,17 @@ fn command() -> clap::Command {
     Cli::command()
         .mut_arg("data", |a| {
             a.help(format!("Test data: {}", upat::data::DATA_FORMS))
+        })
+        .mut_arg("transform", |a| {
+            a.help(format!(
+                "Preprocessing of imagefolder:/images: data, torchvision's on PIL images: {TRANSFORM_FORMS}"
+            ))
+        })
+        .mut_subcommand("prepare", |c| {
+            c.mut_arg("data", |a| a.help(format!("The data: {}", upat::data::DATA_FORMS)))
+                .mut_arg("transform", |a| {
+                    a.help(format!("Preprocessing of imagefolder:/images: data: {TRANSFORM_FORMS}"))
+                })
         })
         .mut_arg("suites", |a| {
             a.help(format!(
@@ -534,6 +663,12 @@ fn main() -> ExitCode {
             out,
             fail_under,
         }) => merge(dirs, out, fail_under),
+        Some(Command::Prepare {
+            data,
+            samples,
+            images,
+            out,
+        }) => prepare(&data, samples, &images, &out),
         None => audit(cli.audit),
     };
     result.unwrap_or_else(|e| {

@@ -200,7 +200,7 @@ fn config(
         encoder,
         image_shape: [c, h, w],
         classes: data.num_classes as i64,
-        normalization: channel_statistics(&data),
+        normalization: channel_statistics(&data)?,
     };
     validate(&config)?;
     Ok(config)

@@ -152,8 +152,9 @@ mod tests {
         assert_eq!(ds.len(), 10);
         assert_eq!(ds.labels, vec![1, 9, 2, 9, 3, 9, 4, 9, 5, 9]);
         assert_eq!(ds.image_shape, [3, 32, 32]);
-        assert_eq!(ds.pixels[0], 1.0);
-        assert_eq!(ds.pixels[1], 1.0 / 255.0);
+        let pixels = ds.pixels_of(0..1).unwrap();
+        assert_eq!(pixels[0], 1.0);
+        assert_eq!(pixels[1], 1.0 / 255.0);
     }
 
     #[test]

@@ -194,8 +194,9 @@ mod tests {
         let ds = load_idx_dir(dir.path(), "mnist", Split::Test).unwrap();
         assert_eq!(ds.image_shape, [1, 2, 2]);
         assert_eq!(ds.labels, vec![3, 9]);
-        assert_eq!(ds.pixels[1], 1.0);
-        assert!((ds.pixels[2] - 0.2).abs() < 1e-7);
+        let pixels = ds.pixels_of(0..ds.len()).unwrap();
+        assert_eq!(pixels[1], 1.0);
+        assert!((pixels[2] - 0.2).abs() < 1e-7);
     }
 
     #[test]

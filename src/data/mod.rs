@@ -1,12 +1,15 @@
-//! Labelled image datasets in memory, and the loaders for the file formats
-//! users bring: IDX (MNIST, Fashion-MNIST), CIFAR-10/100 binary, `.npz`.
+//! Labelled image datasets, and the loaders for the file formats users
+//! bring: IDX (MNIST, Fashion-MNIST), CIFAR-10/100 binary, `.npz` (held in
+//! memory), and image collections (JPEG/PNG folders and lists, decoded per
+//! batch: `images`).
 //!
-//! Every loader returns pixels as `f32` in `[0, 1]`, laid out NCHW, and
+//! Every loader gives pixels as `f32` in `[0, 1]`, laid out NCHW, and
 //! validates sizes before trusting them, so a truncated download fails with a
 //! message naming the file and the size it should have.
 
 mod cifar;
 mod idx;
+pub mod images;
 mod npz;
 
 pub use cifar::{load_cifar, CifarVariant};
@@ -14,6 +17,8 @@ pub use idx::load_idx_pair;
 pub use npz::{load_npz, read_npz_f32, save_npz};
 
 use crate::error::{Error, Result};
+use images::{BadImage, ImageFiles, ImageOptions};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 /// Where the Debian package `dataset-fashion-mnist` installs its files.
@@ -35,6 +40,15 @@ impl Split {
     }
 }
 
+/// Where a dataset's pixels are.
+#[derive(Debug, Clone)]
+enum Pixels {
+    /// `len() * C * H * W` floats.
+    Memory(Vec<f32>),
+    /// Image files, decoded when asked for.
+    Files(ImageFiles),
+}
+
 /// Labelled images, NCHW `f32` in `[0, 1]`.
 #[derive(Debug, Clone)]
 pub struct Dataset {
@@ -42,8 +56,7 @@ pub struct Dataset {
     pub name: String,
     /// `[channels, height, width]` of every image.
     pub image_shape: [usize; 3],
-    /// `len() * C * H * W` pixels.
-    pub pixels: Vec<f32>,
+    pixels: Pixels,
     /// One class index per image.
     pub labels: Vec<i64>,
     /// Number of classes the dataset defines (at least `max(labels) + 1`).
@@ -112,11 +125,23 @@ impl Dataset {
         Ok(Dataset {
             name: name.into(),
             image_shape,
-            pixels,
+            pixels: Pixels::Memory(pixels),
             labels,
             num_classes,
             ids,
         })
+    }
+
+    /// A dataset of image files (labels already checked by the listing).
+    fn of_files(name: String, files: ImageFiles, labels: Vec<i64>, num_classes: usize) -> Self {
+        Dataset {
+            name,
+            image_shape: files.shape(),
+            ids: (0..labels.len() as u64).collect(),
+            pixels: Pixels::Files(files),
+            labels,
+            num_classes,
+        }
     }
 
     /// Number of samples.
@@ -133,19 +158,96 @@ impl Dataset {
         self.image_shape.iter().product()
     }
 
-    /// The pixels of samples `start..end`, contiguous NCHW.
-    pub fn pixels_of(&self, range: std::ops::Range<usize>) -> &[f32] {
+    /// The pixels of samples `start..end`, contiguous NCHW (decoded for
+    /// image files).
+    pub fn pixels_of(&self, range: std::ops::Range<usize>) -> Result<Cow<'_, [f32]>> {
         let n = self.image_len();
-        &self.pixels[range.start * n..range.end * n]
+        match &self.pixels {
+            Pixels::Memory(p) => Ok(Cow::Borrowed(&p[range.start * n..range.end * n])),
+            Pixels::Files(_) => {
+                let positions: Vec<usize> = range.collect();
+                self.gather(&positions).map(Cow::Owned)
+            }
+        }
+    }
+
+    /// The pixels of the samples at `positions`, in that order, NCHW.
+    pub fn gather(&self, positions: &[usize]) -> Result<Vec<f32>> {
+        let n = self.image_len();
+        let mut out = Vec::with_capacity(positions.len() * n);
+        match &self.pixels {
+            Pixels::Memory(p) => {
+                for &i in positions {
+                    out.extend_from_slice(&p[i * n..(i + 1) * n]);
+                }
+            }
+            Pixels::Files(files) => files.gather(positions, &mut out)?,
+        }
+        Ok(out)
+    }
+
+    /// Whether reading pixels decodes files (worth overlapping with the
+    /// model's work), rather than copying memory.
+    pub fn decodes_on_demand(&self) -> bool {
+        matches!(&self.pixels, Pixels::Files(f) if f.decodes_on_demand())
+    }
+
+    /// Each sample's file name, for image collections.
+    pub fn file_names(&self) -> Option<Vec<String>> {
+        match &self.pixels {
+            Pixels::Memory(_) => None,
+            Pixels::Files(files) => Some(files.names().map(str::to_string).collect()),
+        }
+    }
+
+    /// Feeds what decides the samples (ids, labels, pixels or the files'
+    /// bytes and the transform) to `hasher`.
+    pub fn hash_into(&self, hasher: &mut sha2::Sha256) -> Result<()> {
+        use sha2::Digest;
+        for (id, label) in self.ids.iter().zip(&self.labels) {
+            hasher.update(id.to_le_bytes());
+            hasher.update(label.to_le_bytes());
+        }
+        match &self.pixels {
+            Pixels::Memory(p) => {
+                for pixel in p {
+                    hasher.update(pixel.to_le_bytes());
+                }
+                Ok(())
+            }
+            Pixels::Files(files) => files.hash_into(hasher),
+        }
+    }
+
+    /// For image collections: decodes every sample once, so a bad image
+    /// stops the run before it starts (or, with `skip_bad`, is dropped and
+    /// returned). Keeps the preprocessed images when they fit. Other
+    /// datasets are ready already.
+    pub fn prepare(&mut self, skip_bad: bool) -> Result<Vec<BadImage>> {
+        let Pixels::Files(files) = &mut self.pixels else {
+            return Ok(Vec::new());
+        };
+        let bad = files.prepare(&self.ids, skip_bad)?;
+        for (i, _) in bad.iter().rev() {
+            self.labels.remove(*i);
+            self.ids.remove(*i);
+        }
+        Ok(bad.into_iter().map(|(_, b)| b).collect())
     }
 
     /// Splits off the samples from `at` on (ids kept), leaving the first `at`.
     pub fn split_off(&mut self, at: usize) -> Dataset {
         let at = at.min(self.len());
+        let pixels = match &mut self.pixels {
+            Pixels::Memory(p) => {
+                Pixels::Memory(p.split_off(at * self.image_shape.iter().product::<usize>()))
+            }
+            Pixels::Files(f) => Pixels::Files(f.split_off(at)),
+        };
         Dataset {
             name: self.name.clone(),
             image_shape: self.image_shape,
-            pixels: self.pixels.split_off(at * self.image_len()),
+            pixels,
             labels: self.labels.split_off(at),
             num_classes: self.num_classes,
             ids: self.ids.split_off(at),
@@ -155,7 +257,11 @@ impl Dataset {
     /// Keeps only the first `n` samples (no-op when `n >= len`).
     pub fn truncate(&mut self, n: usize) {
         if n < self.len() {
-            self.pixels.truncate(n * self.image_len());
+            let per_image = self.image_len();
+            match &mut self.pixels {
+                Pixels::Memory(p) => p.truncate(n * per_image),
+                Pixels::Files(f) => f.truncate(n),
+            }
             self.labels.truncate(n);
             self.ids.truncate(n);
         }
@@ -170,11 +276,16 @@ pub enum DataSpec {
     FashionMnist(PathBuf),
     Mnist(PathBuf),
     Npz(PathBuf),
+    /// torchvision's `ImageFolder`: `DIR/CLASS/IMAGE`.
+    ImageFolder(PathBuf),
+    /// A list of `path,label` lines.
+    Images(PathBuf),
 }
 
 /// The `--data` forms, for help texts and messages (the one list).
 pub const DATA_FORMS: &str =
-    "cifar10:DIR, cifar100:DIR, fashion-mnist[:DIR], mnist:DIR or npz:FILE";
+    "cifar10:DIR, cifar100:DIR, fashion-mnist[:DIR], mnist:DIR, npz:FILE, \
+     imagefolder:DIR (DIR/CLASS/IMAGE, JPEG or PNG) or images:LIST (path,label lines)";
 
 impl std::str::FromStr for DataSpec {
     type Err = Error;
@@ -200,6 +311,8 @@ impl std::str::FromStr for DataSpec {
             "fashion-mnist" => Ok(DataSpec::FashionMnist(path)),
             "mnist" => Ok(DataSpec::Mnist(need_path(path)?)),
             "npz" => Ok(DataSpec::Npz(need_path(path)?)),
+            "imagefolder" => Ok(DataSpec::ImageFolder(need_path(path)?)),
+            "images" => Ok(DataSpec::Images(need_path(path)?)),
             _ => Err(Error::Usage(format!(
                 "--data {spec}: unknown dataset kind `{kind}`; use {DATA_FORMS}"
             ))),
@@ -208,8 +321,53 @@ impl std::str::FromStr for DataSpec {
 }
 
 impl DataSpec {
-    /// Loads the requested split.
+    /// Loads the requested split (image collections with their defaults).
     pub fn load(&self, split: Split) -> Result<Dataset> {
+        self.load_with(split, &ImageOptions::default())
+    }
+
+    /// Whether the data is an image collection (which `--transform`,
+    /// `--classes` and `--skip-bad-images` apply to).
+    pub fn is_image_collection(&self) -> bool {
+        matches!(self, DataSpec::ImageFolder(_) | DataSpec::Images(_))
+    }
+
+    /// Loads the requested split; image collections are listed, not
+    /// decoded (see [`Dataset::prepare`]), and hold one split: the one the
+    /// user named.
+    pub fn load_with(&self, split: Split, options: &ImageOptions) -> Result<Dataset> {
+        match self {
+            DataSpec::ImageFolder(dir) | DataSpec::Images(dir) => {
+                let classes = options
+                    .classes
+                    .as_deref()
+                    .map(images::listing::read_classes)
+                    .transpose()?;
+                let (listing, name) = if let DataSpec::ImageFolder(_) = self {
+                    (
+                        images::listing::image_folder(dir, classes)?,
+                        format!("imagefolder:{}", dir.display()),
+                    )
+                } else {
+                    (
+                        images::listing::image_list(dir, classes)?,
+                        format!("images:{}", dir.display()),
+                    )
+                };
+                let labels = listing.entries.iter().map(|e| e.label).collect();
+                let files = ImageFiles::new(listing.entries, options.transform.clone(), dir)?;
+                Ok(Dataset::of_files(
+                    name,
+                    files,
+                    labels,
+                    listing.classes.len(),
+                ))
+            }
+            _ => self.load_in_memory(split),
+        }
+    }
+
+    fn load_in_memory(&self, split: Split) -> Result<Dataset> {
         match self {
             DataSpec::Cifar10(dir) => load_cifar(dir, CifarVariant::Cifar10, split),
             DataSpec::Cifar100(dir) => load_cifar(dir, CifarVariant::Cifar100, split),
@@ -217,6 +375,9 @@ impl DataSpec {
             DataSpec::Mnist(dir) => idx::load_idx_dir(dir, "mnist", split),
             // An npz file holds one split: the user chose it by naming the file.
             DataSpec::Npz(file) => load_npz(file),
+            DataSpec::ImageFolder(_) | DataSpec::Images(_) => {
+                self.load_with(split, &ImageOptions::default())
+            }
         }
     }
 }

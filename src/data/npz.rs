@@ -290,15 +290,35 @@ fn write_members(path: &Path, members: &[(&str, Vec<u8>)]) -> Result<()> {
     })
 }
 
-/// Saves a dataset as `.npz` (`x` float32 NCHW, `y` int64), the format
-/// `load_npz` reads and numpy's `np.load` opens.
+/// Saves a dataset as `.npz` (`x` float32 NCHW, `y` int64, `ids` uint64:
+/// each sample's id), the format `load_npz` reads and numpy's `np.load`
+/// opens. Image collections are decoded here, under the memory ceiling.
 pub fn save_npz(path: &Path, data: &Dataset) -> Result<()> {
     let [c, h, w] = data.image_shape;
+    crate::limits::check_elements(
+        path,
+        &format!(
+            "{} images of shape {:?} to write",
+            data.len(),
+            data.image_shape
+        ),
+        crate::limits::product(&[data.len(), c, h, w]),
+        8,
+    )?;
     let x = npy_bytes(
         "<f4",
         &[data.len(), c, h, w],
         &data
-            .pixels
+            .pixels_of(0..data.len())?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<_>>(),
+    );
+    let ids = npy_bytes(
+        "<u8",
+        &[data.len()],
+        &data
+            .ids
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect::<Vec<_>>(),
@@ -312,7 +332,7 @@ pub fn save_npz(path: &Path, data: &Dataset) -> Result<()> {
             .flat_map(|v| v.to_le_bytes())
             .collect::<Vec<_>>(),
     );
-    write_members(path, &[("x", x), ("y", y)])
+    write_members(path, &[("x", x), ("y", y), ("ids", ids)])
 }
 
 fn scale(values: &[f64], is_uint8: bool) -> Vec<f32> {
@@ -352,7 +372,10 @@ pub(crate) mod tests {
         write_npz(&path, &[("x", x), ("y", y)]);
         let ds = load_npz(&path).unwrap();
         assert_eq!(ds.image_shape, [3, 1, 2]);
-        assert_eq!(ds.pixels, vec![1.0, 0.0, 0.0, 1.0, 0.2, 0.4]);
+        assert_eq!(
+            *ds.pixels_of(0..ds.len()).unwrap(),
+            [1.0, 0.0, 0.0, 1.0, 0.2, 0.4]
+        );
         assert_eq!(ds.labels, vec![4]);
     }
 
@@ -372,7 +395,7 @@ pub(crate) mod tests {
             ],
         );
         let ds = load_npz(&path).unwrap();
-        assert_eq!(ds.pixels, vec![0.25, 0.5]);
+        assert_eq!(*ds.pixels_of(0..ds.len()).unwrap(), [0.25, 0.5]);
         assert_eq!(ds.labels, vec![0, 1]);
     }
 

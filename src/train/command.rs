@@ -13,25 +13,31 @@ use tch::{nn, Device};
 
 /// Per-channel mean and standard deviation of a dataset, normalisation that
 /// the exported model then carries inside its graph.
-pub fn channel_statistics(data: &Dataset) -> InputNormalization {
+pub fn channel_statistics(data: &Dataset) -> Result<InputNormalization> {
     let [c, h, w] = data.image_shape;
     let plane = h * w;
     let (mut mean, mut std) = (Vec::new(), Vec::new());
-    for channel in 0..c {
-        let values = (0..data.len()).flat_map(|i| {
-            data.pixels[(i * c + channel) * plane..(i * c + channel + 1) * plane].iter()
-        });
-        let (mut sum, mut square, mut n) = (0f64, 0f64, 0f64);
-        for &v in values {
-            sum += f64::from(v);
-            square += f64::from(v) * f64::from(v);
-            n += 1.0;
+    let (mut sum, mut square) = (vec![0f64; c], vec![0f64; c]);
+    let positions: Vec<usize> = (0..data.len()).collect();
+    for chunk in positions.chunks(256) {
+        let pixels = data.gather(chunk)?;
+        for image in pixels.chunks_exact(c * plane) {
+            for (channel, values) in image.chunks_exact(plane).enumerate() {
+                for &v in values {
+                    sum[channel] += f64::from(v);
+                    square[channel] += f64::from(v) * f64::from(v);
+                }
+            }
         }
+    }
+    let n = (data.len() * plane) as f64;
+    for channel in 0..c {
+        let (sum, square) = (sum[channel], square[channel]);
         let m = sum / n.max(1.0);
         mean.push(m as f32);
         std.push(((square / n.max(1.0) - m * m).max(1e-6)).sqrt() as f32);
     }
-    InputNormalization { mean, std }
+    Ok(InputNormalization { mean, std })
 }
 
 /// The first `samples` of the train split, less a held-out slice at its end.
@@ -41,6 +47,8 @@ pub fn training_split(config: &RunConfig) -> Result<(Dataset, Dataset)> {
     if let Some(n) = config.samples {
         data.truncate(n);
     }
+    // Image collections: decoded once here, kept when they fit.
+    data.prepare(false)?;
     if config.holdout >= data.len() {
         return Err(Error::Usage(format!(
             "--holdout {} leaves no training samples out of {}",

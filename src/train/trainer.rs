@@ -18,19 +18,16 @@ use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
 /// Images `[n, C, H, W]` and labels of samples `ids`, on `device`.
-fn batch(data: &Dataset, ids: &[usize], device: Device) -> (Tensor, Tensor) {
+fn batch(data: &Dataset, ids: &[usize], device: Device) -> Result<(Tensor, Tensor)> {
     let [c, h, w] = data.image_shape.map(|d| d as i64);
-    let pixels: Vec<f32> = ids
-        .iter()
-        .flat_map(|&i| data.pixels_of(i..i + 1).iter().copied())
-        .collect();
+    let pixels = data.gather(ids)?;
     let labels: Vec<i64> = ids.iter().map(|&i| data.labels[i]).collect();
-    (
+    Ok((
         Tensor::from_slice(&pixels)
             .view([ids.len() as i64, c, h, w])
             .to_device(device),
         Tensor::from_slice(&labels).to_device(device),
-    )
+    ))
 }
 
 /// TRADES weight β of the robustness term (the paper's value).
@@ -128,13 +125,16 @@ fn features_of(
     data: &Dataset,
     device: Device,
     features: impl Fn(&Tensor) -> Tensor,
-) -> Tensor {
+) -> Result<Tensor> {
     let ids: Vec<usize> = (0..data.len()).collect();
     let chunks: Vec<Tensor> = ids
         .chunks(config.batch_size.max(1))
-        .map(|chunk| tch::no_grad(|| features(&batch(data, chunk, device).0)))
-        .collect();
-    Tensor::cat(&chunks, 0)
+        .map(|chunk| {
+            let (x, _) = batch(data, chunk, device)?;
+            Ok(tch::no_grad(|| features(&x)))
+        })
+        .collect::<Result<_>>()?;
+    Ok(Tensor::cat(&chunks, 0))
 }
 
 /// Pre-training's monitor: held-out accuracy of a vote among the k = 20
@@ -147,12 +147,12 @@ fn knn_accuracy(
     train_data: &Dataset,
     holdout: &Dataset,
     device: Device,
-) -> f64 {
-    let unit_features = |data: &Dataset| {
-        let h = features_of(config, data, device, |x| net.features_t(x, false));
-        &h / h.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12)
+) -> Result<f64> {
+    let unit_features = |data: &Dataset| -> Result<Tensor> {
+        let h = features_of(config, data, device, |x| net.features_t(x, false))?;
+        Ok(&h / h.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12))
     };
-    let (bank, queries) = (unit_features(train_data), unit_features(holdout));
+    let (bank, queries) = (unit_features(train_data)?, unit_features(holdout)?);
     let k = KNN_NEIGHBOURS.min(train_data.len() as i64);
     let (_, nearest) = queries
         .matmul(&bank.transpose(0, 1))
@@ -169,7 +169,7 @@ fn knn_accuracy(
         .eq_tensor(&truth)
         .sum(Kind::Int64)
         .int64_value(&[]);
-    correct as f64 / holdout.len().max(1) as f64
+    Ok(correct as f64 / holdout.len().max(1) as f64)
 }
 
 /// Accuracy, clean and under 10-step PGD, on the held-out slice.
@@ -178,11 +178,11 @@ fn holdout_accuracy(
     net: &Network,
     holdout: &Dataset,
     device: Device,
-) -> (f64, f64) {
+) -> Result<(f64, f64)> {
     let (mut clean, mut robust) = (0i64, 0i64);
     let ids: Vec<usize> = (0..holdout.len()).collect();
     for chunk in ids.chunks(config.batch_size.max(1)) {
-        let (x, y) = batch(holdout, chunk, device);
+        let (x, y) = batch(holdout, chunk, device)?;
         clean += tch::no_grad(|| {
             net.logits_t(&x, false)
                 .argmax(1, false)
@@ -200,7 +200,7 @@ fn holdout_accuracy(
         });
     }
     let n = holdout.len().max(1) as f64;
-    (clean as f64 / n, robust as f64 / n)
+    Ok((clean as f64 / n, robust as f64 / n))
 }
 
 /// The learning rate of `epoch` (1-based): fine-tuning drops it ×0.1 halfway (paper §4.1).
@@ -252,7 +252,7 @@ pub fn train(
                 progress.line("fitting the head's feature standardisation on the training data");
                 let features = features_of(config, train_data, device, |x| {
                     net.head_features_t(x, false)
-                });
+                })?;
                 net.fit_standardization(&features);
             }
             0
@@ -280,7 +280,7 @@ pub fn train(
             .filter(|chunk| chunk.len() >= 2)
             .enumerate()
         {
-            let (x, y) = batch(train_data, chunk, device);
+            let (x, y) = batch(train_data, chunk, device)?;
             let loss = batch_loss(config, net, &augment, &x, &y)?;
             let value = loss.double_value(&[]);
             if !value.is_finite() {
@@ -301,10 +301,10 @@ pub fn train(
         let (clean_acc, pgd_acc, knn_acc) = if holdout.is_empty() {
             (None, None, None)
         } else if config.method.command() == Command::Pretrain {
-            let knn = knn_accuracy(config, net, train_data, holdout, device);
+            let knn = knn_accuracy(config, net, train_data, holdout, device)?;
             (None, None, Some(knn))
         } else {
-            let (c, r) = holdout_accuracy(config, net, holdout, device);
+            let (c, r) = holdout_accuracy(config, net, holdout, device)?;
             (Some(c), Some(r), None)
         };
         let metrics = EpochMetrics {

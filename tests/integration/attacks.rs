@@ -28,7 +28,7 @@ fn victim<'a>(loaded: &'a Loaded, data: &Dataset, backend: BackendChoice) -> Vic
         &loaded.graph,
         data.image_shape,
         cpu(backend),
-        data.pixels_of(0..1),
+        &data.pixels_of(0..1).unwrap(),
     )
     .unwrap()
 }
@@ -70,7 +70,7 @@ fn run(
     seed: u64,
 ) -> upat::attack::Perturbed {
     let batch = Batch {
-        images: data.pixels_of(range.clone()),
+        images: &data.pixels_of(range.clone()).unwrap(),
         labels: &data.labels[range.clone()],
         ids: &data.ids[range],
         seed,
@@ -127,7 +127,7 @@ test_backend!(every_registered_attack_keeps_the_invariants:
 
 fn every_registered_attack_keeps_the_invariants(backend: BackendChoice) {
     let data = load_npz(&fixture("tiny_cnn_golden.npz")).unwrap();
-    let original = data.pixels.clone();
+    let original = data.pixels_of(0..data.len()).unwrap().into_owned();
     let len = data.image_len();
     let loaded = load("tests/fixtures/tiny_cnn.onnx");
     let mut model = victim(&loaded, &data, backend);
@@ -136,7 +136,11 @@ fn every_registered_attack_keeps_the_invariants(backend: BackendChoice) {
         let settings = attack.settings();
         let out = run(attack.as_ref(), &mut model, &data, all.clone(), 7);
         let what = format!("{attack:?} on {backend:?}");
-        assert_eq!(data.pixels, original, "{what}: input data changed");
+        assert_eq!(
+            *data.pixels_of(0..data.len()).unwrap(),
+            original,
+            "{what}: input data changed"
+        );
         assert!(
             out.adversarial
                 .iter()
@@ -144,9 +148,10 @@ fn every_registered_attack_keeps_the_invariants(backend: BackendChoice) {
             "{what}: outside [0,1] or NaN"
         );
         for i in 0..data.len() {
+            let clean = data.pixels_of(i..i + 1).unwrap();
             let delta = out.adversarial[i * len..(i + 1) * len]
                 .iter()
-                .zip(&data.pixels[i * len..(i + 1) * len])
+                .zip(clean.iter())
                 .map(|(a, b)| a - b);
             let size = norm_of(delta, settings.norm);
             assert!(
@@ -205,7 +210,9 @@ fn fashion_mnist(n: usize) -> Option<Dataset> {
 fn robust_accuracy(model_file: &str, attack: &dyn Attack, data: &Dataset) -> f64 {
     let loaded = load(model_file);
     let mut model = victim(&loaded, data, BackendChoice::Ort);
-    let clean = model.logits(&data.pixels, data.len()).unwrap();
+    let clean = model
+        .logits(&data.pixels_of(0..data.len()).unwrap(), data.len())
+        .unwrap();
     let correct: Vec<bool> = clean
         .argmax()
         .iter()

@@ -118,7 +118,7 @@ fn golden_npz_audits_as_labelled() {
     let data = load_npz(&fixture("tiny_cnn_golden.npz")).unwrap();
     for backend in BACKENDS {
         let logits = open("tiny_cnn.onnx", backend, None, None)
-            .logits(&data.pixels, data.len())
+            .logits(&data.pixels_of(0..data.len()).unwrap(), data.len())
             .unwrap();
         let correct: Vec<bool> = logits
             .argmax()
@@ -187,7 +187,7 @@ fn reproduces_expected_predictions(model: &str, expected: &str) {
             let end = (start + 128).min(samples);
             predictions.extend(
                 classifier
-                    .logits(data.pixels_of(start..end), end - start)
+                    .logits(&data.pixels_of(start..end).unwrap(), end - start)
                     .unwrap()
                     .argmax(),
             );

@@ -31,7 +31,15 @@ pub fn craft(
 ) -> Result<TransferSet> {
     let started = Instant::now();
     let everything: Vec<usize> = (0..ctx.data.len()).collect();
-    let mut adversarial = Vec::with_capacity(ctx.data.pixels.len());
+    // Every sample's crafted example is kept for the models it transfers to.
+    let count = crate::limits::product(&[ctx.data.len(), ctx.data.image_len()]);
+    crate::limits::check_elements(
+        std::path::Path::new(&ctx.data.name),
+        "transferred examples for every sample",
+        count,
+        4,
+    )?;
+    let mut adversarial = Vec::with_capacity(count.unwrap_or(0));
     let judged = drive(
         &ctx.drive(label, Some(craft)),
         source,
