@@ -16,6 +16,14 @@ if ! cmp -s scripts/goldens/torchvision_models.py "$goldens/.generator" 2>/dev/n
     "$VIRTUAL_ENV/bin/python" scripts/goldens/torchvision_models.py "$goldens" 2>/dev/null
     cp scripts/goldens/torchvision_models.py "$goldens/.generator"
 fi
+# Image collections and torchvision's tensors for them (tests/integration/images.rs).
+images="$goldens/images"
+if ! cmp -s scripts/goldens/images.py "$images/.generator" 2>/dev/null; then
+    echo "== generating image goldens into target/goldens/images" >&2
+    rm -rf "$images"
+    "$VIRTUAL_ENV/bin/python" scripts/goldens/images.py "$images" >/dev/null
+    cp scripts/goldens/images.py "$images/.generator"
+fi
 # The timm zoo (tests/integration/zoo.rs): ~70 exports of timm architectures
 # with float64 reference gradients, remade when their generators change.
 zoo="$goldens/timm"

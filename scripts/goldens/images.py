@@ -8,7 +8,8 @@ grey+alpha, palette with transparency, 16-bit RGB, 1/2/4-bit grey and
 interlaced PNGs; sizes that exercise the crop's rounding and padding),
 OUT/list.csv naming some of its files, and for each transform in CASES
 OUT/<name>.npz with `x` (torchvision's tensors, float32 NCHW) and `y`, as
-torchvision.datasets.ImageFolder with that transform gives them.
+torchvision.datasets.ImageFolder with that transform gives them, and
+OUT/cases.tsv: each case's name and upat's --transform for it.
 
 Usage: python scripts/goldens/images.py OUT
 """
@@ -119,6 +120,9 @@ def main():
         f.write("path,label\n")
         for path, label in dataset.samples[1::3]:
             f.write(f"folder/{Path(path).relative_to(out / 'folder').as_posix()},{label}\n")
+    with open(out / "cases.tsv", "w") as f:
+        for name, (spec, _) in CASES.items():
+            f.write(f"{name}\t{spec}\n")
     for name, (spec, transform) in CASES.items():
         data = datasets.ImageFolder(out / "folder", transform=transform)
         xs, ys = zip(*(data[i] for i in range(len(data))))
@@ -126,7 +130,6 @@ def main():
             out / f"{name}.npz",
             x=torch.stack(xs).numpy().astype(np.float32),
             y=np.array(ys, dtype=np.int64),
-            spec=np.array(spec),
         )
     print(f"{len(dataset)} images, {len(CASES)} transforms in {out}")
 

@@ -17,7 +17,7 @@ use upat::attack::{Suite, BUILTIN_SUITES};
 use upat::data::DataSpec;
 use upat::onnx::{ClassifierGraph, OnnxModel};
 
-const TARGETS: [&str; 5] = ["onnx", "npz", "idx", "cifar", "suite"];
+const TARGETS: [&str; 6] = ["onnx", "npz", "idx", "cifar", "suite", "image"];
 
 fn main() -> ExitCode {
     if std::env::var_os("UPAT_MAX_MEMORY").is_none() {
@@ -182,6 +182,21 @@ fn run(target: &str, input: &[u8], scratch: &Path) -> &'static str {
             )
         }
         "suite" => reached(Suite::parse(&String::from_utf8_lossy(input), "fuzz.toml").is_ok()),
+        "image" => {
+            // Decoded to RGB and to grey, then resized and cropped as
+            // ImageNet models are fed (a small size keeps iterations fast).
+            let transform: upat::data::images::transform::Transform =
+                "resize=40,crop=32".parse().expect("a valid transform");
+            let channels = if input.len() % 2 == 0 { 3 } else { 1 };
+            match upat::data::images::decode::decode(input, channels) {
+                Ok(image) => {
+                    let out = transform.apply(image);
+                    assert_eq!(out.pixels.len(), 32 * 32 * channels);
+                    "accepted"
+                }
+                Err(_) => "refused",
+            }
+        }
         _ => unreachable!("targets are checked when parsed"),
     }
 }
@@ -282,6 +297,8 @@ impl Seeds {
         let mut onnx = files(&fixtures, "onnx")?;
         onnx.extend(files(&fixtures.join("hostile"), "onnx")?);
         let npz = files(&fixtures, "npz")?;
+        let mut images = files(&fixtures.join("images"), "jpg")?;
+        images.extend(files(&fixtures.join("images"), "png")?);
         let mut idx = vec![0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 4, 0, 0, 0, 4];
         idx.extend((0..160u32).map(|i| (i * 37 % 256) as u8));
         let cifar: Vec<u8> = (0..2 * 3073u32)
@@ -291,7 +308,7 @@ impl Seeds {
             .iter()
             .map(|(_, text)| text.as_bytes().to_vec())
             .collect();
-        if onnx.is_empty() || npz.is_empty() {
+        if onnx.is_empty() || npz.is_empty() || images.is_empty() {
             return Err(format!("no seed fixtures in {}", fixtures.display()));
         }
         Ok(Seeds {
@@ -301,6 +318,7 @@ impl Seeds {
                 ("idx", vec![idx]),
                 ("cifar", vec![cifar]),
                 ("suite", suites),
+                ("image", images),
             ],
         })
     }

@@ -13,6 +13,7 @@ mod external;
 mod flags;
 mod grad;
 mod hostile;
+mod images;
 mod layout;
 mod outcomes;
 mod resume;

@@ -8,7 +8,8 @@
 //! preprocessed bytes when they fit in a quarter of the memory ceiling
 //! (a quarter of `UPAT_MAX_MEMORY`; bytes are 4× smaller than the floats
 //! a model sees). Otherwise images are decoded again for every batch that
-//! needs them, so 50,000 ImageNet images take no more memory than a batch.
+//! needs them, so 50,000 ImageNet images take no more memory than a batch;
+//! `UPAT_DECODE_PER_BATCH=1` asks for that whatever the size.
 
 pub mod decode;
 pub mod listing;
@@ -153,7 +154,8 @@ impl ImageFiles {
     pub fn prepare(&mut self, ids: &[u64], skip_bad: bool) -> Result<Vec<(usize, BadImage)>> {
         let per_image = limits::product(&self.shape).unwrap_or(usize::MAX);
         let total = per_image.saturating_mul(self.entries.len()) as u64;
-        let keep = total <= limits::max_bytes()? / 4;
+        let keep = total <= limits::max_bytes()? / 4
+            && std::env::var("UPAT_DECODE_PER_BATCH").map_or(true, |v| v != "1");
         let positions: Vec<usize> = (0..self.entries.len()).collect();
         let decoded: Vec<std::result::Result<Vec<u8>, String>> = parallel_map(&positions, |&i| {
             Ok(self
