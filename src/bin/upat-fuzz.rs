@@ -187,7 +187,7 @@ fn run(target: &str, input: &[u8], scratch: &Path) -> &'static str {
             // ImageNet models are fed (a small size keeps iterations fast).
             let transform: upat::data::images::transform::Transform =
                 "resize=40,crop=32".parse().expect("a valid transform");
-            let channels = if input.len() % 2 == 0 { 3 } else { 1 };
+            let channels = if input.len().is_multiple_of(2) { 3 } else { 1 };
             match upat::data::images::decode::decode(input, channels) {
                 Ok(image) => {
                     let out = transform.apply(image);
