@@ -45,6 +45,7 @@ fn main() -> anyhow::Result<()> {
     let config = RunConfig {
         method: Method::Upat,
         data: "synthetic".into(),
+        transform: None,
         arch: "resnet18".into(),
         width,
         epochs: 1,

@@ -26,6 +26,7 @@ fn config(method: Method, data: &Dataset) -> RunConfig {
     RunConfig {
         method,
         data: "parity".into(),
+        transform: None,
         arch: "resnet18".into(),
         width: 8,
         epochs: 1,

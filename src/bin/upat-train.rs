@@ -3,7 +3,7 @@
 //! config, calls the library, maps errors to exit code 2.
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use upat::attack::suite::parse_number;
@@ -74,9 +74,13 @@ enum Command {
 /// Options every training command takes.
 #[derive(Debug, Args)]
 struct Common {
-    /// Training data (train split): fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR, npz:FILE.
+    /// Training data, its train split (the forms are added from the library
+    /// at start-up).
     #[arg(long)]
     data: String,
+    /// Preprocessing of imagefolder:/images: data (see upat-audit --help).
+    #[arg(long, value_name = "SPEC")]
+    transform: Option<String>,
     /// Run directory.
     #[arg(long)]
     out: PathBuf,
@@ -151,7 +155,21 @@ fn config(
     let command = method.command();
     let pretrain = command == TrainCommand::Pretrain;
     let spec: DataSpec = common.data.parse()?;
-    let mut data = spec.load(Split::Train)?;
+    if common.transform.is_some() && !spec.is_image_collection() {
+        return Err(upat::Error::Usage(
+            "--transform applies to imagefolder:DIR and images:LIST data".into(),
+        ));
+    }
+    let options = upat::data::images::ImageOptions {
+        transform: common
+            .transform
+            .as_deref()
+            .map(str::parse)
+            .transpose()?
+            .unwrap_or_default(),
+        classes: None,
+    };
+    let mut data = spec.load_with(Split::Train, &options)?;
     if data.is_empty() {
         return Err(upat::Error::Usage(format!(
             "--data {}: the training split has no samples; give a data file that holds training images",
@@ -170,6 +188,7 @@ fn config(
     let config = RunConfig {
         method,
         data: common.data.clone(),
+        transform: common.transform.clone(),
         arch: common.arch.clone(),
         width: network_width(common.width, encoder.as_deref())?,
         epochs: common.epochs.unwrap_or(epochs),
@@ -287,8 +306,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The CLI, with `--data`'s forms from the library.
+fn command() -> clap::Command {
+    let mut command = Cli::command();
+    for name in ["pretrain", "finetune", "supervised"] {
+        command = command.mut_subcommand(name, |c| {
+            c.mut_arg("data", |a| {
+                a.help(format!(
+                    "Training data (its train split): {}",
+                    upat::data::DATA_FORMS
+                ))
+            })
+        });
+    }
+    command
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // libtorch reports some failures by panicking through tch, with C++
     // stack frames: they end here as an error with their first line.
     let outcome = upat::contain::contained("libtorch", "training stopped", || {

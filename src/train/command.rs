@@ -43,7 +43,7 @@ pub fn channel_statistics(data: &Dataset) -> Result<InputNormalization> {
 /// The first `samples` of the train split, less a held-out slice at its end.
 pub fn training_split(config: &RunConfig) -> Result<(Dataset, Dataset)> {
     let spec: DataSpec = config.data.parse()?;
-    let mut data = spec.load(Split::Train)?;
+    let mut data = spec.load_with(Split::Train, &config.image_options()?)?;
     if let Some(n) = config.samples {
         data.truncate(n);
     }

@@ -41,6 +41,9 @@ pub struct RunConfig {
     #[serde(flatten)]
     pub method: Method,
     pub data: String,
+    /// `--transform` for image collections (imagefolder:, images:).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<String>,
     pub arch: String,
     pub width: i64,
     pub epochs: usize,
@@ -87,6 +90,19 @@ pub struct BadSetting {
 const MAX_WIDTH: i64 = 4096;
 
 impl RunConfig {
+    /// How image collections are read (`--transform`).
+    pub fn image_options(&self) -> crate::Result<crate::data::images::ImageOptions> {
+        Ok(crate::data::images::ImageOptions {
+            transform: self
+                .transform
+                .as_deref()
+                .map(str::parse)
+                .transpose()?
+                .unwrap_or_default(),
+            classes: None,
+        })
+    }
+
     /// The same rules for a config typed on the command line and one read
     /// from a run directory (which may have been edited or damaged): the
     /// first setting that would crash libtorch or train nothing.
