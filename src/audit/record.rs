@@ -152,6 +152,7 @@ impl Recorder {
             robust: j.correct,
             norm: None,
             queries: 0,
+            file: data.file_name(j.index).map(str::to_string),
         });
         let outcomes: Vec<SampleOutcome> = outcomes.collect();
         self.push(meta, outcomes)
@@ -184,6 +185,7 @@ impl Recorder {
                 robust: verdict.is_some_and(|v| v.correct),
                 norm: verdict.and_then(|v| v.norm),
                 queries: verdict.map_or(0, |v| v.queries),
+                file: data.file_name(c.index).map(str::to_string),
             });
         }
         let robust = robust_accuracy(&outcomes);

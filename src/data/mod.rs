@@ -192,6 +192,15 @@ impl Dataset {
         matches!(&self.pixels, Pixels::Files(f) if f.decodes_on_demand())
     }
 
+    /// Sample `i`'s file (relative to its folder or list), for image
+    /// collections.
+    pub fn file_name(&self, i: usize) -> Option<&str> {
+        match &self.pixels {
+            Pixels::Memory(_) => None,
+            Pixels::Files(files) => files.name(i),
+        }
+    }
+
     /// Each sample's file name, for image collections.
     pub fn file_names(&self) -> Option<Vec<String>> {
         match &self.pixels {

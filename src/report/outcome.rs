@@ -36,6 +36,9 @@ pub struct SampleOutcome {
     pub norm: Option<f32>,
     /// Model evaluations the attack spent on this sample.
     pub queries: u32,
+    /// The sample's file, relative to its folder or list (image collections).
+    #[serde(default)]
+    pub file: Option<String>,
 }
 
 /// The columns of a report row that are not counts: who, what, how, how long.
@@ -225,6 +228,7 @@ mod tests {
             robust,
             norm: (id != "clean" && attacked).then_some(norm),
             queries: if id == "clean" { 0 } else { 3 },
+            file: None,
         }
     }
 

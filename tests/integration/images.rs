@@ -207,6 +207,20 @@ fn an_audit_of_a_folder_equals_the_audit_of_what_prepare_writes() {
     );
     assert!(merged.status.success(), "{}", stderr(&merged));
     assert_eq!(figures(&dir.path().join("merged")), expected);
+    // samples.csv names each sample's file: the listing's, by id.
+    let names = DataSpec::ImageFolder(folder.clone())
+        .load_with(Split::Test, &options("resize=8x8"))
+        .unwrap()
+        .file_names()
+        .unwrap();
+    let (header, rows) = read_csv(&dir.path().join("merged/samples.csv"));
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (sample, file) = (column("sample"), column("file"));
+    assert!(!rows.is_empty());
+    for row in rows {
+        let id: usize = row[sample].parse().unwrap();
+        assert_eq!(row[file], names[id]);
+    }
 }
 
 /// report.csv's rows without `seconds` and `dataset` (which names the data

@@ -81,6 +81,11 @@ impl ImageFiles {
         &self.transform
     }
 
+    /// Sample `i`'s listed name (its relative path).
+    pub fn name(&self, i: usize) -> Option<&str> {
+        self.entries.get(i).map(|e| e.name.as_str())
+    }
+
     /// The listed name (relative path) of each sample.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|e| e.name.as_str())
