@@ -339,6 +339,50 @@ mod tests {
         assert_eq!(header, REPORT_COLUMNS.join(","));
     }
 
+    /// The columns docs/csv-schema.md's table under `## {section}` names,
+    /// in order (a row may name several: `` `norm`, `eps` ``).
+    fn documented_columns(section: &str) -> Vec<String> {
+        let doc = include_str!("../../docs/csv-schema.md");
+        let start = doc
+            .find(&format!("## {section}\n"))
+            .unwrap_or_else(|| panic!("docs/csv-schema.md has no `## {section}`"));
+        let body = &doc[start..];
+        let body = &body[..body[3..].find("\n## ").map_or(body.len(), |e| e + 3)];
+        body.lines()
+            .filter(|l| l.starts_with("| `"))
+            .flat_map(|l| {
+                let cell = l[1..].split('|').next().unwrap_or("");
+                cell.split(',')
+                    .map(|c| c.trim().trim_matches('`').to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_schemas_are_the_written_headers() {
+        assert_eq!(documented_columns("report.csv"), REPORT_COLUMNS);
+        let sample = SampleOutcome {
+            model: "m".into(),
+            model_sha256: "ab".into(),
+            attack_id: "clean".into(),
+            source: None,
+            sample: 0,
+            label: 0,
+            clean_pred: 0,
+            adv_pred: None,
+            attacked: true,
+            robust: true,
+            norm: None,
+            queries: 0,
+            file: None,
+        };
+        let bytes = samples_csv(&[sample]).unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+        assert_eq!(documented_columns("samples.csv"), header);
+    }
+
     #[test]
     fn summary_is_models_by_attack_ids() {
         let rows = [
