@@ -264,6 +264,7 @@ pub const SAMPLE_COLUMNS: &[&str] = &[
     "robust",
     "norm",
     "queries",
+    "file",
 ];
 
 /// The CSV header of `report.csv`, for docs and tests.
@@ -381,6 +382,7 @@ mod tests {
         let text = String::from_utf8(bytes).unwrap();
         let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
         assert_eq!(documented_columns("samples.csv"), header);
+        assert_eq!(header, SAMPLE_COLUMNS);
     }
 
     #[test]
