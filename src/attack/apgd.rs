@@ -420,13 +420,10 @@ impl Attack for Apgd {
 
     fn settings(&self) -> Settings {
         Settings {
-            norm: self.norm,
-            eps: self.eps,
             steps: Some(self.steps),
-            step_size: None,
             restarts: Some(self.restarts),
             loss: Some(self.loss()),
-            query_budget: None,
+            ..Settings::threat(self.norm, self.eps)
         }
     }
 

@@ -299,13 +299,10 @@ impl Attack for Fab {
 
     fn settings(&self) -> Settings {
         Settings {
-            norm: self.norm,
-            eps: self.eps,
             steps: Some(self.steps),
-            step_size: None,
             restarts: Some(self.restarts),
             loss: Some(Loss::TargetMargin),
-            query_budget: None,
+            ..Settings::threat(self.norm, self.eps)
         }
     }
 

@@ -83,6 +83,22 @@ pub struct Settings {
     pub query_budget: Option<u32>,
 }
 
+impl Settings {
+    /// The threat model alone (norm and budget), every other setting unset:
+    /// attacks fill in what they have with `..Settings::threat(norm, eps)`.
+    pub fn threat(norm: Norm, eps: f32) -> Self {
+        Settings {
+            norm,
+            eps,
+            steps: None,
+            step_size: None,
+            restarts: None,
+            loss: None,
+            query_budget: None,
+        }
+    }
+}
+
 /// A batch of samples to attack.
 #[derive(Debug, Clone, Copy)]
 pub struct Batch<'a> {
@@ -259,15 +275,7 @@ mod tests {
             Oracle::Scores
         }
         fn settings(&self) -> Settings {
-            Settings {
-                norm: Norm::Linf,
-                eps: 0.1,
-                steps: None,
-                step_size: None,
-                restarts: None,
-                loss: None,
-                query_budget: None,
-            }
+            Settings::threat(Norm::Linf, 0.1)
         }
         fn run(&self, model: &mut dyn Model, batch: &Batch) -> Result<Perturbed> {
             model.loss_and_grad(Loss::Ce, batch.images, batch.labels, None)?;

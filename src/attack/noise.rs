@@ -70,13 +70,9 @@ impl Attack for Noise {
 
     fn settings(&self) -> Settings {
         Settings {
-            norm: self.norm,
-            eps: self.eps,
-            steps: None,
-            step_size: None,
             restarts: Some(self.draws),
-            loss: None,
             query_budget: Some(self.draws),
+            ..Settings::threat(self.norm, self.eps)
         }
     }
 

@@ -148,13 +148,11 @@ impl Attack for Pgd {
 
     fn settings(&self) -> Settings {
         Settings {
-            norm: self.norm,
-            eps: self.eps,
             steps: Some(self.steps),
             step_size: Some(self.step_size),
             restarts: Some(self.restarts),
             loss: Some(self.loss),
-            query_budget: None,
+            ..Settings::threat(self.norm, self.eps)
         }
     }
 

@@ -431,13 +431,10 @@ impl Attack for Square {
 
     fn settings(&self) -> Settings {
         Settings {
-            norm: self.norm,
-            eps: self.eps,
-            steps: None,
-            step_size: None,
             restarts: Some(self.restarts),
             loss: Some(Loss::Margin),
             query_budget: Some(self.queries),
+            ..Settings::threat(self.norm, self.eps)
         }
     }
 

@@ -228,13 +228,9 @@ impl AttackSpec {
         match &self.step {
             Step::Clean => None,
             Step::Attack(a) | Step::Transfer(a) => Some(a.settings()),
-            Step::Cascade(attacks) => attacks.first().map(|(_, a)| Settings {
-                steps: None,
-                step_size: None,
-                restarts: None,
-                loss: None,
-                query_budget: None,
-                ..a.settings()
+            Step::Cascade(attacks) => attacks.first().map(|(_, a)| {
+                let settings = a.settings();
+                Settings::threat(settings.norm, settings.eps)
             }),
         }
     }
