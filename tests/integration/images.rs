@@ -221,6 +221,38 @@ fn an_audit_of_a_folder_equals_the_audit_of_what_prepare_writes() {
         let id: usize = row[sample].parse().unwrap();
         assert_eq!(row[file], names[id]);
     }
+    // --resume continues an audit of the same files, and refuses one whose
+    // image changed (the files' bytes are in the fingerprint).
+    let resumed = audit(
+        dir.path(),
+        &data,
+        "from-folder",
+        &[&TINY[..], &["--resume"]].concat(),
+    );
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stderr(&resumed).contains("resuming"),
+        "{}",
+        stderr(&resumed)
+    );
+    assert_eq!(figures(&dir.path().join("from-folder")), expected);
+    let changed = folder.join("a").join(&names[0][2..]);
+    let mut bytes = std::fs::read(&changed).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 1;
+    std::fs::write(&changed, bytes).unwrap();
+    let refused = audit(
+        dir.path(),
+        &data,
+        "from-folder",
+        &[&TINY[..], &["--resume"]].concat(),
+    );
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("differs from this one in its data"),
+        "{}",
+        stderr(&refused)
+    );
 }
 
 /// report.csv's rows without `seconds` and `dataset` (which names the data
