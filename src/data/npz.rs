@@ -248,6 +248,14 @@ pub fn load_npz(path: &Path) -> Result<Dataset> {
 
 /// An `.npy` member the way numpy writes it (format version 1.0).
 fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let mut out = npy_header(descr, shape, data.len());
+    out.extend_from_slice(data);
+    out
+}
+
+/// An `.npy` header (format version 1.0), in a buffer with room for
+/// `data_len` bytes of data after it.
+fn npy_header(descr: &str, shape: &[usize], data_len: usize) -> Vec<u8> {
     let shape_txt = match shape {
         [one] => format!("({one},)"),
         _ => format!(
@@ -265,24 +273,29 @@ fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
         header.push(' ');
     }
     header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    let mut out = Vec::with_capacity(10 + header.len() + data_len);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(data);
     out
 }
 
 /// Writes an archive of `members`, atomically (see [`crate::atomic`]).
-fn write_members(path: &Path, members: &[(&str, Vec<u8>)]) -> Result<()> {
+fn write_members(
+    path: &Path,
+    members: &[(&str, Vec<u8>)],
+    compression: zip::CompressionMethod,
+) -> Result<()> {
     use std::io::Write;
     crate::atomic::write_atomic_with(path, |tmp| {
         let mut zip = zip::ZipWriter::new(std::fs::File::create(tmp)?);
         for (name, bytes) in members {
-            zip.start_file(
-                format!("{name}.npy"),
-                zip::write::SimpleFileOptions::default(),
-            )
-            .map_err(std::io::Error::other)?;
+            // zip64 for members of 4 GiB and more.
+            let options = zip::write::SimpleFileOptions::default()
+                .compression_method(compression)
+                .large_file(bytes.len() as u64 >= u64::from(u32::MAX));
+            zip.start_file(format!("{name}.npy"), options)
+                .map_err(std::io::Error::other)?;
             zip.write_all(bytes)?;
         }
         zip.finish().map_err(std::io::Error::other)?;
@@ -305,15 +318,16 @@ pub fn save_npz(path: &Path, data: &Dataset) -> Result<()> {
         crate::limits::product(&[data.len(), c, h, w]),
         8,
     )?;
-    let x = npy_bytes(
-        "<f4",
-        &[data.len(), c, h, w],
-        &data
-            .pixels_of(0..data.len())?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect::<Vec<_>>(),
-    );
+    // Filled a chunk of images at a time: image collections are decoded
+    // straight into the member, never held as floats all at once.
+    let per_image = c * h * w;
+    let mut x = npy_header("<f4", &[data.len(), c, h, w], data.len() * per_image * 4);
+    let positions: Vec<usize> = (0..data.len()).collect();
+    for chunk in positions.chunks(256) {
+        for v in data.gather(chunk)? {
+            x.extend_from_slice(&v.to_le_bytes());
+        }
+    }
     let ids = npy_bytes(
         "<u8",
         &[data.len()],
@@ -332,7 +346,13 @@ pub fn save_npz(path: &Path, data: &Dataset) -> Result<()> {
             .flat_map(|v| v.to_le_bytes())
             .collect::<Vec<_>>(),
     );
-    write_members(path, &[("x", x), ("y", y), ("ids", ids)])
+    // Stored, as numpy's `savez` writes: deflating hundreds of megabytes of
+    // floats took longer than decoding the images.
+    write_members(
+        path,
+        &[("x", x), ("y", y), ("ids", ids)],
+        zip::CompressionMethod::Stored,
+    )
 }
 
 fn scale(values: &[f64], is_uint8: bool) -> Vec<f32> {
@@ -359,7 +379,8 @@ pub(crate) mod tests {
     use super::*;
 
     fn write_npz(path: &Path, members: &[(&str, Vec<u8>)]) {
-        write_members(path, members).unwrap();
+        // Deflated, as `np.savez_compressed` writes (and bombs are made).
+        write_members(path, members, zip::CompressionMethod::Deflated).unwrap();
     }
 
     #[test]
