@@ -89,6 +89,24 @@ fn a_list_file_gives_the_listed_images_with_their_ids_in_list_order() {
         *list.pixels_of(0..list.len()).unwrap(),
         folder.gather(&picked).unwrap()
     );
+    // --classes pins the numbering: here a fourth class the folder lacks
+    // comes first, so every label moves up by one.
+    let classes = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(classes.path(), "aardvark\nant\nbee\ncat\n").unwrap();
+    let pinned = DataSpec::ImageFolder(dir.join("folder"))
+        .load_with(
+            Split::Test,
+            &ImageOptions {
+                classes: Some(classes.path().to_path_buf()),
+                ..options("resize=40,crop=32")
+            },
+        )
+        .unwrap();
+    assert_eq!(pinned.num_classes, 4);
+    assert_eq!(
+        pinned.labels,
+        folder.labels.iter().map(|y| y + 1).collect::<Vec<_>>()
+    );
 }
 
 /// A folder of the committed fixture images in two classes, plus `extra`

@@ -322,6 +322,19 @@ mod tests {
         png.extend(chunk(b"IEND", &[]));
         let err = decode(&png, 3).unwrap_err();
         assert!(err.contains("decompression-bomb"), "{err}");
+        // A real JPEG whose frame header is edited to 65000 x 65000.
+        let mut jpeg = include_bytes!("../../../tests/fixtures/images/a420.jpg").to_vec();
+        let sof = jpeg
+            .windows(2)
+            .position(|w| w == [0xFF, 0xC0])
+            .expect("a baseline JPEG has SOF0");
+        // Marker, length (2), precision (1), then height and width.
+        jpeg[sof + 5..sof + 9].copy_from_slice(&[0xFD, 0xE8, 0xFD, 0xE8]);
+        let err = decode(&jpeg, 3).unwrap_err();
+        assert!(
+            err.contains("65000x65000") && err.contains("decompression-bomb"),
+            "{err}"
+        );
         // A JPEG that ends after its start marker.
         let err = decode(b"\xFF\xD8\xFF\xE0\0\x10JFIF", 3).unwrap_err();
         assert!(err.contains("not a valid JPEG"), "{err}");
