@@ -2,7 +2,7 @@
 //! `min_robust_acc`, checked against the report rows.
 
 use crate::error::{Error, Result};
-use crate::report::ReportRow;
+use crate::report::{GateRow, ReportRow};
 
 /// A robust-accuracy threshold that fails the audit (exit 1) when not met.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -73,6 +73,25 @@ pub fn evaluate_gates(gates: &[Gate], rows: &[ReportRow]) -> Vec<GateFailure> {
         }
     }
     failures
+}
+
+/// Every (gate, model) pair's verdict: the measured figure against the
+/// threshold, for report.md, audit.json and `--junit`.
+pub fn judge_gates(gates: &[Gate], rows: &[ReportRow]) -> Vec<GateRow> {
+    let mut verdicts = Vec::new();
+    for gate in gates {
+        for row in rows.iter().filter(|r| r.attack_id == gate.attack_id) {
+            verdicts.push(GateRow {
+                model: row.model.clone(),
+                attack_id: gate.attack_id.clone(),
+                threshold: gate.min_robust_acc,
+                measured: row.robust_acc,
+                passed: row.robust_acc >= gate.min_robust_acc,
+                origin: gate.origin.clone(),
+            });
+        }
+    }
+    verdicts
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::audit::{AuditPlan, Gate, RowMeta, SampleOutcome};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::onnx::hex;
-use crate::report::FlagRow;
+use crate::report::{FlagRow, GateRow};
 use crate::runtime::RuntimeOptions;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -178,6 +178,10 @@ pub struct AuditFile {
     /// The audit's gates (suites' and `--fail-under`), for `merge`.
     #[serde(default)]
     pub gates: Vec<Gate>,
+    /// Each gate's verdict on each model (threshold, measured, passed),
+    /// once complete.
+    #[serde(default)]
+    pub verdicts: Vec<GateRow>,
     /// The gradient-masking flags raised, once complete.
     #[serde(default)]
     pub flags: Vec<FlagRow>,
@@ -243,7 +247,7 @@ impl Journal {
             gates,
             finished,
         };
-        journal.write_audit_file(false, &[])?;
+        journal.write_audit_file(false, &[], &[])?;
         Ok(journal)
     }
 
@@ -276,15 +280,21 @@ impl Journal {
     }
 
     /// Marks the audit finished: every report has been written.
-    pub fn finish(&self, flags: &[FlagRow]) -> Result<()> {
-        self.write_audit_file(true, flags)
+    pub fn finish(&self, flags: &[FlagRow], verdicts: &[GateRow]) -> Result<()> {
+        self.write_audit_file(true, flags, verdicts)
     }
 
-    fn write_audit_file(&self, complete: bool, flags: &[FlagRow]) -> Result<()> {
+    fn write_audit_file(
+        &self,
+        complete: bool,
+        flags: &[FlagRow],
+        verdicts: &[GateRow],
+    ) -> Result<()> {
         let file = AuditFile {
             fingerprint: self.fingerprint.clone(),
             complete,
             gates: self.gates.clone(),
+            verdicts: verdicts.to_vec(),
             flags: flags.to_vec(),
         };
         let bytes = serde_json::to_vec_pretty(&file)
@@ -522,7 +532,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::start(dir.path(), fingerprint(), vec![], false).unwrap();
         assert!(!read_audit_file(dir.path()).unwrap().complete);
-        journal.finish(&[]).unwrap();
+        journal.finish(&[], &[]).unwrap();
         assert!(read_audit_file(dir.path()).unwrap().complete);
         let resumed = Journal::start(dir.path(), fingerprint(), vec![], true).unwrap();
         assert_eq!(resumed.pending(), 0);

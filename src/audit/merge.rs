@@ -17,6 +17,8 @@ pub struct Merged {
     pub outcomes: Vec<SampleOutcome>,
     pub gates: Vec<Gate>,
     pub gate_failures: Vec<GateFailure>,
+    /// Every gate's verdict on every model it applies to.
+    pub verdicts: Vec<crate::report::GateRow>,
     /// Every flag any shard raised (the checks ran on each shard's samples).
     pub flags: Vec<FlagRow>,
     /// The audit's fingerprint, without a shard.
@@ -150,6 +152,7 @@ pub fn merge(dirs: &[PathBuf], extra_gates: Vec<Gate>) -> Result<Merged> {
     let mut gates = shards[0].2.gates.clone();
     gates.extend(extra_gates);
     let gate_failures = evaluate_gates(&gates, &rows);
+    let verdicts = super::judge_gates(&gates, &rows);
     let mut flags: Vec<FlagRow> = Vec::new();
     for (_, _, file, _) in &shards {
         for flag in &file.flags {
@@ -168,6 +171,7 @@ pub fn merge(dirs: &[PathBuf], extra_gates: Vec<Gate>) -> Result<Merged> {
         outcomes,
         gates,
         gate_failures,
+        verdicts,
         flags,
         fingerprint,
     })

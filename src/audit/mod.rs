@@ -26,7 +26,7 @@ pub mod victim;
 
 pub use crate::report::outcome::{summarise, RowMeta, SampleOutcome, Tally};
 pub use checks::Flag;
-pub use gate::{evaluate_gates, Gate, GateFailure};
+pub use gate::{evaluate_gates, judge_gates, Gate, GateFailure};
 pub use journal::{Fingerprint, Journal};
 pub use merge::{merge, Merged};
 pub use plan::{AuditPlan, AuditRequest, Job, JobKind, Schedule};
@@ -54,6 +54,8 @@ pub struct AuditOutcome {
     /// One per model × attack × source × sample: the rows of `samples.csv`.
     pub outcomes: Vec<SampleOutcome>,
     pub gate_failures: Vec<GateFailure>,
+    /// Every gate's verdict on every model it applies to.
+    pub gates: Vec<crate::report::GateRow>,
     /// Gradient-masking flags raised, per model (as in the report's `model`).
     pub flags: Vec<(String, Flag)>,
     /// Things the user should know that do not stop the audit.
@@ -125,10 +127,12 @@ pub fn run_audit(
     let (outcomes, metas) = audit.recorder.take();
     let rows = summarise(&outcomes, &metas);
     let gate_failures = evaluate_gates(plan.gates(), &rows);
+    let gates = judge_gates(plan.gates(), &rows);
     Ok(AuditOutcome {
         rows,
         outcomes,
         gate_failures,
+        gates,
         flags: audit.flags,
         warnings: audit.warnings,
     })

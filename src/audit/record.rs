@@ -246,9 +246,10 @@ impl Recorder {
             &outcome.rows,
             per_sample.then_some(outcome.outcomes.as_slice()),
             &flags,
+            &outcome.gates,
             &outcome.warnings,
         )?;
-        directory.journal.finish(&flags)
+        directory.journal.finish(&flags, &outcome.gates)
     }
 }
 

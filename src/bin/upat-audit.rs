@@ -69,6 +69,12 @@ enum Command {
         /// Fail (exit 1) when ATTACK_ID's robust accuracy is below ACC; repeatable.
         #[arg(long = "fail-under", value_name = "ATTACK_ID=ACC")]
         fail_under: Vec<String>,
+        /// Exit 1 when a gradient-masking flag was raised, as for a failed gate.
+        #[arg(long)]
+        fail_on_flags: bool,
+        /// Also write the gates and flags as JUnit XML, for CI test reporters.
+        #[arg(long, value_name = "FILE.xml")]
+        junit: Option<PathBuf>,
     },
     /// Write the test data as an audit would feed it to a model (decoded,
     /// preprocessed, float NCHW in [0, 1]) to an .npz with `x`, `y` and
@@ -161,6 +167,11 @@ struct AuditArgs {
     /// Exit 1 when a gradient-masking flag is raised (flags.csv), as for a failed gate.
     #[arg(long)]
     fail_on_flags: bool,
+    /// Also write the gates and flags as JUnit XML (one test case per gate
+    /// and model, and per flag), for CI test reporters. When
+    /// GITHUB_STEP_SUMMARY is set, report.md is appended to it.
+    #[arg(long, value_name = "FILE.xml")]
+    junit: Option<PathBuf>,
     /// Continue the audit in --out that a killed run left: the (model, attack)
     /// rows it finished (journal/) are kept, the rest run. Same arguments required.
     #[arg(long)]
@@ -264,6 +275,7 @@ struct AuditConfig {
     out: PathBuf,
     per_sample: bool,
     fail_on_flags: bool,
+    junit: Option<PathBuf>,
     resume: bool,
     shard: Option<Shard>,
 }
@@ -329,6 +341,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
             out: args.out,
             per_sample: args.per_sample,
             fail_on_flags: args.fail_on_flags,
+            junit: args.junit,
             resume: args.resume,
             shard: args
                 .shard
@@ -399,6 +412,14 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
     let per_sample = config.per_sample || config.shard.is_some();
     recorder.publish(&outcome, per_sample)?;
     let flags = outcome.flag_rows();
+    ci_outputs(
+        &config.out,
+        config.junit.as_deref(),
+        &outcome.rows,
+        &outcome.gates,
+        &flags,
+        config.fail_on_flags,
+    )?;
     for warning in &outcome.warnings {
         eprintln!("warning: {warning}");
     }
@@ -426,7 +447,55 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(1))
 }
 
-fn merge(dirs: Vec<PathBuf>, out: PathBuf, fail_under: Vec<String>) -> Result<ExitCode> {
+/// What CI reads besides the exit code: `--junit`'s XML, and report.md
+/// appended to GitHub's job summary when `GITHUB_STEP_SUMMARY` names one.
+fn ci_outputs(
+    out: &std::path::Path,
+    junit: Option<&std::path::Path>,
+    rows: &[upat::report::ReportRow],
+    gates: &[upat::report::GateRow],
+    flags: &[upat::report::FlagRow],
+    fail_on_flags: bool,
+) -> Result<()> {
+    if let Some(path) = junit {
+        let mut models: Vec<String> = Vec::new();
+        for row in rows {
+            if !models.contains(&row.model) {
+                models.push(row.model.clone());
+            }
+        }
+        let xml = upat::report::junit::junit_xml(gates, flags, &models, fail_on_flags);
+        upat::atomic::write_atomic(path, xml.as_bytes())?;
+        println!("junit: {}", path.display());
+    }
+    if let Some(summary) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|s| !s.is_empty()) {
+        // A job summary that cannot be written costs the summary, not the audit.
+        let appended = std::fs::read(out.join("report.md")).and_then(|report| {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&summary)?;
+            file.write_all(&report)?;
+            file.write_all(b"\n")
+        });
+        if let Err(e) = appended {
+            eprintln!(
+                "warning: cannot append report.md to GITHUB_STEP_SUMMARY ({}): {e}",
+                std::path::Path::new(&summary).display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn merge(
+    dirs: Vec<PathBuf>,
+    out: PathBuf,
+    fail_under: Vec<String>,
+    fail_on_flags: bool,
+    junit: Option<PathBuf>,
+) -> Result<ExitCode> {
     let gates = fail_under
         .iter()
         .map(|g| g.parse::<Gate>())
@@ -439,7 +508,16 @@ fn merge(dirs: Vec<PathBuf>, out: PathBuf, fail_under: Vec<String>) -> Result<Ex
         &merged.rows,
         Some(&merged.outcomes),
         &merged.flags,
+        &merged.verdicts,
         &[],
+    )?;
+    ci_outputs(
+        &out,
+        junit.as_deref(),
+        &merged.rows,
+        &merged.verdicts,
+        &merged.flags,
+        fail_on_flags,
     )?;
     eprintln!(
         "merged {} shards: {} samples",
@@ -451,11 +529,18 @@ fn merge(dirs: Vec<PathBuf>, out: PathBuf, fail_under: Vec<String>) -> Result<Ex
     }
     print_summary(&merged.rows);
     println!("reports: {}", out.join("report.csv").display());
-    if merged.gate_failures.is_empty() {
+    let flags_fail = fail_on_flags && !merged.flags.is_empty();
+    if merged.gate_failures.is_empty() && !flags_fail {
         return Ok(ExitCode::SUCCESS);
     }
     for failure in &merged.gate_failures {
         eprintln!("gate failed: {failure}");
+    }
+    if flags_fail {
+        eprintln!(
+            "{} gradient-masking flag(s) raised and --fail-on-flags is set (see flags.csv)",
+            merged.flags.len()
+        );
     }
     Ok(ExitCode::from(1))
 }
@@ -662,7 +747,9 @@ fn main() -> ExitCode {
             dirs,
             out,
             fail_under,
-        }) => merge(dirs, out, fail_under),
+            fail_on_flags,
+            junit,
+        }) => merge(dirs, out, fail_under, fail_on_flags, junit),
         Some(Command::Prepare {
             data,
             samples,

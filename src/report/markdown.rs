@@ -1,6 +1,6 @@
 //! `report.md`: the audit for a human reader.
 
-use super::{models_and_ids, summary_cell, FlagRow, ReportRow, WORST_CASE_ID};
+use super::{models_and_ids, summary_cell, FlagRow, GateRow, ReportRow, WORST_CASE_ID};
 use std::fmt::Write;
 
 fn settings(r: &ReportRow) -> String {
@@ -27,7 +27,12 @@ fn settings(r: &ReportRow) -> String {
 
 /// A Markdown report: robust accuracy per model and attack, the attacks'
 /// settings, and the warnings the audit raised.
-pub fn report_md(rows: &[ReportRow], flags: &[FlagRow], warnings: &[String]) -> String {
+pub fn report_md(
+    rows: &[ReportRow],
+    flags: &[FlagRow],
+    gates: &[GateRow],
+    warnings: &[String],
+) -> String {
     let (models, ids) = models_and_ids(rows);
     let mut md = String::from("# Robustness audit\n\n");
     if let Some(first) = rows.first() {
@@ -78,6 +83,21 @@ pub fn report_md(rows: &[ReportRow], flags: &[FlagRow], warnings: &[String]) -> 
                 md,
                 "| `{}` | {} | {:.4} | {} |",
                 f.model, f.flag, f.measured, f.detail
+            );
+        }
+    }
+    if !gates.is_empty() {
+        md.push_str("\n## Gates\n\n| model | attack | required | measured | verdict | set by |\n|---|---|---:|---:|---|---|\n");
+        for g in gates {
+            let _ = writeln!(
+                md,
+                "| `{}` | `{}` | {:.4} | {:.4} | {} | {} |",
+                g.model,
+                g.attack_id,
+                g.threshold,
+                g.measured,
+                if g.passed { "pass" } else { "**fail**" },
+                g.origin
             );
         }
     }

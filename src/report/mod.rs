@@ -1,5 +1,6 @@
 //! Report rows and the CSV files of an audit (schema in `docs/csv-schema.md`).
 
+pub mod junit;
 mod markdown;
 pub mod outcome;
 mod svg;
@@ -177,6 +178,19 @@ pub struct FlagRow {
     pub detail: String,
 }
 
+/// A gate's verdict on one model: the measured robust accuracy against the
+/// threshold (report.md, audit.json, `--junit`).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct GateRow {
+    pub model: String,
+    pub attack_id: String,
+    pub threshold: f64,
+    pub measured: f64,
+    pub passed: bool,
+    /// `--fail-under` or the suite that set it.
+    pub origin: String,
+}
+
 /// `flags.csv`: the header, and one row per flag.
 pub fn flags_csv(flags: &[FlagRow]) -> Result<Vec<u8>> {
     csv_bytes(|w| {
@@ -219,6 +233,7 @@ pub fn write_reports(
     rows: &[ReportRow],
     samples: Option<&[SampleOutcome]>,
     flags: &[FlagRow],
+    gates: &[GateRow],
     warnings: &[String],
 ) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -228,7 +243,7 @@ pub fn write_reports(
     let summary = summary_csv(rows)?;
     let transfer = transfer_csv(rows)?;
     let flag_file = flags_csv(flags)?;
-    let markdown = markdown::report_md(rows, flags, warnings);
+    let markdown = markdown::report_md(rows, flags, gates, warnings);
     let picture = svg::robustness_svg(rows);
     write_atomic(&out.join("summary.csv"), &summary)?;
     write_or_remove(&out.join("transfer.csv"), transfer.as_deref())?;

@@ -430,8 +430,12 @@ pub fn resolve_backend(options: RuntimeOptions) -> Result<Backend> {
             ort_available()?;
             Ok(Backend::Ort)
         }
-        // CUDA only exists on ort, so auto must not quietly fall back to a CPU backend.
-        BackendChoice::Auto if options.device == Device::Cuda => {
+        // CUDA only exists on ort, so auto must not quietly fall back to a
+        // CPU backend; nor may it when the user named ONNX Runtime's
+        // library (ORT_DYLIB_PATH) and that library does not load.
+        BackendChoice::Auto
+            if options.device == Device::Cuda || std::env::var_os("ORT_DYLIB_PATH").is_some() =>
+        {
             ort_available()?;
             Ok(Backend::Ort)
         }

@@ -73,8 +73,13 @@ static ENVIRONMENT: OnceLock<
 pub fn ensure_loaded() -> Result<&'static Path> {
     let loaded = ENVIRONMENT.get_or_init(|| {
         let path = find_library()?;
+        let named = if std::env::var_os("ORT_DYLIB_PATH").is_some() {
+            " (ORT_DYLIB_PATH)"
+        } else {
+            ""
+        };
         let env = ort::init_from(&path)
-            .map_err(|e| format!("cannot load {}: {e}", path.display()))?
+            .map_err(|e| format!("cannot load {}{named}: {e}", path.display()))?
             .with_name("upat")
             .build()
             .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", path.display()))?;

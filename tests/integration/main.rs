@@ -5,6 +5,7 @@
 mod adjoint;
 mod attacks;
 mod backends;
+mod ci;
 mod cli;
 mod coverage;
 #[cfg(feature = "train")]
