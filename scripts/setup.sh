@@ -2,7 +2,7 @@
 # Installs what upat needs and builds it; quick when everything is already there.
 #   - Fashion-MNIST from Debian (dataset-fashion-mnist)
 #   - the project venv .venv with scripts/requirements.txt from PyPI
-#   - cargo build (default features: train + ort)
+#   - cargo build --features train (upat-train, and upat-audit with ONNX Runtime)
 # Sourced by scripts/demo.sh and scripts/test.sh; can also be run on its own.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -32,5 +32,5 @@ if ! cmp -s scripts/requirements.txt "$stamp" 2>/dev/null; then
     cp scripts/requirements.txt "$stamp"
 fi
 
-say "building (cargo build)"
-cargo build --quiet --bins
+say "building (cargo build --features train)"
+cargo build --quiet --bins --features train

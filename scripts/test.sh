@@ -45,9 +45,9 @@ if bash scripts/slurm-local.sh install; then
 fi
 echo "== cargo fmt --check; cargo clippy -D warnings (both feature sets)" >&2
 cargo fmt --check
+cargo clippy --quiet --all-targets --features train -- -D warnings
 cargo clippy --quiet --all-targets -- -D warnings
-cargo clippy --quiet --all-targets --no-default-features --features ort -- -D warnings
-echo "== cargo test (features: train, ort)" >&2
+echo "== cargo test --features train (train + ort)" >&2
+cargo test --features train
+echo "== cargo test (the default: upat-audit without libtorch)" >&2
 cargo test
-echo "== cargo test --no-default-features --features ort (upat-audit without libtorch)" >&2
-cargo test --no-default-features --features ort

@@ -1,7 +1,7 @@
 """Benchmark: UPAT training-step throughput, upat-train (tch) vs the same step
 written in PyTorch, same width, batch and K, same machine, same run.
 
-    source scripts/env.sh && cargo build --example bench_upat_step
+    source scripts/env.sh && cargo build --features train --example bench_upat_step
     .venv/bin/python scripts/bench/upat_step.py [--width 16] [--batch 128] [--steps 5] [--iterations 5] [--rounds 3]
         [--device cpu|cuda] [--upat target/debug/examples/bench_upat_step]
 

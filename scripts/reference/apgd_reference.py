@@ -11,7 +11,7 @@ clean-correct samples (as in `run_standard_evaluation_individual`), with
 AutoAttack's standard settings: 100 iterations, 1 restart, ρ = 0.75,
 9 target classes for APGD-T.
 
-    source scripts/env.sh && cargo build
+    source scripts/env.sh && cargo build --features train
     .venv/bin/python scripts/reference/apgd_reference.py --autoattack /tmp/auto-attack [--samples 1000]
 """
 

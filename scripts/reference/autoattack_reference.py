@@ -10,7 +10,7 @@ their ONNX weights and checked against ONNX Runtime (1e-4) first. Both run
 the reference's cumulative robust accuracy after each component is read from
 its `run_standard_evaluation` bookkeeping.
 
-    source scripts/env.sh && cargo build
+    source scripts/env.sh && cargo build --features train
     .venv/bin/python scripts/reference/autoattack_reference.py --autoattack /tmp/auto-attack [--samples 1000]
 
 The two sides can run apart (the reference on a GPU machine, say, where it

@@ -10,7 +10,7 @@ step size and steps, in two independent implementations:
 then runs upat-audit on the same model and data and prints robust accuracies
 side by side, and the time upat-audit's attack took against the PyTorch one.
 
-    source scripts/env.sh && cargo build
+    source scripts/env.sh && cargo build --features train
     .venv/bin/pip install -r scripts/reference/requirements.txt
     .venv/bin/python scripts/reference/pgd_reference.py [--samples 1000] [--backend ort]
 """

@@ -1,9 +1,12 @@
 //! The ONNX Runtime backend. The shared library is loaded at run time
 //! (`load-dynamic`), found in this order:
-//! 1. `ORT_DYLIB_PATH`;
-//! 2. paths fixed when upat was built or installed: the build's venv
-//!    (`.venv` next to the crate's manifest, an absolute path compiled in)
-//!    and the executable's own directory;
+//! 1. `ORT_DYLIB_PATH` (if it is set and does not load, that is an error);
+//! 2. places relative to the executable (its symbolic links resolved),
+//!    nothing compiled in: the Python environment it was installed into
+//!    (`PREFIX/bin/upat-audit` beside `PREFIX/lib/python3.X/site-packages`:
+//!    a venv, `pip install --user`, pipx, `uv tool`), the library beside
+//!    the executable, and the `.venv` of the checkout it was built in
+//!    (`ROOT/target/<profile>/...`);
 //! 3. the Python environment the user names: `$VIRTUAL_ENV` (an activated
 //!    venv), or the `onnxruntime` package of `$UPAT_PYTHON` or of the
 //!    `python3` on `PATH` (absolute `PATH` entries only), run isolated
@@ -111,17 +114,8 @@ fn find_library() -> std::result::Result<PathBuf, String> {
             Err(format!("ORT_DYLIB_PATH={} is not a file", p.display()))
         };
     }
-    let build_venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv");
-    if let Some(found) = library_in_venv(&build_venv) {
+    if let Some(found) = library_beside_executable() {
         return Ok(found);
-    }
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        if let Some(found) = library_in_dir(&dir) {
-            return Ok(found);
-        }
     }
     if let Some(venv) = std::env::var_os("VIRTUAL_ENV").map(PathBuf::from) {
         if venv.is_absolute() {
@@ -143,11 +137,37 @@ fn find_library() -> std::result::Result<PathBuf, String> {
     )
 }
 
-/// `onnxruntime/capi/libonnxruntime.so*` in a venv's site-packages.
-fn library_in_venv(venv: &Path) -> Option<PathBuf> {
-    let lib = std::fs::read_dir(venv.join("lib")).ok()?;
-    lib.flatten()
-        .find_map(|python| library_in(&python.path().join("site-packages/onnxruntime")))
+/// `onnxruntime/capi/libonnxruntime.so*` in a Python prefix's packages
+/// (a venv, `~/.local`, `/usr/local`): `lib/python3.X/site-packages`, or
+/// Debian's `dist-packages`.
+fn library_in_venv(prefix: &Path) -> Option<PathBuf> {
+    let lib = std::fs::read_dir(prefix.join("lib")).ok()?;
+    let mut pythons: Vec<PathBuf> = lib.flatten().map(|e| e.path()).collect();
+    pythons.sort();
+    pythons.iter().rev().find_map(|python| {
+        ["site-packages", "dist-packages"]
+            .iter()
+            .find_map(|packages| library_in(&python.join(packages).join("onnxruntime")))
+    })
+}
+
+/// ONNX Runtime where the executable's own installation puts it.
+fn library_beside_executable() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
+    let bin = exe.parent()?;
+    // Installed by pip, pipx or uv: PREFIX/bin/upat-audit, with the
+    // `onnxruntime` package (the [cpu] or [gpu] extra) in PREFIX's packages.
+    if let Some(found) = bin.parent().and_then(library_in_venv) {
+        return Some(found);
+    }
+    if let Some(found) = library_in_dir(bin) {
+        return Some(found);
+    }
+    // Built in a checkout: ROOT/target/<profile>[/deps|/examples]/binary,
+    // with the project venv (scripts/setup.sh) at ROOT/.venv.
+    bin.ancestors()
+        .take(4)
+        .find_map(|dir| library_in_venv(&dir.join(".venv")))
 }
 
 /// `$UPAT_PYTHON`, else `python3` in an absolute directory of `PATH`.

@@ -186,3 +186,54 @@ fn an_ort_library_named_in_ort_dylib_path_that_does_not_load_is_an_error() {
     );
     assert!(!dir.path().join("audit-report/report.csv").exists());
 }
+
+/// The binary as pip, pipx or `uv tool` install it: `PREFIX/bin/upat-audit`
+/// finds ONNX Runtime in `PREFIX/lib/python3.X/site-packages` (the
+/// `onnxruntime` package beside it), with no venv activated, no Python on
+/// `PATH` and no checkout around it; without the package it says how to add
+/// one and runs on tract. (The audit-only build: the train build links
+/// libtorch from where it was built.)
+#[cfg(not(feature = "train"))]
+#[test]
+fn an_installed_binary_finds_onnx_runtime_in_its_own_environment() {
+    let venv_ort = crate::util::repo_path(".venv/lib")
+        .read_dir()
+        .unwrap()
+        .map(|e| e.unwrap().path().join("site-packages/onnxruntime"))
+        .find(|p| p.is_dir())
+        .expect("the project venv has onnxruntime");
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("prefix");
+    std::fs::create_dir_all(prefix.join("bin")).unwrap();
+    let packages = prefix.join("lib/python3.11/site-packages");
+    std::fs::create_dir_all(&packages).unwrap();
+    std::os::unix::fs::symlink(&venv_ort, packages.join("onnxruntime")).unwrap();
+    let installed = prefix.join("bin/upat-audit");
+    std::fs::copy(env!("CARGO_BIN_EXE_upat-audit"), &installed).unwrap();
+    let model = fixture("tiny_cnn.onnx").display().to_string();
+    let data = format!("npz:{}", fixture("tiny_cnn_golden.npz").display());
+    let run = |binary: &Path| {
+        std::process::Command::new(binary)
+            .args([model.as_str(), "--data", &data])
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", "/nonexistent")
+            .env("HOME", dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run(&installed);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("backend: ort ({}", packages.display())),
+        "{}",
+        stderr(&out)
+    );
+    // Elsewhere, with no ONNX Runtime to find: tract, and a note saying so.
+    let alone = dir.path().join("alone");
+    std::fs::create_dir_all(&alone).unwrap();
+    std::fs::copy(&installed, alone.join("upat-audit")).unwrap();
+    let out = run(&alone.join("upat-audit"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("backend: tract"), "{}", stderr(&out));
+}
