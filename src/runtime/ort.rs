@@ -130,9 +130,10 @@ fn find_library() -> std::result::Result<PathBuf, String> {
         }
     }
     Err(
-        "ONNX Runtime's library was not found: set ORT_DYLIB_PATH to libonnxruntime.so, \
-         or run scripts/setup.sh to make the project venv (pip install onnxruntime==1.31.1), \
-         or name a Python that has onnxruntime with UPAT_PYTHON, or use --backend tract"
+        "ONNX Runtime's library was not found: pip install onnxruntime==1.31.1 into the Python \
+         environment upat-audit is installed in (or run scripts/setup.sh in a checkout), \
+         or set ORT_DYLIB_PATH to libonnxruntime.so, or name a Python that has onnxruntime \
+         with UPAT_PYTHON, or use --backend tract"
             .into(),
     )
 }
