@@ -9,6 +9,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/env.sh
 seconds="${1:-600}"
 shift || true
-cargo build --bin upat-fuzz
+cargo build --features fuzz --bin upat-fuzz
 ulimit -v 8000000
 exec target/debug/upat-fuzz --seconds "$seconds" --findings fuzz-findings "$@"

@@ -45,9 +45,10 @@ if bash scripts/slurm-local.sh install; then
 fi
 echo "== cargo fmt --check; cargo clippy -D warnings (both feature sets)" >&2
 cargo fmt --check
-cargo clippy --quiet --all-targets --features train -- -D warnings
-cargo clippy --quiet --all-targets -- -D warnings
-echo "== cargo test --features train (train + ort)" >&2
-cargo test --features train
-echo "== cargo test (the default: upat-audit without libtorch)" >&2
-cargo test
+# `fuzz` adds the fuzz harness binary, which a test runs.
+cargo clippy --quiet --all-targets --features train,fuzz -- -D warnings
+cargo clippy --quiet --all-targets --features fuzz -- -D warnings
+echo "== cargo test --features train,fuzz (train + ort)" >&2
+cargo test --features train,fuzz
+echo "== cargo test --features fuzz (the default: upat-audit without libtorch)" >&2
+cargo test --features fuzz

@@ -130,7 +130,8 @@ fn devices_and_directories_are_not_read_as_files() {
 }
 
 /// A short run of the fuzzer (scripts/fuzz.sh runs it for hours): mutated
-/// models, data files and suites give errors, never a panic.
+/// models, data files, suites and images give errors, never a panic.
+#[cfg(feature = "fuzz")]
 #[test]
 fn a_short_fuzzing_run_finds_no_panic() {
     let dir = tempfile::tempdir().unwrap();
