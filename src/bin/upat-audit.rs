@@ -357,7 +357,10 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
     let backend = resolve_backend(config.plan.runtime());
     match (config.plan.runtime().backend, &backend) {
         (BackendChoice::Auto, Ok(Backend::Tract)) => {
-            eprintln!("backend: tract (ONNX Runtime's library was not found; see --backend)")
+            eprintln!(
+                "backend: tract (ONNX Runtime's library was not found: `pip install upat-audit[cpu]` \
+                 or `pip install onnxruntime==1.31.1` beside upat-audit adds it; see --backend)"
+            )
         }
         (_, Ok(Backend::Ort)) => match upat::runtime::ort_library() {
             Some(library) => eprintln!("backend: ort ({})", library.display()),

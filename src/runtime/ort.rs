@@ -130,8 +130,9 @@ fn find_library() -> std::result::Result<PathBuf, String> {
         }
     }
     Err(
-        "ONNX Runtime's library was not found: pip install onnxruntime==1.31.1 into the Python \
-         environment upat-audit is installed in (or run scripts/setup.sh in a checkout), \
+        "ONNX Runtime's library was not found: `pip install upat-audit[cpu]` (or \
+         onnxruntime==1.31.1 into the Python environment upat-audit is installed in; \
+         scripts/setup.sh in a checkout), \
          or set ORT_DYLIB_PATH to libonnxruntime.so, or name a Python that has onnxruntime \
          with UPAT_PYTHON, or use --backend tract"
             .into(),
