@@ -169,6 +169,15 @@ impl Fingerprint {
     }
 }
 
+/// What a finished audit records in `audit.json` besides its rows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Found<'a> {
+    pub flags: &'a [FlagRow],
+    pub verdicts: &'a [GateRow],
+    pub warnings: &'a [String],
+    pub skipped: &'a [u64],
+}
+
 /// `audit.json`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AuditFile {
@@ -185,6 +194,13 @@ pub struct AuditFile {
     /// The gradient-masking flags raised, once complete.
     #[serde(default)]
     pub flags: Vec<FlagRow>,
+    /// The warnings report.md lists (skipped images, say), once complete,
+    /// for `merge` to carry over.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Samples of the data this audit could not use (bad images skipped).
+    #[serde(default)]
+    pub skipped: Vec<u64>,
 }
 
 /// One finished report row: the row's description and its outcomes.
@@ -247,7 +263,7 @@ impl Journal {
             gates,
             finished,
         };
-        journal.write_audit_file(false, &[], &[])?;
+        journal.write_audit_file(false, Found::default())?;
         Ok(journal)
     }
 
@@ -279,23 +295,21 @@ impl Journal {
         write_atomic(&self.out.join(ENTRIES_DIR).join(name), &bytes)
     }
 
-    /// Marks the audit finished: every report has been written.
-    pub fn finish(&self, flags: &[FlagRow], verdicts: &[GateRow]) -> Result<()> {
-        self.write_audit_file(true, flags, verdicts)
+    /// Marks the audit finished: every report has been written; `found`
+    /// is what it recorded besides its rows.
+    pub fn finish(&self, found: Found) -> Result<()> {
+        self.write_audit_file(true, found)
     }
 
-    fn write_audit_file(
-        &self,
-        complete: bool,
-        flags: &[FlagRow],
-        verdicts: &[GateRow],
-    ) -> Result<()> {
+    fn write_audit_file(&self, complete: bool, found: Found) -> Result<()> {
         let file = AuditFile {
             fingerprint: self.fingerprint.clone(),
             complete,
             gates: self.gates.clone(),
-            verdicts: verdicts.to_vec(),
-            flags: flags.to_vec(),
+            verdicts: found.verdicts.to_vec(),
+            flags: found.flags.to_vec(),
+            warnings: found.warnings.to_vec(),
+            skipped: found.skipped.to_vec(),
         };
         let bytes = serde_json::to_vec_pretty(&file)
             .map_err(|e| Error::Internal(format!("cannot serialise audit.json: {e}")))?;
@@ -532,7 +546,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::start(dir.path(), fingerprint(), vec![], false).unwrap();
         assert!(!read_audit_file(dir.path()).unwrap().complete);
-        journal.finish(&[], &[]).unwrap();
+        journal.finish(Found::default()).unwrap();
         assert!(read_audit_file(dir.path()).unwrap().complete);
         let resumed = Journal::start(dir.path(), fingerprint(), vec![], true).unwrap();
         assert_eq!(resumed.pending(), 0);

@@ -21,6 +21,8 @@ pub struct Merged {
     pub verdicts: Vec<crate::report::GateRow>,
     /// Every flag any shard raised (the checks ran on each shard's samples).
     pub flags: Vec<FlagRow>,
+    /// Every shard's warnings, each once, shard by shard.
+    pub warnings: Vec<String>,
     /// The audit's fingerprint, without a shard.
     pub fingerprint: Fingerprint,
 }
@@ -130,6 +132,17 @@ pub fn merge(dirs: &[PathBuf], extra_gates: Vec<Gate>) -> Result<Merged> {
             }
         }
     }
+    // Samples a shard could not use (bad images it skipped) count as held.
+    for (dir, shard, file, _) in &shards {
+        for &id in &file.skipped {
+            if !seen.insert(id) {
+                return Err(Error::Usage(format!(
+                    "{} (shard {shard}) skipped sample {id}, which another shard holds or skipped",
+                    dir.display()
+                )));
+            }
+        }
+    }
     if seen.len() != first.samples {
         return Err(Error::Usage(format!(
             "the shards hold {} samples, the audit {}: a shard is incomplete",
@@ -164,6 +177,15 @@ pub fn merge(dirs: &[PathBuf], extra_gates: Vec<Gate>) -> Result<Merged> {
             }
         }
     }
+    let mut warnings: Vec<String> = Vec::new();
+    for (_, shard, file, _) in &shards {
+        for warning in &file.warnings {
+            let warning = format!("shard {shard}: {warning}");
+            if !warnings.contains(&warning) {
+                warnings.push(warning);
+            }
+        }
+    }
     let mut fingerprint = first.clone();
     fingerprint.shard = None;
     Ok(Merged {
@@ -173,6 +195,7 @@ pub fn merge(dirs: &[PathBuf], extra_gates: Vec<Gate>) -> Result<Merged> {
         gate_failures,
         verdicts,
         flags,
+        warnings,
         fingerprint,
     })
 }

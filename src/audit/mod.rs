@@ -60,6 +60,9 @@ pub struct AuditOutcome {
     pub flags: Vec<(String, Flag)>,
     /// Things the user should know that do not stop the audit.
     pub warnings: Vec<String>,
+    /// Ids of samples the data could not give (bad images skipped with
+    /// `--skip-bad-images`), so `merge` can account for them.
+    pub skipped: Vec<u64>,
 }
 
 impl AuditOutcome {
@@ -135,6 +138,7 @@ pub fn run_audit(
         gates,
         flags: audit.flags,
         warnings: audit.warnings,
+        skipped: Vec::new(),
     })
 }
 

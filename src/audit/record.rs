@@ -249,7 +249,12 @@ impl Recorder {
             &outcome.gates,
             &outcome.warnings,
         )?;
-        directory.journal.finish(&flags, &outcome.gates)
+        directory.journal.finish(super::journal::Found {
+            flags: &flags,
+            verdicts: &outcome.gates,
+            warnings: &outcome.warnings,
+            skipped: &outcome.skipped,
+        })
     }
 }
 

@@ -242,10 +242,11 @@ fn load_data(spec: &DataSpec, options: &ImageOptions, samples: Option<usize>) ->
 /// Decodes an image collection's samples once; with `skip_bad`, the ones
 /// that fail are dropped and described (for report.md), else the first
 /// stops the run.
-fn prepare_images(data: &mut Dataset, skip_bad: bool) -> Result<Option<String>> {
+/// Returns the warning for report.md and the skipped samples' ids.
+fn prepare_images(data: &mut Dataset, skip_bad: bool) -> Result<(Option<String>, Vec<u64>)> {
     let bad = data.prepare(skip_bad)?;
     if bad.is_empty() {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     }
     const LISTED: usize = 20;
     let mut text = format!(
@@ -262,7 +263,7 @@ fn prepare_images(data: &mut Dataset, skip_bad: bool) -> Result<Option<String>> 
         text.push_str(&format!("; and {} more", bad.len() - LISTED));
     }
     eprintln!("warning: {text}");
-    Ok(Some(text))
+    Ok((Some(text), bad.iter().map(|b| b.id).collect()))
 }
 
 /// Validated audit arguments.
@@ -387,7 +388,7 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
             first + data.len()
         );
     }
-    let skipped = prepare_images(&mut data, config.skip_bad_images)?;
+    let (skipped, skipped_ids) = prepare_images(&mut data, config.skip_bad_images)?;
     let (mut recorder, start) = Recorder::open(
         &config.out,
         fingerprint,
@@ -412,6 +413,7 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
         &mut TerminalProgress::new("samples"),
     )?;
     outcome.warnings.extend(skipped);
+    outcome.skipped = skipped_ids;
     let per_sample = config.per_sample || config.shard.is_some();
     recorder.publish(&outcome, per_sample)?;
     let flags = outcome.flag_rows();
@@ -512,7 +514,7 @@ fn merge(
         Some(&merged.outcomes),
         &merged.flags,
         &merged.verdicts,
-        &[],
+        &merged.warnings,
     )?;
     ci_outputs(
         &out,

@@ -352,6 +352,38 @@ fn bad_images_stop_the_audit_by_name_or_are_skipped_and_reported() {
     let (header, rows) = read_csv(&dir.path().join("skipped/report.csv"));
     let samples = header.iter().position(|h| h == "n").unwrap();
     assert_eq!(rows[0][samples], "12", "the good images are all audited");
+    // Sharded, each shard skips its own bad images, and merge's report.md
+    // still names them.
+    for k in 0..2 {
+        let shard = format!("{k}/2");
+        let out = audit(
+            dir.path(),
+            &data,
+            &format!("skip-shard{k}"),
+            &[&skipping[..], &["--shard", &shard]].concat(),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let merged = upat_audit(
+        dir.path(),
+        &[
+            "merge",
+            "skip-shard0",
+            "skip-shard1",
+            "--out",
+            "skip-merged",
+        ],
+    );
+    assert!(merged.status.success(), "{}", stderr(&merged));
+    let report = std::fs::read_to_string(dir.path().join("skip-merged/report.md")).unwrap();
+    assert!(
+        report.contains("could not be used") && report.contains("b/truncated.jpg"),
+        "{report}"
+    );
+    assert_eq!(
+        figures(&dir.path().join("skip-merged")),
+        figures(&dir.path().join("skipped"))
+    );
 }
 
 #[test]
