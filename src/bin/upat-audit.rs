@@ -209,15 +209,7 @@ impl ImageArgs {
                 "--transform, --classes and --skip-bad-images apply to imagefolder:DIR and images:LIST data".into(),
             ));
         }
-        Ok(ImageOptions {
-            transform: self
-                .transform
-                .as_deref()
-                .map(str::parse)
-                .transpose()?
-                .unwrap_or_default(),
-            classes: self.classes.clone(),
-        })
+        ImageOptions::new(self.transform.as_deref(), self.classes.clone())
     }
 }
 

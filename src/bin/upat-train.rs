@@ -160,15 +160,7 @@ fn config(
             "--transform applies to imagefolder:DIR and images:LIST data".into(),
         ));
     }
-    let options = upat::data::images::ImageOptions {
-        transform: common
-            .transform
-            .as_deref()
-            .map(str::parse)
-            .transpose()?
-            .unwrap_or_default(),
-        classes: None,
-    };
+    let options = upat::data::images::ImageOptions::new(common.transform.as_deref(), None)?;
     let mut data = spec.load_with(Split::Train, &options)?;
     if data.is_empty() {
         return Err(upat::Error::Usage(format!(

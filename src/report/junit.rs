@@ -7,6 +7,37 @@
 use super::{FlagRow, GateRow};
 use std::fmt::Write;
 
+/// How a test case ended: failed (of a type, with a message), or passed
+/// with a note.
+enum Verdict {
+    Failed(&'static str, String),
+    Passed(String),
+}
+
+/// Appends one `<testcase>`; returns whether it failed.
+fn case(cases: &mut String, class: &str, name: &str, verdict: Verdict) -> bool {
+    let _ = write!(
+        cases,
+        "    <testcase classname=\"{class}\" name=\"{}\">",
+        escape(name)
+    );
+    let failed = matches!(verdict, Verdict::Failed(..));
+    match verdict {
+        Verdict::Failed(kind, message) => {
+            let message = escape(&message);
+            let _ = write!(
+                cases,
+                "<failure type=\"{kind}\" message=\"{message}\">{message}</failure>"
+            );
+        }
+        Verdict::Passed(note) => {
+            let _ = write!(cases, "<system-out>{}</system-out>", escape(&note));
+        }
+    }
+    cases.push_str("</testcase>\n");
+    failed
+}
+
 /// The XML document; `models` are the audited models, in report order.
 pub fn junit_xml(
     gates: &[GateRow],
@@ -21,78 +52,42 @@ pub fn junit_xml(
             "{}: robust accuracy under {} >= {}",
             g.model, g.attack_id, g.threshold
         );
-        let _ = write!(
-            cases,
-            "    <testcase classname=\"upat.gates\" name=\"{}\">",
-            escape(&name)
-        );
-        if !g.passed {
-            failures += 1;
-            let message = format!(
-                "robust accuracy under `{}` is {:.4}, below the required {:.4} (set by {})",
-                g.attack_id, g.measured, g.threshold, g.origin
-            );
-            let _ = write!(
-                cases,
-                "<failure type=\"gate\" message=\"{}\">{}</failure>",
-                escape(&message),
-                escape(&message)
-            );
+        let verdict = if g.passed {
+            Verdict::Passed(format!(
+                "measured {:.4}, required {:.4}",
+                g.measured, g.threshold
+            ))
         } else {
-            let _ = write!(
-                cases,
-                "<system-out>{}</system-out>",
-                escape(&format!(
-                    "measured {:.4}, required {:.4}",
-                    g.measured, g.threshold
-                ))
-            );
-        }
-        cases.push_str("</testcase>\n");
+            Verdict::Failed(
+                "gate",
+                format!(
+                    "robust accuracy under `{}` is {:.4}, below the required {:.4} (set by {})",
+                    g.attack_id, g.measured, g.threshold, g.origin
+                ),
+            )
+        };
+        failures += usize::from(case(&mut cases, "upat.gates", &name, verdict));
     }
     for model in models {
         let raised: Vec<&FlagRow> = flags.iter().filter(|f| &f.model == model).collect();
-        let _ = write!(
-            cases,
-            "    <testcase classname=\"upat.flags\" name=\"{}\">",
-            escape(&format!("{model}: gradient-masking checks"))
-        );
-        if raised.is_empty() {
-            cases.push_str("<system-out>no flag raised</system-out>");
+        let summary = if raised.is_empty() {
+            "no flag raised".to_string()
         } else {
-            let _ = write!(
-                cases,
-                "<system-out>{}</system-out>",
-                escape(&format!("{} flag(s) raised; see flags.csv", raised.len()))
-            );
-        }
-        cases.push_str("</testcase>\n");
+            format!("{} flag(s) raised; see flags.csv", raised.len())
+        };
+        let name = format!("{model}: gradient-masking checks");
+        case(&mut cases, "upat.flags", &name, Verdict::Passed(summary));
         for f in raised {
-            let name = format!("{model}: flag {}", f.flag);
             let message = format!("{} (measured {:.4}): {}", f.flag, f.measured, f.detail);
-            let _ = write!(
-                cases,
-                "    <testcase classname=\"upat.flags\" name=\"{}\">",
-                escape(&name)
-            );
-            if fail_on_flags {
-                failures += 1;
-                let _ = write!(
-                    cases,
-                    "<failure type=\"flag\" message=\"{}\">{}</failure>",
-                    escape(&message),
-                    escape(&message)
-                );
+            let verdict = if fail_on_flags {
+                Verdict::Failed("flag", message)
             } else {
-                let _ = write!(
-                    cases,
-                    "<system-out>{}</system-out>",
-                    escape(&format!(
-                        "{message} (not failing: --fail-on-flags is not set)"
-                    ))
-                );
-            }
-            cases.push_str("</testcase>\n");
+                Verdict::Passed(format!(
+                    "{message} (not failing: --fail-on-flags is not set)"
+                ))
+            };
+            let name = format!("{model}: flag {}", f.flag);
+            failures += usize::from(case(&mut cases, "upat.flags", &name, verdict));
         }
     }
     let tests = cases.matches("<testcase ").count();

@@ -92,15 +92,7 @@ const MAX_WIDTH: i64 = 4096;
 impl RunConfig {
     /// How image collections are read (`--transform`).
     pub fn image_options(&self) -> crate::Result<crate::data::images::ImageOptions> {
-        Ok(crate::data::images::ImageOptions {
-            transform: self
-                .transform
-                .as_deref()
-                .map(str::parse)
-                .transpose()?
-                .unwrap_or_default(),
-            classes: None,
-        })
+        crate::data::images::ImageOptions::new(self.transform.as_deref(), None)
     }
 
     /// The same rules for a config typed on the command line and one read

@@ -31,6 +31,17 @@ pub struct ImageOptions {
     pub classes: Option<PathBuf>,
 }
 
+impl ImageOptions {
+    /// The options from the command line's `--transform` text (default:
+    /// `none`) and `--classes` file.
+    pub fn new(transform: Option<&str>, classes: Option<PathBuf>) -> Result<Self> {
+        Ok(ImageOptions {
+            transform: transform.map(str::parse).transpose()?.unwrap_or_default(),
+            classes,
+        })
+    }
+}
+
 /// The images of a dataset, one entry per sample, decoded on demand.
 #[derive(Debug, Clone)]
 pub struct ImageFiles {
