@@ -2,7 +2,9 @@
 //!
 //! `cargo run --example bench_grad -- MODEL.onnx C,H,W BATCH ITERATIONS [ort|tract]`
 //! prints `images_per_second=<value>`; scripts/bench/grad_throughput.py runs
-//! it next to the PyTorch reference and prints the ratio.
+//! it next to the PyTorch reference and prints the ratio. With
+//! `UPAT_BENCH_DUMP=FILE` it also writes the gradient graph ONNX Runtime runs
+//! with standard ops only (upat's own kernels need upat's session).
 
 use std::time::Instant;
 use upat::attack::Loss;
@@ -28,6 +30,12 @@ fn main() -> anyhow::Result<()> {
     let model = OnnxModel::load(std::path::Path::new(&args[0]))?;
     let graph = ClassifierGraph::prepare(&model, None, None, None)?;
     let gradient = grad::build(&graph, image_shape, Loss::Ce)?;
+    // The graph ONNX Runtime runs, for a per-op profile in Python.
+    if let Ok(path) = std::env::var("UPAT_BENCH_DUMP") {
+        let proto =
+            grad::specialise::for_onnx_runtime(&gradient, grad::specialise::Kernels::Standard);
+        std::fs::write(path, prost::Message::encode_to_vec(&proto))?;
+    }
     let mut session = GradientModel::open(
         &gradient,
         image_shape,

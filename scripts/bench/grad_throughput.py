@@ -1,9 +1,9 @@
 """Benchmark: loss + input-gradient throughput, upat's gradient graph on ONNX
 Runtime (CPU) vs PyTorch autograd, same model, same machine, same run.
 
-    source scripts/env.sh && cargo build --example bench_grad
+    source scripts/env.sh && cargo build --release --example bench_grad
     .venv/bin/python scripts/bench/grad_throughput.py [--model resnet18|fmnist-cnn|fmnist-cnn-at]
-        [--batch 128] [--iterations 10] [--backend ort|tract] [--threads N]
+        [--batch 128] [--iterations 10] [--backend ort|tract] [--threads N] [--profile release|debug]
 
 resnet18 is ResNet-18 with the CIFAR stem (random weights), 32x32 inputs;
 fmnist-cnn(-at) are the Fashion-MNIST CNNs of models/, rebuilt in PyTorch
@@ -49,6 +49,8 @@ def main():
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--backend", default="ort")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--profile", default="release", choices=["release", "debug"],
+                        help="which build of the bench_grad example runs (timings: release)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -74,7 +76,7 @@ def main():
         p.requires_grad_(False)
     reference = torch_throughput(model, shape, args.batch, args.iterations)
     env = dict(os.environ, UPAT_BENCH_THREADS=str(args.threads))
-    out = subprocess.run(["target/debug/examples/bench_grad", path, ",".join(map(str, shape)), str(args.batch),
+    out = subprocess.run([f"target/{args.profile}/examples/bench_grad", path, ",".join(map(str, shape)), str(args.batch),
                           str(args.iterations), args.backend], check=True, capture_output=True, text=True, env=env).stdout
     ours = float(re.search(r"images_per_second=([0-9.]+)", out).group(1))
     print(f"{args.model}, batch {args.batch}, {args.threads} threads on each side")

@@ -6,9 +6,12 @@
 
 #[cfg(feature = "ort")]
 pub mod ort;
+#[cfg(feature = "ort")]
+mod ort_ops;
 pub mod tract;
 
 use crate::error::{Error, Result};
+use crate::onnx::grad::specialise::{for_onnx_runtime, Kernels};
 use crate::onnx::ClassifierGraph;
 
 /// Which backend the user asked for.
@@ -306,10 +309,15 @@ impl GradientModel {
     ) -> Result<Self> {
         // ONNX Runtime runs the same gradients through faster kernels.
         let session = match resolve_backend(options)? {
-            Backend::Ort => open_session(
-                &crate::onnx::grad::specialise::for_onnx_runtime(graph),
-                options,
-            )?,
+            Backend::Ort => {
+                // upat's own kernels are CPU kernels: on CUDA they would
+                // move every pooled tensor to the host and back.
+                let kernels = match options.device {
+                    Device::Cpu => Kernels::WithUpatOps,
+                    Device::Cuda => Kernels::Standard,
+                };
+                open_session(&for_onnx_runtime(graph, kernels), options)?
+            }
             Backend::Tract => open_session(&graph.proto, options)?,
         };
         Ok(GradientModel {

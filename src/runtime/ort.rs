@@ -269,6 +269,12 @@ impl OrtSession {
             .map_err(|e| ort_error(format!("session options: {e}")))?;
         if device == Device::Cuda {
             builder = with_cuda(builder)?;
+        } else {
+            let domain = super::ort_ops::domain()
+                .map_err(|e| ort_error(format!("registering upat's kernels: {e}")))?;
+            builder = builder
+                .with_operators(domain)
+                .map_err(|e| ort_error(format!("registering upat's kernels: {e}")))?;
         }
         let session = builder.commit_from_memory(&encode(proto)).map_err(|e| {
             ort_error(format!(

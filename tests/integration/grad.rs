@@ -447,30 +447,73 @@ fn torchvision_architectures_match_pytorch_autograd_on_both_backends() {
     }
 }
 
-/// ONNX Runtime runs the backward of MaxPools whose windows do not overlap
-/// as `MaxUnpool` (`grad/specialise.rs`): exactly the portable graph's
-/// values, the overlapping and ceil-mode pools left as they are.
+/// ONNX Runtime runs a specialised gradient graph (`grad/specialise/`):
+/// stride-1 convolutions' input gradients as `Conv`; on the CPU, ReLU and
+/// MaxPool backwards as upat's own kernels, or, with standard ops only,
+/// MaxPool's as `MaxUnpool` where windows do not overlap. Logits
+/// and loss are the portable graph's exactly, the input gradient within
+/// float rounding (the convolutions sum in another order), and the two
+/// pool forms agree exactly; strided convolutions stay portable.
 #[test]
-fn onnx_runtime_runs_tiling_max_pools_as_max_unpool_with_the_same_values() {
-    use upat::onnx::grad::specialise::for_onnx_runtime;
+fn onnx_runtime_runs_specialised_gradients_with_the_portable_values() {
+    use upat::onnx::grad::specialise::{for_onnx_runtime, Kernels, MAX_POOL_GRAD, RELU_GRAD};
     use upat::runtime::{open_session, Feed};
-    // pooling: one tiling pool among overlapping and ceil-mode ones.
-    for (model, golden_file, tiling) in [
-        ("zoo/pooling.onnx", "zoo/pooling_golden.npz", 1),
-        ("tiny_cnn.onnx", "tiny_cnn_golden.npz", 1),
+    // pooling: one tiling pool among overlapping and ceil-mode ones; a
+    // dilated and an asymmetric stride-1 conv beside a grouped strided one
+    // and a stride-2 average pool (whose backward is a ConvTranspose).
+    for (model, golden_file, tiling, strided) in [
+        ("zoo/pooling.onnx", "zoo/pooling_golden.npz", 1, 2),
+        ("tiny_cnn.onnx", "tiny_cnn_golden.npz", 1, 0),
     ] {
         let portable = gradient_graph(model, Loss::Ce);
-        assert_eq!(portable.unpool_sites.len(), tiling, "{model}");
-        let fast = for_onnx_runtime(&portable);
+        let disjoint = portable.pool_sites.iter().filter(|s| s.disjoint).count();
+        assert_eq!(disjoint, tiling, "{model}");
+        let standard = for_onnx_runtime(&portable, Kernels::Standard);
+        let fused = for_onnx_runtime(&portable, Kernels::WithUpatOps);
+        let nodes = |proto: &upat::onnx::pb::ModelProto| proto.graph.clone().unwrap().node;
         let ops = |proto: &upat::onnx::pb::ModelProto, op: &str| {
-            let g = proto.graph.as_ref().unwrap();
-            g.node.iter().filter(|n| n.op_type == op).count()
+            nodes(proto).iter().filter(|n| n.op_type == op).count()
         };
-        assert_eq!(ops(&fast, "MaxUnpool"), tiling, "{model}");
+        assert_eq!(ops(&standard, "MaxUnpool"), tiling, "{model}");
         assert_eq!(
-            ops(&fast, "ScatterElements") + tiling,
+            ops(&standard, "ScatterElements") + tiling,
             ops(&portable.proto, "ScatterElements"),
             "{model}: the portable scatter stays for the other pools only"
+        );
+        assert_eq!(
+            ops(&fused, MAX_POOL_GRAD),
+            portable.pool_sites.len(),
+            "{model}"
+        );
+        assert_eq!(ops(&fused, "MaxUnpool"), 0, "{model}");
+        assert!(
+            nodes(&fused)
+                .iter()
+                .filter(|n| n.op_type == "MaxPool")
+                .all(|n| n.output.len() == 1),
+            "{model}: the forward pools no longer compute indices"
+        );
+        // The forward ConvTranspose and each strided conv's gradient stay.
+        let forward = nodes(&portable.proto)[..portable.forward_nodes]
+            .iter()
+            .filter(|n| n.op_type == "ConvTranspose")
+            .count();
+        assert!(
+            ops(&portable.proto, "ConvTranspose") > forward + strided,
+            "{model}"
+        );
+        assert_eq!(
+            ops(&standard, "ConvTranspose"),
+            forward + strided,
+            "{model}"
+        );
+        let relus = portable.relu_sites.len();
+        assert!(relus > 0, "{model}");
+        assert_eq!(ops(&fused, RELU_GRAD), relus, "{model}");
+        assert_eq!(
+            ops(&fused, "Where") + relus,
+            ops(&standard, "Where"),
+            "{model}"
         );
         let g = golden(golden_file);
         let image = [g.n, 3, 8, 8];
@@ -482,12 +525,15 @@ fn onnx_runtime_runs_tiling_max_pools_as_max_unpool_with_the_same_values() {
                 .run(&feeds)
                 .unwrap()
         };
-        let (a, b) = (run(&portable.proto), run(&fast));
+        let (a, b, c) = (run(&portable.proto), run(&standard), run(&fused));
         assert_eq!(a.len(), 3);
+        assert_eq!(a[..2], b[..2], "{model}: logits and loss must be identical");
         assert_eq!(
-            a, b,
-            "{model}: logits, loss and input gradient must be identical"
+            b, c,
+            "{model}: upat's kernels must give the standard ops' values"
         );
+        let error = relative_error(&b[2].values, &a[2].values);
+        assert!(error < 1e-5, "{model}: input gradient off by {error}");
         assert!(a[2].values.iter().any(|v| *v != 0.0));
     }
 }

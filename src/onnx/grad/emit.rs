@@ -14,8 +14,10 @@ pub struct Emitter {
     pub initializers: Vec<pb::TensorProto>,
     /// Default-domain opset the emitted graph declares.
     pub opset: i64,
-    /// MaxPool backwards ONNX Runtime can run faster (`specialise.rs`).
-    pub unpool_sites: Vec<super::specialise::UnpoolSite>,
+    /// MaxPool backwards ONNX Runtime can run faster (`specialise/`).
+    pub pool_sites: Vec<super::specialise::PoolSite>,
+    /// ReLU backwards ONNX Runtime can run as one kernel (`specialise/`).
+    pub relu_sites: Vec<super::specialise::ReluSite>,
     taken: HashSet<String>,
     counter: usize,
     shape_cache: HashMap<String, String>,
@@ -100,7 +102,8 @@ impl Emitter {
         Emitter {
             nodes: Vec::new(),
             initializers: Vec::new(),
-            unpool_sites: Vec::new(),
+            pool_sites: Vec::new(),
+            relu_sites: Vec::new(),
             opset,
             taken,
             counter: 0,

@@ -69,7 +69,12 @@ pub struct GradientGraph {
     pub approximated: Vec<String>,
     /// MaxPool backwards ONNX Runtime runs in a faster form
     /// ([`specialise::for_onnx_runtime`]).
-    pub unpool_sites: Vec<specialise::UnpoolSite>,
+    pub pool_sites: Vec<specialise::PoolSite>,
+    /// ReLU backwards ONNX Runtime runs as one kernel.
+    pub relu_sites: Vec<specialise::ReluSite>,
+    /// The model's own nodes come first in `proto`, this many; the
+    /// gradient's follow. Rewrites for speed touch only the latter.
+    pub forward_nodes: usize,
 }
 
 /// Why a model cannot be differentiated: the first op without a rule on the
@@ -370,7 +375,9 @@ pub fn build(
     emit.nodes.push(identity(&input_grad, INPUT_GRAD));
     emit.nodes.push(identity(&head.loss, LOSS));
 
-    let unpool_sites = emit.unpool_sites;
+    let pool_sites = emit.pool_sites;
+    let relu_sites = emit.relu_sites;
+    let forward_nodes = g.node.len();
     g.node.extend(emit.nodes);
     g.initializer.extend(emit.initializers);
     g.input.push(int_vector_input(LABELS));
@@ -390,7 +397,9 @@ pub fn build(
         classes,
         fixed_batch: graph.input.fixed_batch,
         approximated,
-        unpool_sites,
+        pool_sites,
+        relu_sites,
+        forward_nodes,
     })
 }
 

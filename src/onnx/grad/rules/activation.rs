@@ -2,6 +2,7 @@
 
 use super::{only_first, Ctx};
 use crate::error::Result;
+use crate::onnx::grad::specialise::ReluSite;
 
 type Grads = Result<Vec<Option<String>>>;
 
@@ -10,7 +11,13 @@ pub fn relu(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
     let g = ctx.grad(grads)?;
     let zero = ctx.emit.scalar_f32(0.0);
     let positive = ctx.emit.binary("Greater", ctx.input(0), &zero);
-    Ok(only_first(ctx.emit.mask(&positive, &g)))
+    let dx = ctx.emit.mask(&positive, &g);
+    ctx.emit.relu_sites.push(ReluSite {
+        output: dx.clone(),
+        input: ctx.input(0).to_string(),
+        grad: g,
+    });
+    Ok(only_first(dx))
 }
 
 /// LeakyRelu: `g` where x > 0, `alpha·g` elsewhere.

@@ -5,7 +5,7 @@ use super::conv::{conv_geometry, transpose_back};
 use super::{fail, only_first, Ctx};
 use crate::error::Result;
 use crate::onnx::grad::emit::{attr_int, attr_string};
-use crate::onnx::grad::specialise::UnpoolSite;
+use crate::onnx::grad::specialise::PoolSite;
 
 type Grads = Result<Vec<Option<String>>>;
 
@@ -33,16 +33,16 @@ pub fn max_pool(ctx: &mut Ctx, grads: &[Option<String>]) -> Grads {
         vec![attr_int("axis", 2), attr_string("reduction", "add")],
     );
     let dx = ctx.emit.reshape_like(&scattered, &x);
-    if let Some(site) = unpool_site(ctx, &dx, &g, &indices)? {
-        ctx.emit.unpool_sites.push(site);
+    if let Some(site) = pool_site(ctx, &dx, &g, &indices)? {
+        ctx.emit.pool_sites.push(site);
     }
     Ok(only_first(dx))
 }
 
-/// Where the MaxPool's windows do not overlap (strides ≥ kernel, no
-/// dilation, floor mode), its backward can run as ONNX Runtime's
-/// `MaxUnpool` (`grad/specialise.rs`).
-fn unpool_site(ctx: &Ctx, dx: &str, g: &str, indices: &str) -> Result<Option<UnpoolSite>> {
+/// A MaxPool's backward, which ONNX Runtime can run as one fused
+/// kernel (2-D), or as `MaxUnpool` where the windows do not overlap (strides ≥
+/// kernel, no dilation, floor mode) (`grad/specialise/`).
+fn pool_site(ctx: &Ctx, dx: &str, g: &str, indices: &str) -> Result<Option<PoolSite>> {
     let kernel: Vec<usize> = match ctx.ints_attr("kernel_shape") {
         Some(k) if !k.is_empty() => k.iter().map(|&v| v as usize).collect(),
         _ => return Ok(None),
@@ -55,7 +55,7 @@ fn unpool_site(ctx: &Ctx, dx: &str, g: &str, indices: &str) -> Result<Option<Unp
         && geo.dilations.iter().all(|&d| d == 1)
         && ctx.int_attr("ceil_mode", 0) == 0;
     let ints = |v: &[usize]| v.iter().map(|&d| d as i64).collect::<Vec<_>>();
-    Ok(disjoint.then(|| UnpoolSite {
+    Ok(Some(PoolSite {
         output: dx.to_string(),
         grad: g.to_string(),
         indices: indices.to_string(),
@@ -63,6 +63,8 @@ fn unpool_site(ctx: &Ctx, dx: &str, g: &str, indices: &str) -> Result<Option<Unp
         kernel: ints(&kernel),
         strides: ints(&geo.strides),
         pads: ints(&[geo.pads_begin.clone(), geo.pads_end.clone()].concat()),
+        dilations: ints(&geo.dilations),
+        disjoint,
     }))
 }
 
