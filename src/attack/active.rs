@@ -200,6 +200,7 @@ mod tests {
             labels: &labels,
             ids: &ids,
             seed: 3,
+            rows_per_call: 3,
         };
         let mut results = Perturbed::unperturbed(&batch);
         let mut active = ActiveSet::unfooled(&batch, &results, 1, 0);

@@ -27,9 +27,9 @@
 //! Suite fields: `norm` (linf | l2), `eps`, `steps` (default 100),
 //! `restarts` (default 1), `loss` (ce | dlr, default ce).
 
-use super::active::ActiveSet;
 use super::registry::{Entry, FieldError};
 use super::rng::{hash_str, SampleRng};
+use super::rows::Rows;
 use super::{Attack, Batch, Fields, Loss, Model, Norm, Oracle, Perturbed, Settings};
 use crate::error::Result;
 use std::sync::Arc;
@@ -154,6 +154,32 @@ struct State {
     loss_best_last: f32,
     /// The target class (targeted objective only).
     target: i64,
+    /// Evaluations so far: the start, then one per step.
+    evaluated: u32,
+    /// Steps since the last checkpoint, and the current spacing.
+    since_check: usize,
+    interval: usize,
+}
+
+impl State {
+    /// A row about to be evaluated at its start.
+    fn new(step: f32, target: i64, interval: usize) -> Self {
+        State {
+            x_old: Vec::new(),
+            x_best: Vec::new(),
+            loss_best: f32::NEG_INFINITY,
+            grad_best: Vec::new(),
+            grad: Vec::new(),
+            losses: Vec::new(),
+            step,
+            halved_last: true,
+            loss_best_last: f32::NEG_INFINITY,
+            target,
+            evaluated: 0,
+            since_check: 0,
+            interval,
+        }
+    }
 }
 
 impl Apgd {
@@ -243,99 +269,109 @@ impl Apgd {
         }
     }
 
-    /// One APGD run (one restart, one target rank) on the samples of
-    /// `batch` not fooled yet in `results`. `rank` is the target's rank
-    /// among the clean logits (2 = the highest wrong class) for the targeted
-    /// objective.
-    fn single_run(
+    /// Every restart (and target rank) of every sample of `batch`, as rows
+    /// ([`Rows`]): stream k is restart k, or for the targeted objective
+    /// restart k mod `restarts` towards the class of rank k / `restarts` + 2
+    /// among the clean logits (2 = the highest-scoring wrong class).
+    fn run_rows(
         &self,
         model: &mut dyn Model,
         batch: &Batch,
+        rows: &mut Rows<State>,
         results: &mut Perturbed,
-        stream: u32,
-        rank: usize,
     ) -> Result<()> {
         let len = batch.image_len();
-        let mut active = ActiveSet::unfooled(batch, results, self.key, stream);
-        if active.is_empty() {
-            return Ok(());
-        }
-        let targets: Option<Vec<i64>> = match self.objective {
-            Objective::Untargeted(_) => None,
-            Objective::Targeted { .. } => Some(ranked_targets(model, &active, results, rank)?),
-        };
-        for j in 0..active.len() {
-            let (x, x0, rng) = active.sample(j);
-            self.start(x, x0, rng);
-        }
-        let labels = active.labels();
-        let eval = model.loss_and_grad(self.loss(), active.x(), &labels, targets.as_deref())?;
-        let fooled = active.record(results, &eval.logits, false);
-        let states: Vec<State> = (0..active.len())
-            .map(|j| {
-                let x = active.x()[j * len..(j + 1) * len].to_vec();
-                let grad = eval.input_grad[j * len..(j + 1) * len].to_vec();
-                State {
-                    x_old: x.clone(),
-                    x_best: x,
-                    loss_best: eval.loss[j],
-                    grad_best: grad.clone(),
-                    grad,
-                    losses: Vec::with_capacity(self.steps as usize),
-                    step: 2.0 * self.eps,
-                    halved_last: true,
-                    loss_best_last: eval.loss[j],
-                    target: targets.as_ref().map_or(-1, |t| t[j]),
-                }
-            })
-            .collect();
-        let mut active = active.with_states(states);
-        active.retain_unfooled(&fooled);
         let schedule = Schedule::new(self.steps);
-        let mut interval = schedule.first;
-        let mut since_check = 0;
-        for i in 0..self.steps as usize {
-            if active.is_empty() {
-                break;
+        // The targeted objective's classes come from the clean logits, taken
+        // once; the ordered run takes them once per stream, and each stream
+        // is charged for it (`Rows::new`'s initial queries).
+        let clean = match self.objective {
+            Objective::Targeted { .. } => Some(model.logits(batch.images, batch.len())?),
+            Objective::Untargeted(_) => None,
+        };
+        loop {
+            rows.admit(|start| {
+                self.start(start.x, start.x0, start.rng);
+                let target = clean.as_ref().map_or(-1, |clean| {
+                    let rank = (start.stream / self.restarts.max(1)) as usize + 2;
+                    ranked(clean.row(start.sample), rank) as i64
+                });
+                State::new(2.0 * self.eps, target, schedule.first)
+            });
+            if rows.is_empty() {
+                return Ok(());
             }
-            let momentum = if i > 0 { MOMENTUM } else { 1.0 };
-            for j in 0..active.len() {
-                let (x, x0, _, state) = active.sample_state(j);
-                self.step(x, x0, state, momentum);
+            for j in 0..rows.len() {
+                let (x, x0, state) = rows.row(j);
+                if state.evaluated > 0 {
+                    let momentum = if state.evaluated > 1 { MOMENTUM } else { 1.0 };
+                    self.step(x, x0, state, momentum);
+                }
             }
-            let labels = active.labels();
-            let targets: Option<Vec<i64>> = targets
+            let labels = rows.labels();
+            let targets: Option<Vec<i64>> = clean
                 .as_ref()
-                .map(|_| active.states().iter().map(|s| s.target).collect());
-            let eval = model.loss_and_grad(self.loss(), active.x(), &labels, targets.as_deref())?;
-            let fooled = active.record(results, &eval.logits, false);
-            since_check += 1;
-            let checkpoint = since_check == interval;
-            for j in 0..active.len() {
-                let (x, _, _, state) = active.sample_state(j);
+                .map(|_| rows.states().iter().map(|s| s.target).collect());
+            let eval = model.loss_and_grad(self.loss(), rows.x(), &labels, targets.as_deref())?;
+            let fooled = rows.misclassified(&eval.logits);
+            rows.record(results, &fooled);
+            let mut done = vec![false; rows.len()];
+            for (j, done) in done.iter_mut().enumerate() {
+                let (x, _, state) = rows.row(j);
                 let loss = eval.loss[j];
-                state
-                    .grad
-                    .copy_from_slice(&eval.input_grad[j * len..(j + 1) * len]);
+                let grad = &eval.input_grad[j * len..(j + 1) * len];
+                state.evaluated += 1;
+                if state.evaluated == 1 {
+                    state.x_old = x.to_vec();
+                    state.x_best = x.to_vec();
+                    state.loss_best = loss;
+                    state.grad_best = grad.to_vec();
+                    state.grad = grad.to_vec();
+                    state.loss_best_last = loss;
+                    state.losses.reserve(self.steps as usize);
+                    continue;
+                }
+                state.grad.copy_from_slice(grad);
                 state.losses.push(loss);
                 if loss > state.loss_best {
                     state.x_best.copy_from_slice(x);
                     state.grad_best.copy_from_slice(&state.grad);
                     state.loss_best = loss;
                 }
-                if checkpoint && halve(state, interval) {
-                    state.step /= 2.0;
-                    x.copy_from_slice(&state.x_best);
-                    state.grad.copy_from_slice(&state.grad_best);
+                state.since_check += 1;
+                if state.since_check == state.interval {
+                    let interval = state.interval;
+                    if halve(state, interval) {
+                        state.step /= 2.0;
+                        x.copy_from_slice(&state.x_best);
+                        state.grad.copy_from_slice(&state.grad_best);
+                    }
+                    state.interval = state
+                        .interval
+                        .saturating_sub(schedule.shrink)
+                        .max(schedule.floor);
+                    state.since_check = 0;
                 }
+                *done = state.evaluated > self.steps;
             }
-            if checkpoint {
-                interval = interval.saturating_sub(schedule.shrink).max(schedule.floor);
-                since_check = 0;
-            }
-            active.retain_unfooled(&fooled);
+            rows.retire(&fooled, &done);
         }
-        Ok(())
+    }
+
+    /// How many times each sample is attacked: restarts, times target
+    /// classes for the targeted objective.
+    fn streams(&self, model: &dyn Model) -> u32 {
+        match self.objective {
+            Objective::Untargeted(_) => self.restarts,
+            // The model's classes, less the true one, bound the targets.
+            Objective::Targeted { classes } => target_count(classes, model) * self.restarts,
+        }
+    }
+
+    /// Queries a row has spent before its start: the targeted objective's
+    /// clean pass.
+    fn clean_pass(&self) -> u32 {
+        u32::from(matches!(self.objective, Objective::Targeted { .. }))
     }
 }
 
@@ -355,20 +391,6 @@ fn halve(state: &mut State, interval: usize) -> bool {
     state.halved_last = halve;
     state.loss_best_last = state.loss_best;
     halve
-}
-
-/// The target class of each active sample: the class of rank `rank` among
-/// the clean image's logits (2 = the highest-scoring wrong class of a
-/// correctly classified sample). The clean pass counts as one query.
-pub(crate) fn ranked_targets<S>(
-    model: &mut dyn Model,
-    active: &ActiveSet<'_, S>,
-    results: &mut Perturbed,
-    rank: usize,
-) -> Result<Vec<i64>> {
-    let clean = model.logits(&active.originals(), active.len())?;
-    active.charge(results, 1);
-    Ok(clean.rows().map(|row| ranked(row, rank) as i64).collect())
 }
 
 /// How many target classes a targeted attack can try: those asked for,
@@ -429,30 +451,18 @@ impl Attack for Apgd {
 
     fn run(&self, model: &mut dyn Model, batch: &Batch) -> Result<Perturbed> {
         let mut results = Perturbed::unperturbed(batch);
-        match self.objective {
-            Objective::Untargeted(_) => {
-                for restart in 0..self.restarts {
-                    self.single_run(model, batch, &mut results, restart, 0)?;
-                }
-            }
-            Objective::Targeted { classes } => {
-                // The model's classes, less the true one, bound the targets.
-                let targets = target_count(classes, model);
-                for t in 0..targets {
-                    for restart in 0..self.restarts {
-                        let stream = t * self.restarts + restart;
-                        self.single_run(model, batch, &mut results, stream, t as usize + 2)?;
-                    }
-                }
-            }
-        }
+        let mut rows = Rows::new(batch, self.key, self.streams(model), self.clean_pass());
+        self.run_rows(model, batch, &mut rows, &mut results)?;
+        rows.finish(&mut results);
         Ok(results)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::linear::{fools_exactly_those_within_eps, median, LinearProblem};
+    use super::super::linear::{
+        fools_exactly_those_within_eps, full_batches_match, median, LinearProblem,
+    };
     use super::*;
 
     #[test]
@@ -518,6 +528,31 @@ mod tests {
         );
     }
 
+    /// Rows of later streams fill the calls as samples leave them, and the
+    /// outcomes (examples, verdicts, queries) stay those of the ordered run.
+    #[test]
+    fn full_batches_report_what_the_ordered_run_reports() {
+        let problem = LinearProblem::new(5, 16);
+        for (norm, distances) in [(Norm::Linf, &problem.d_inf), (Norm::L2, &problem.d_2)] {
+            let eps = 0.8 * median(distances);
+            for objective in [
+                Objective::Targeted { classes: 9 },
+                Objective::Untargeted(Loss::Ce),
+            ] {
+                let apgd = Apgd::new("apgd", norm, eps, 10, 3, objective);
+                let mut model = problem.model.clone();
+                let batch = problem.batch(0);
+                let mut expected = Perturbed::unperturbed(&batch);
+                let mut rows =
+                    Rows::new(&batch, apgd.key, apgd.streams(&model), apgd.clean_pass()).in_order();
+                apgd.run_rows(&mut model, &batch, &mut rows, &mut expected)
+                    .unwrap();
+                rows.finish(&mut expected);
+                full_batches_match(&apgd, &problem, &expected, model.gradient_calls);
+            }
+        }
+    }
+
     #[test]
     fn checkpoints_fall_where_the_reference_puts_them() {
         let schedule = Schedule::new(100);
@@ -541,16 +576,10 @@ mod tests {
     #[test]
     fn the_step_halves_on_oscillation_and_on_a_stall() {
         let mut state = State {
-            x_old: vec![],
-            x_best: vec![],
             loss_best: 1.0,
-            grad_best: vec![],
-            grad: vec![],
             losses: vec![0.5, 0.4, 0.6, 0.3],
-            step: 1.0,
-            halved_last: true,
             loss_best_last: 1.0,
-            target: -1,
+            ..State::new(1.0, -1, 4)
         };
         // Rises in 2 of the last 4 steps (0.5 > 0, 0.6 > 0.4): 2 ≤ 3 → halve.
         assert!(halve(&mut state, 4));

@@ -24,11 +24,11 @@
 //! Suite fields: `norm` (linf | l2), `eps`, `steps` (default 100),
 //! `restarts` (per target, default 1), `targets` (default 9).
 
-use super::active::ActiveSet;
-use super::apgd::{apgd_norm, ranked_targets, target_count};
+use super::apgd::{apgd_norm, ranked, target_count};
 use super::apgd_t::DEFAULT_TARGETS;
 use super::registry::{Entry, FieldError};
 use super::rng::{hash_str, SampleRng};
+use super::rows::Rows;
 use super::{Attack, Batch, Fields, Loss, Model, Norm, Oracle, Perturbed, Settings};
 use crate::error::Result;
 use std::sync::Arc;
@@ -85,10 +85,12 @@ pub struct Fab {
     key: u64,
 }
 
-/// One sample's FAB state.
+/// One row's FAB state.
 #[derive(Debug, Clone)]
 struct State {
     target: i64,
+    /// Steps taken.
+    steps: u32,
 }
 
 /// The smallest `d` in `norm` (ℓ∞ or ℓ2) with w·(t + d) = b and t + d in
@@ -218,54 +220,54 @@ impl Fab {
         }
     }
 
-    fn single_run(
+    /// Every target rank and restart of every sample of `batch`, as rows
+    /// ([`Rows`]): stream k is restart k mod `restarts` towards the class
+    /// of rank k / `restarts` + 2 among the clean logits.
+    fn run_rows(
         &self,
         model: &mut dyn Model,
         batch: &Batch,
+        rows: &mut Rows<State>,
         results: &mut Perturbed,
-        stream: u32,
-        rank: usize,
-        random_start: bool,
     ) -> Result<()> {
         let len = batch.image_len();
-        let active = ActiveSet::unfooled(batch, results, self.key, stream);
-        if active.is_empty() {
-            return Ok(());
-        }
-        let states: Vec<State> = ranked_targets(model, &active, results, rank)?
-            .into_iter()
-            .map(|target| State { target })
-            .collect();
-        let mut active = active.with_states(states);
-        if random_start {
-            for j in 0..active.len() {
-                let (x, x0, rng) = active.sample(j);
-                self.start(x, x0, rng);
+        let restarts = self.restarts.max(1);
+        // The ordered run takes the clean logits once per stream, and each
+        // stream is charged for it (`Rows::new`'s initial queries).
+        let clean = model.logits(batch.images, batch.len())?;
+        loop {
+            rows.admit(|start| {
+                if start.stream % restarts > 0 {
+                    self.start(start.x, start.x0, start.rng);
+                }
+                let rank = (start.stream / restarts) as usize + 2;
+                State {
+                    target: ranked(clean.row(start.sample), rank) as i64,
+                    steps: 0,
+                }
+            });
+            if rows.is_empty() {
+                return Ok(());
             }
-        }
-        for _ in 0..self.steps {
-            if active.is_empty() {
-                break;
-            }
-            let labels = active.labels();
-            let targets: Vec<i64> = active.states().iter().map(|s| s.target).collect();
+            let labels = rows.labels();
+            let targets: Vec<i64> = rows.states().iter().map(|s| s.target).collect();
             let eval =
-                model.loss_and_grad(Loss::TargetMargin, active.x(), &labels, Some(&targets))?;
-            active.charge(results, 1);
-            for j in 0..active.len() {
-                let (x, x0, _) = active.sample(j);
+                model.loss_and_grad(Loss::TargetMargin, rows.x(), &labels, Some(&targets))?;
+            rows.charge(1);
+            for j in 0..rows.len() {
+                let (x, x0, state) = rows.row(j);
                 self.step(
                     x,
                     x0,
                     eval.loss[j],
                     &eval.input_grad[j * len..(j + 1) * len],
                 );
+                state.steps += 1;
             }
-            let logits = model.logits(active.x(), active.len())?;
-            let predictions = logits.argmax();
-            let mut within = vec![false; active.len()];
+            let predictions = model.logits(rows.x(), rows.len())?.argmax();
+            let mut within = vec![false; rows.len()];
             for (j, (&p, &y)) in predictions.iter().zip(&labels).enumerate() {
-                let (x, x0, _) = active.sample(j);
+                let (x, x0, _) = rows.row(j);
                 if p as i64 != y {
                     let delta: Vec<f32> = x.iter().zip(x0).map(|(a, b)| a - b).collect();
                     within[j] = norm_of(&delta, self.norm) <= f64::from(self.eps);
@@ -277,10 +279,14 @@ impl Fab {
                     }
                 }
             }
-            active.record_verdicts(results, &within);
-            active.retain_unfooled(&within);
+            rows.record(results, &within);
+            let done: Vec<bool> = rows
+                .states()
+                .iter()
+                .map(|s| s.steps >= self.steps)
+                .collect();
+            rows.retire(&within, &done);
         }
-        Ok(())
     }
 }
 
@@ -308,28 +314,45 @@ impl Attack for Fab {
 
     fn run(&self, model: &mut dyn Model, batch: &Batch) -> Result<Perturbed> {
         let mut results = Perturbed::unperturbed(batch);
-        let targets = target_count(self.targets, model);
-        for t in 0..targets {
-            for restart in 0..self.restarts {
-                let stream = t * self.restarts + restart;
-                self.single_run(
-                    model,
-                    batch,
-                    &mut results,
-                    stream,
-                    t as usize + 2,
-                    restart > 0,
-                )?;
-            }
-        }
+        let streams = target_count(self.targets, model) * self.restarts;
+        // Each stream's clean pass counts as a query, as in the ordered run.
+        let mut rows = Rows::new(batch, self.key, streams, 1);
+        self.run_rows(model, batch, &mut rows, &mut results)?;
+        rows.finish(&mut results);
         Ok(results)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::linear::{median, LinearProblem};
+    use super::super::linear::{full_batches_match, median, LinearProblem};
     use super::*;
+
+    /// Rows of later streams fill the calls as samples leave them, and the
+    /// outcomes (examples, verdicts, queries) stay those of the ordered run.
+    #[test]
+    fn full_batches_report_what_the_ordered_run_reports() {
+        let problem = LinearProblem::new(5, 16);
+        for (norm, distances) in [(Norm::Linf, &problem.d_inf), (Norm::L2, &problem.d_2)] {
+            let fab = Fab {
+                norm,
+                eps: 0.8 * median(distances),
+                steps: 10,
+                restarts: 2,
+                targets: DEFAULT_TARGETS,
+                key: 7,
+            };
+            let streams = target_count(DEFAULT_TARGETS, &problem.model) * 2;
+            let mut model = problem.model.clone();
+            let batch = problem.batch(0);
+            let mut expected = Perturbed::unperturbed(&batch);
+            let mut rows = Rows::new(&batch, fab.key, streams, 1).in_order();
+            fab.run_rows(&mut model, &batch, &mut rows, &mut expected)
+                .unwrap();
+            rows.finish(&mut expected);
+            full_batches_match(&fab, &problem, &expected, model.gradient_calls);
+        }
+    }
 
     #[test]
     fn projections_land_on_the_hyperplane_at_the_least_distance() {

@@ -220,6 +220,7 @@ impl LinearProblem {
             labels: &self.labels,
             ids: &self.ids,
             seed,
+            rows_per_call: self.labels.len(),
         }
     }
 }
@@ -256,4 +257,37 @@ pub fn fools_exactly_those_within_eps(
     }
     assert!(decided > 48, "too few samples away from eps: {decided}");
     assert!(out.fooled.iter().any(|&f| f) && !out.fooled.iter().all(|&f| f));
+}
+
+/// Runs `attack` on `problem` at 1, 7, 64 and 1000 rows per call and
+/// checks each outcome against `ordered` (the ordered run's, which made
+/// `ordered_calls` gradient calls, fooling some samples but not all); 64
+/// rows per call must take fewer calls.
+pub fn full_batches_match(
+    attack: &dyn super::Attack,
+    problem: &LinearProblem,
+    ordered: &super::Perturbed,
+    ordered_calls: usize,
+) {
+    let fooled = ordered.fooled.iter().filter(|&&f| f).count();
+    assert!(
+        fooled > 0 && fooled < problem.labels.len(),
+        "{attack:?}: {fooled} fooled"
+    );
+    for capacity in [1, 7, 64, 1000] {
+        let mut model = problem.model.clone();
+        let batch = super::Batch {
+            rows_per_call: capacity,
+            ..problem.batch(0)
+        };
+        let got = attack.run(&mut model, &batch).unwrap();
+        assert_eq!(&got, ordered, "{attack:?}, {capacity} rows per call");
+        if capacity == 64 {
+            assert!(
+                model.gradient_calls < ordered_calls,
+                "{attack:?}: {} calls, {ordered_calls} in order",
+                model.gradient_calls
+            );
+        }
+    }
 }

@@ -23,6 +23,7 @@ pub mod pgd;
 pub mod project;
 pub mod registry;
 pub mod rng;
+pub mod rows;
 pub mod square;
 pub mod suite;
 
@@ -112,6 +113,10 @@ pub struct Batch<'a> {
     pub ids: &'a [u64],
     /// The audit's `--seed`.
     pub seed: u64,
+    /// The most images an attack puts in one model call (`--batch-size`):
+    /// attacks that run several times per sample fill their calls up to it
+    /// ([`rows::Rows`]).
+    pub rows_per_call: usize,
 }
 
 impl<'a> Batch<'a> {
@@ -291,6 +296,7 @@ mod tests {
             labels: &[0],
             ids: &[0],
             seed: 0,
+            rows_per_call: 1,
         };
         let err = Cheat
             .run(&mut Guarded::new(&mut model, &Cheat), &batch)
@@ -333,6 +339,7 @@ mod tests {
                 labels: &[0, 0],
                 ids: &[0, 1],
                 seed: 0,
+                rows_per_call: 2,
             };
             attack
                 .run(&mut Guarded::new(&mut model, attack.as_ref()), &batch)

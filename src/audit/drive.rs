@@ -100,6 +100,7 @@ pub fn drive(
                 labels: &labels,
                 ids: &ids,
                 seed: step.seed,
+                rows_per_call: step.batch_size.max(1),
             };
             let out = perturb(victim, chunk, &batch)?;
             if out.adversarial.len() != images.len()

@@ -524,6 +524,7 @@ impl Audit<'_> {
                 labels: &labels,
                 ids: &ids,
                 seed: self.plan.seed(),
+                rows_per_call: labels.len().max(1),
             };
             if let Some(flag) = checks::unbounded_attack_fails(victim, &batch)? {
                 self.flag(victim, flag);

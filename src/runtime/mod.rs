@@ -78,6 +78,11 @@ impl Logits {
         self.values.chunks_exact(self.classes)
     }
 
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.classes..(i + 1) * self.classes]
+    }
+
     /// Index of the largest logit of each row (first one on ties, like argmax in PyTorch).
     pub fn argmax(&self) -> Vec<usize> {
         self.rows()

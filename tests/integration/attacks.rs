@@ -72,8 +72,9 @@ fn run(
     let batch = Batch {
         images: &data.pixels_of(range.clone()).unwrap(),
         labels: &data.labels[range.clone()],
-        ids: &data.ids[range],
+        ids: &data.ids[range.clone()],
         seed,
+        rows_per_call: range.len(),
     };
     attack
         .run(&mut Guarded::new(model, attack), &batch)
