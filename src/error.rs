@@ -82,6 +82,32 @@ impl Error {
             message: message.into(),
         }
     }
+
+    /// A model error raised where the model's file is not at hand (a
+    /// gradient rule, the opset upgrade); [`with_path`](Self::with_path)
+    /// places it.
+    pub(crate) fn unplaced(message: impl Into<String>) -> Self {
+        Error::model(PathBuf::new(), message)
+    }
+
+    /// Places a model error in the model at `path`, with `context` (what
+    /// was being done) before its message; other errors pass through.
+    pub(crate) fn with_path(self, path: &std::path::Path, context: Option<&str>) -> Self {
+        match self {
+            Error::Model { path: at, message } => Error::Model {
+                path: if at.as_os_str().is_empty() {
+                    path.to_path_buf()
+                } else {
+                    at
+                },
+                message: match context {
+                    Some(context) => format!("{context}: {message}"),
+                    None => message,
+                },
+            },
+            other => other,
+        }
+    }
 }
 
 /// Result alias used throughout the library.

@@ -1,7 +1,7 @@
 //! Attack invariants (DESIGN §3) on both backends, for every registered
 //! attack, and attack strength.
 
-use crate::util::{cpu, fashion_mnist_dir, fixture, repo_path, standard_fields};
+use crate::util::{cpu, fashion_mnist_dir, fixture, repo_path, standard_fields, test_backend};
 use std::sync::Arc;
 use upat::attack::project::norm_of;
 use upat::attack::{registry, Attack, Batch, Fields, Guarded, Loss, Model, Norm, ATTACKS};
@@ -113,13 +113,6 @@ fn registered_attacks() -> Vec<Arc<dyn Attack>> {
         );
     }
     attacks
-}
-
-/// One test body, one `#[test]` per backend.
-macro_rules! test_backend {
-    ($body:ident: $($name:ident => $backend:expr),+) => {
-        $(#[test] fn $name() { $body($backend) })+
-    };
 }
 
 test_backend!(every_registered_attack_keeps_the_invariants:

@@ -1,6 +1,6 @@
 //! Both backends against PyTorch's golden logits and predictions, and against each other.
 
-use crate::util::{cpu, fashion_mnist_dir, fixture, pixels, repo_path, BACKENDS};
+use crate::util::{cpu, fashion_mnist_dir, fixture, pixels, repo_path, test_backend, BACKENDS};
 use upat::data::{load_npz, read_npz_f32, DataSpec, Split};
 use upat::onnx::{ClassifierGraph, Normalization, OnnxModel};
 use upat::runtime::{self, BackendChoice, Classifier};
@@ -24,26 +24,27 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-#[test]
-fn every_backend_reproduces_pytorch_golden_logits() {
+test_backend!(every_backend_reproduces_pytorch_golden_logits:
+    every_backend_reproduces_pytorch_golden_logits_on_ort => BackendChoice::Ort,
+    every_backend_reproduces_pytorch_golden_logits_on_tract => BackendChoice::Tract);
+
+fn every_backend_reproduces_pytorch_golden_logits(backend: BackendChoice) {
     let golden = fixture("tiny_cnn_golden.npz");
     let (_, x) = read_npz_f32(&golden, "x").unwrap();
     let (shape, expected) = read_npz_f32(&golden, "logits").unwrap();
     let n = shape[0];
-    for backend in BACKENDS {
-        for (model, output) in [
-            ("tiny_cnn.onnx", None),
-            ("tiny_cnn_batch1.onnx", None),
-            ("tiny_cnn_two_outputs.onnx", Some("logits")),
-        ] {
-            let logits = open(model, backend, output, None).logits(&x, n).unwrap();
-            assert_eq!(logits.classes, 5);
-            let diff = max_abs_diff(&logits.values, &expected);
-            assert!(
-                diff <= 1e-5,
-                "{model} on {backend:?}: max |Δlogit| = {diff}"
-            );
-        }
+    for (model, output) in [
+        ("tiny_cnn.onnx", None),
+        ("tiny_cnn_batch1.onnx", None),
+        ("tiny_cnn_two_outputs.onnx", Some("logits")),
+    ] {
+        let logits = open(model, backend, output, None).logits(&x, n).unwrap();
+        assert_eq!(logits.classes, 5);
+        let diff = max_abs_diff(&logits.values, &expected);
+        assert!(
+            diff <= 1e-5,
+            "{model} on {backend:?}: max |Δlogit| = {diff}"
+        );
     }
 }
 
@@ -112,26 +113,27 @@ fn models_with_several_outputs_need_a_choice() {
     assert!(err.contains("no output named `probs`"), "{err}");
 }
 
-#[test]
-fn golden_npz_audits_as_labelled() {
+test_backend!(golden_npz_audits_as_labelled:
+    golden_npz_audits_as_labelled_on_ort => BackendChoice::Ort,
+    golden_npz_audits_as_labelled_on_tract => BackendChoice::Tract);
+
+fn golden_npz_audits_as_labelled(backend: BackendChoice) {
     // The generator flipped labels 0 and 3, so 4 of 6 are right on both backends.
     let data = load_npz(&fixture("tiny_cnn_golden.npz")).unwrap();
-    for backend in BACKENDS {
-        let logits = open("tiny_cnn.onnx", backend, None, None)
-            .logits(&data.pixels_of(0..data.len()).unwrap(), data.len())
-            .unwrap();
-        let correct: Vec<bool> = logits
-            .argmax()
-            .iter()
-            .zip(&data.labels)
-            .map(|(p, y)| *p as i64 == *y)
-            .collect();
-        assert_eq!(
-            correct,
-            [false, true, true, false, true, true],
-            "{backend:?}"
-        );
-    }
+    let logits = open("tiny_cnn.onnx", backend, None, None)
+        .logits(&data.pixels_of(0..data.len()).unwrap(), data.len())
+        .unwrap();
+    let correct: Vec<bool> = logits
+        .argmax()
+        .iter()
+        .zip(&data.labels)
+        .map(|(p, y)| *p as i64 == *y)
+        .collect();
+    assert_eq!(
+        correct,
+        [false, true, true, false, true, true],
+        "{backend:?}"
+    );
 }
 
 #[test]
@@ -199,29 +201,30 @@ fn reproduces_expected_predictions(model: &str, expected: &str) {
     }
 }
 
-#[test]
-fn thread_counts_do_not_change_logits() {
+test_backend!(thread_counts_do_not_change_logits:
+    thread_counts_do_not_change_logits_on_ort => BackendChoice::Ort,
+    thread_counts_do_not_change_logits_on_tract => BackendChoice::Tract);
+
+fn thread_counts_do_not_change_logits(backend: BackendChoice) {
     let model = OnnxModel::load(&repo_path("models/fmnist-cnn.onnx")).unwrap();
     let graph = ClassifierGraph::prepare(&model, None, None, None).unwrap();
     let n = 96;
     let x = pixels(n * 28 * 28, 7);
-    for backend in BACKENDS {
-        let logits = |threads: Option<usize>| {
-            let mut options = cpu(backend);
-            options.threads = threads.and_then(std::num::NonZeroUsize::new);
-            runtime::open(&graph, [1, 28, 28], options)
-                .unwrap()
-                .logits(&x, n)
-                .unwrap()
-                .values
-        };
-        let default = logits(None);
-        for threads in [1, 3] {
-            let diff = max_abs_diff(&logits(Some(threads)), &default);
-            assert!(
-                diff <= 1e-5,
-                "{backend:?} with {threads} threads: max |Δlogit| = {diff}"
-            );
-        }
+    let logits = |threads: Option<usize>| {
+        let mut options = cpu(backend);
+        options.threads = threads.and_then(std::num::NonZeroUsize::new);
+        runtime::open(&graph, [1, 28, 28], options)
+            .unwrap()
+            .logits(&x, n)
+            .unwrap()
+            .values
+    };
+    let default = logits(None);
+    for threads in [1, 3] {
+        let diff = max_abs_diff(&logits(Some(threads)), &default);
+        assert!(
+            diff <= 1e-5,
+            "{backend:?} with {threads} threads: max |Δlogit| = {diff}"
+        );
     }
 }

@@ -198,3 +198,12 @@ pub fn pixels(n: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// One test body, one named `#[test]` per backend (as candle's
+/// `test_device!`): `test_backend!(body: body_on_ort => BackendChoice::Ort, …)`.
+macro_rules! test_backend {
+    ($body:ident: $($name:ident => $backend:expr),+) => {
+        $(#[test] fn $name() { $body($backend) })+
+    };
+}
+pub(crate) use test_backend;

@@ -192,13 +192,7 @@ pub fn build(
     let mut rewritten = opset < RULES_OPSET;
     if opset < RULES_OPSET {
         let g = proto.graph.as_mut().expect("ClassifierGraph has a graph");
-        upgrade::to_opset_13(g, opset, &shapes).map_err(|e| match e {
-            Error::Model { message, .. } => Error::Model {
-                path: graph.path.clone(),
-                message,
-            },
-            other => other,
-        })?;
+        upgrade::to_opset_13(g, opset, &shapes).map_err(|e| e.with_path(&graph.path, None))?;
         set_opset(&mut proto, RULES_OPSET);
         shapes = Shapes::infer(&proto, image_shape, graph.input.fixed_batch)?;
     }
@@ -352,15 +346,9 @@ pub fn build(
             node: &node,
             wanted: &wanted,
         };
-        let input_grads = (rule.backward)(&mut ctx, &output_grads).map_err(|e| match e {
-            Error::Model { message, .. } => Error::Model {
-                path: graph.path.clone(),
-                message: format!(
-                    "gradient of {} (node `{}`): {message}",
-                    node.op_type, node.name
-                ),
-            },
-            other => other,
+        let input_grads = (rule.backward)(&mut ctx, &output_grads).map_err(|e| {
+            let context = format!("gradient of {} (node `{}`)", node.op_type, node.name);
+            e.with_path(&graph.path, Some(&context))
         })?;
         for (p, grad) in input_grads.into_iter().enumerate() {
             if let (Some(grad), true) = (grad, wanted.get(p).copied().unwrap_or(false)) {

@@ -198,11 +198,8 @@ fn plain(
 }
 
 fn unknown_rank(node: &pb::NodeProto) -> Error {
-    Error::Model {
-        path: Default::default(),
-        message: format!(
-            "the rank of `{}`, input of {} `{}`, could not be inferred",
-            node.input[0], node.op_type, node.name
-        ),
-    }
+    Error::unplaced(format!(
+        "the rank of `{}`, input of {} `{}`, could not be inferred",
+        node.input[0], node.op_type, node.name
+    ))
 }

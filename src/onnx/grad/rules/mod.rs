@@ -257,12 +257,10 @@ pub struct Ctx<'a> {
     pub wanted: &'a [bool],
 }
 
-/// A rule's complaint, turned into a model error naming the node by the caller.
+/// A rule's complaint; the caller places it in the model and names the node
+/// ([`Error::with_path`]).
 pub fn fail<T>(message: impl Into<String>) -> Result<T> {
-    Err(Error::Model {
-        path: Default::default(),
-        message: message.into(),
-    })
+    Err(Error::unplaced(message))
 }
 
 impl<'a> Ctx<'a> {
