@@ -107,27 +107,6 @@ impl<'b, S> ActiveSet<'b, S> {
         )
     }
 
-    /// The states of the active samples.
-    pub fn states(&self) -> &[S] {
-        &self.states
-    }
-
-    /// The original images of the active samples, NCHW.
-    pub fn originals(&self) -> Vec<f32> {
-        self.rows
-            .iter()
-            .flat_map(|&i| self.batch.image(i).iter().copied())
-            .collect()
-    }
-
-    /// Counts `n` more queries for every active sample (evaluations that do
-    /// not go through [`record`](Self::record)).
-    pub fn charge(&self, results: &mut Perturbed, n: u32) {
-        for &i in &self.rows {
-            results.queries[i] += n;
-        }
-    }
-
     /// Records one evaluation of the current iterates (`logits`, one row per
     /// active sample): counts a query for each, marks the misclassified (or
     /// non-finite) ones fooled and keeps their iterate in `results`. With
@@ -135,23 +114,9 @@ impl<'b, S> ActiveSet<'b, S> {
     /// the example reported for a sample never fooled). Returns, per active
     /// sample, whether this evaluation fooled it.
     pub fn record(&self, results: &mut Perturbed, logits: &Logits, keep_all: bool) -> Vec<bool> {
-        let fooled: Vec<bool> = logits
-            .rows()
-            .zip(logits.argmax())
-            .zip(&self.rows)
-            .map(|((row, prediction), &i)| {
-                prediction as i64 != self.batch.labels[i] || row.iter().any(|v| !v.is_finite())
-            })
-            .collect();
+        let fooled = misclassified(logits, self.rows.iter().map(|&i| self.batch.labels[i]));
         self.keep(results, &fooled, keep_all);
         fooled
-    }
-
-    /// Records one evaluation whose verdicts the attack judged itself
-    /// (`fooled`, one per active sample): counts a query for each, marks
-    /// the fooled ones and keeps their iterate.
-    pub fn record_verdicts(&self, results: &mut Perturbed, fooled: &[bool]) {
-        self.keep(results, fooled, false);
     }
 
     fn keep(&self, results: &mut Perturbed, fooled: &[bool], keep_all: bool) {
@@ -184,6 +149,19 @@ impl<'b, S> ActiveSet<'b, S> {
         self.states.truncate(kept);
         self.x.truncate(kept * len);
     }
+}
+
+/// Per row of `logits`, whether it misses its label (one per row) or is
+/// not finite: AutoAttack's rule for a fooled sample.
+pub(crate) fn misclassified(logits: &Logits, labels: impl Iterator<Item = i64>) -> Vec<bool> {
+    logits
+        .rows()
+        .zip(logits.argmax())
+        .zip(labels)
+        .map(|((row, prediction), label)| {
+            prediction as i64 != label || row.iter().any(|v| !v.is_finite())
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -177,14 +177,7 @@ impl<'b, S> Rows<'b, S> {
     /// Which rows `logits` (one evaluation of their iterates, one row
     /// each) finds misclassified or non-finite.
     pub fn misclassified(&self, logits: &Logits) -> Vec<bool> {
-        logits
-            .rows()
-            .zip(logits.argmax())
-            .zip(&self.sample)
-            .map(|((row, prediction), &s)| {
-                prediction as i64 != self.batch.labels[s] || row.iter().any(|v| !v.is_finite())
-            })
-            .collect()
+        super::active::misclassified(logits, self.sample.iter().map(|&s| self.batch.labels[s]))
     }
 
     /// Records one evaluation of every row's iterate: a query each, and
