@@ -111,24 +111,35 @@ fn fresh_name(g: &pb::GraphProto, hint: &str) -> String {
     name
 }
 
+/// Whether a node of `g` has a subgraph (If, Loop, Scan), whose reads of
+/// outer names are not listed as the node's inputs.
+fn has_subgraphs(g: &pb::GraphProto) -> bool {
+    g.node.iter().any(|n| {
+        n.attribute
+            .iter()
+            .any(|a| a.g.is_some() || !a.graphs.is_empty())
+    })
+}
+
 /// Removes the nodes none of whose outputs is read (by a node, a subgraph
 /// or the graph's outputs), repeatedly: the portable nodes a rewrite left
 /// behind. Nodes with subgraphs are kept whatever they output.
 fn prune_unused(g: &mut pb::GraphProto) {
+    if has_subgraphs(g) {
+        // Names read inside subgraphs are not listed as inputs: keep all.
+        return;
+    }
     loop {
-        let mut read: HashSet<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
-        let mut has_subgraphs = false;
-        for node in &g.node {
-            read.extend(node.input.iter().map(String::as_str));
-            has_subgraphs |= node
-                .attribute
-                .iter()
-                .any(|a| a.g.is_some() || !a.graphs.is_empty());
-        }
-        if has_subgraphs {
-            // Names read inside subgraphs are not listed as inputs: keep all.
-            return;
-        }
+        let read: HashSet<&str> = g
+            .output
+            .iter()
+            .map(|o| o.name.as_str())
+            .chain(
+                g.node
+                    .iter()
+                    .flat_map(|n| n.input.iter().map(String::as_str)),
+            )
+            .collect();
         let unused: HashSet<usize> = g
             .node
             .iter()

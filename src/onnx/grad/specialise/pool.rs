@@ -2,7 +2,7 @@
 //! by upat's ONNX Runtime sessions on the CPU), or `MaxUnpool` where the
 //! windows do not overlap.
 
-use super::{Kernels, UPAT_DOMAIN};
+use super::{has_subgraphs, Kernels, UPAT_DOMAIN};
 use crate::onnx::grad::emit::attr_ints;
 use crate::onnx::pb;
 use std::collections::HashSet;
@@ -101,20 +101,16 @@ fn unpool(site: &PoolSite) -> Vec<pb::NodeProto> {
 /// any more: ONNX Runtime computes a MaxPool without indices on a fast
 /// vectorised path, with them on a scalar one.
 pub(super) fn drop_unread_indices(g: &mut pb::GraphProto, forward_nodes: usize) {
+    if has_subgraphs(g) {
+        // Subgraphs read outer names without listing them.
+        return;
+    }
     let read: HashSet<String> = g
         .node
         .iter()
         .flat_map(|n| n.input.iter().cloned())
         .chain(g.output.iter().map(|o| o.name.clone()))
         .collect();
-    if g.node.iter().any(|n| {
-        n.attribute
-            .iter()
-            .any(|a| a.g.is_some() || !a.graphs.is_empty())
-    }) {
-        // Subgraphs read outer names without listing them.
-        return;
-    }
     for node in &mut g.node[..forward_nodes] {
         if node.op_type == "MaxPool" && node.output.len() == 2 && !read.contains(&node.output[1]) {
             node.output.truncate(1);
