@@ -131,8 +131,8 @@ struct AuditArgs {
     backend: BackendChoice,
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
-    /// The backend's intra-op threads (default: ONNX Runtime one per core,
-    /// tract one); --threads 1 lets N shards share N cores.
+    /// The backend's threads (default: one per core); --threads 1 lets N
+    /// shards share N cores.
     #[arg(long, value_name = "N", value_parser = upat::cli::threads)]
     threads: Option<std::num::NonZeroUsize>,
     /// The image input's axis order: auto (NHWC when the last axis has 1, 3

@@ -207,7 +207,8 @@ pub struct RuntimeOptions {
     pub backend: BackendChoice,
     pub device: Device,
     /// Intra-op threads (`--threads`); `None` keeps the backend's default:
-    /// one per core on ONNX Runtime, one on tract. Results do not
+    /// one per core (tract: one unless the batch can be cut into parts,
+    /// [`tract::Threads`]). Results do not
     /// depend on it, so audits with different counts are combinable.
     pub threads: Option<std::num::NonZeroUsize>,
 }
@@ -217,6 +218,24 @@ pub fn open_session(
     proto: &crate::onnx::pb::ModelProto,
     options: RuntimeOptions,
 ) -> Result<Box<dyn Session>> {
+    open_any_session(proto, options, Rows::Mixed)
+}
+
+/// Whether a graph's batch rows are independent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// Every input and output leads with a free batch axis and rows do not
+    /// interact: a classifier or its gradient graph with no fixed batch.
+    Independent,
+    /// Anything else.
+    Mixed,
+}
+
+fn open_any_session(
+    proto: &crate::onnx::pb::ModelProto,
+    options: RuntimeOptions,
+    rows: Rows,
+) -> Result<Box<dyn Session>> {
     match resolve_backend(options)? {
         Backend::Tract => {
             if options.device == Device::Cuda {
@@ -224,7 +243,19 @@ pub fn open_session(
                     "--device cuda needs the ort backend (tract runs on the CPU only); use --backend ort".into(),
                 ));
             }
-            Ok(Box::new(tract::TractSession::new(proto, options.threads)?))
+            // Every core by default, as on ONNX Runtime, where batches can
+            // be cut into parts; tract's matrix-product pool otherwise.
+            let threads = match (rows, options.threads) {
+                (Rows::Independent, threads) => {
+                    tract::Threads::Rows(threads.unwrap_or_else(|| {
+                        std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN)
+                    }))
+                }
+                (Rows::Mixed, threads) => {
+                    tract::Threads::MatMul(threads.unwrap_or(std::num::NonZeroUsize::MIN))
+                }
+            };
+            Ok(Box::new(tract::TractSession::new(proto, threads)?))
         }
         #[cfg(feature = "ort")]
         Backend::Ort => Ok(Box::new(ort::OrtSession::new(
@@ -234,6 +265,15 @@ pub fn open_session(
         )?)),
         #[cfg(not(feature = "ort"))]
         Backend::Ort => unreachable!("resolve_backend only returns ort when the feature is on"),
+    }
+}
+
+/// How the rows of a classifier's graph (or its gradient graph) relate: a
+/// model that fixes its batch size is run whole.
+fn rows(fixed_batch: Option<usize>) -> Rows {
+    match fixed_batch {
+        None => Rows::Independent,
+        Some(_) => Rows::Mixed,
     }
 }
 
@@ -280,7 +320,7 @@ pub fn open(
     image_shape: [usize; 3],
     options: RuntimeOptions,
 ) -> Result<Box<dyn Classifier>> {
-    let session = open_session(&graph.proto, options)?;
+    let session = open_any_session(&graph.proto, options, rows(graph.input.fixed_batch))?;
     Ok(Box::new(ClassifierModel {
         session,
         image_shape,
@@ -323,7 +363,7 @@ impl GradientModel {
                 };
                 open_session(&for_onnx_runtime(graph, kernels), options)?
             }
-            Backend::Tract => open_session(&graph.proto, options)?,
+            Backend::Tract => open_any_session(&graph.proto, options, rows(graph.fixed_batch))?,
         };
         Ok(GradientModel {
             session,

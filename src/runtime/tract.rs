@@ -1,5 +1,13 @@
 //! The pure-Rust backend: tract, with inputs fixed to concrete shapes so that
 //! it can optimise the graph (one plan per set of input shapes seen).
+//!
+//! tract runs a graph's ops on one thread; its pool only splits matrix
+//! products, which on image classifiers was slower with two threads than
+//! with one (APGD-T on 64 images of the Fashion-MNIST CNN: 24.6 s against
+//! 17.2 s). Where every input and output leads with the batch axis and rows
+//! do not interact (a classifier, its gradient graph), a batch is instead cut
+//! into one part per thread, the parts run side by side through one shared
+//! plan, and their outputs are stacked again: [`Threads::Rows`].
 
 use super::{Device, Feed, Fetched, Session};
 use crate::error::{Error, Result};
@@ -16,8 +24,24 @@ pub struct TractSession {
     plans: HashMap<Vec<Vec<usize>>, Arc<TypedRunnableModel>>,
     /// What the user should know about how the model runs.
     notes: Vec<String>,
-    /// tract's matrix products run on this pool (single-threaded by default).
+    /// tract's matrix products run on this pool (single-threaded unless
+    /// [`Threads::MatMul`] asked for more).
     executor: Executor,
+    /// Parts a batch is cut into, each run on a thread of its own (1: the
+    /// whole batch on the calling thread).
+    row_workers: usize,
+}
+
+/// How a [`TractSession`] uses threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// Cut each batch into this many parts run side by side. Only for graphs
+    /// whose inputs and outputs all lead with the batch axis and whose rows
+    /// do not interact; a part's values are those the whole batch gives.
+    Rows(std::num::NonZeroUsize),
+    /// The whole batch at once, matrix products split over this many
+    /// threads: for any graph.
+    MatMul(std::num::NonZeroUsize),
 }
 
 fn tract_error(context: &str, e: impl std::fmt::Display) -> Error {
@@ -30,19 +54,17 @@ fn tract_error(context: &str, e: impl std::fmt::Display) -> Error {
 impl TractSession {
     /// Parses the graph now, so that a model tract cannot read fails early;
     /// plans are optimised on first use of each input shape.
-    pub fn new(proto: &pb::ModelProto, threads: Option<std::num::NonZeroUsize>) -> Result<Self> {
+    pub fn new(proto: &pb::ModelProto, threads: Threads) -> Result<Self> {
         crate::contain::contained("tract", "cannot load the model", || {
             onnx()
                 .model_for_proto_model(proto)
                 .map(|_| ())
                 .map_err(|e| tract_error("cannot load the model (an op or attribute tract does not support?); try --backend ort", e))
         })?;
-        // One thread unless told otherwise: tract's pool only splits matrix
-        // products, and on the Fashion-MNIST CNNs two threads were slower
-        // than one (APGD-T on 64 images: 24.6 s against 17.2 s).
-        let executor = match threads.map_or(1, |n| n.get()) {
-            1 => Executor::SingleThread,
-            n => Executor::multithread_with_name(n, "upat-tract"),
+        let (executor, row_workers) = match threads {
+            Threads::Rows(n) => (Executor::SingleThread, n.get()),
+            Threads::MatMul(n) if n.get() == 1 => (Executor::SingleThread, 1),
+            Threads::MatMul(n) => (Executor::multithread_with_name(n.get(), "upat-tract"), 1),
         };
         let mut proto = proto.clone();
         spell_out_celu(&mut proto);
@@ -51,6 +73,7 @@ impl TractSession {
             plans: HashMap::new(),
             notes: Vec::new(),
             executor,
+            row_workers,
         })
     }
 
@@ -59,12 +82,12 @@ impl TractSession {
     /// against 17.2 s for APGD-T on 64 images of the adversarially trained
     /// CNN, whose batches shrink as samples are fooled; the optimiser's
     /// concrete-shape kernels more than pay for the re-optimisation.)
-    fn plan(&mut self, feeds: &[Feed]) -> Result<Arc<TypedRunnableModel>> {
-        let key: Vec<Vec<usize>> = feeds.iter().map(|f| f.shape().to_vec()).collect();
+    fn plan(&mut self, inputs: &[Tensor]) -> Result<Arc<TypedRunnableModel>> {
+        let key: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
         if let Some(plan) = self.plans.get(&key) {
             return Ok(plan.clone());
         }
-        let plan = self.optimised(feeds)?;
+        let plan = self.optimised(inputs)?;
         self.plans.insert(key, plan.clone());
         Ok(plan)
     }
@@ -72,16 +95,13 @@ impl TractSession {
     /// Optimises the graph for the shapes of `feeds`. Where tract's
     /// optimiser fails on a graph it can otherwise run, the unoptimised
     /// model runs — the same values, more slowly — and a note says so.
-    fn optimised(&mut self, feeds: &[Feed]) -> Result<Arc<TypedRunnableModel>> {
-        let shapes: Vec<Vec<usize>> = feeds.iter().map(|f| f.shape().to_vec()).collect();
+    fn optimised(&mut self, inputs: &[Tensor]) -> Result<Arc<TypedRunnableModel>> {
+        let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
         let mut model = onnx()
             .model_for_proto_model(&self.proto)
             .map_err(|e| tract_error("cannot load the model", e))?;
-        for (i, (feed, shape)) in feeds.iter().zip(&shapes).enumerate() {
-            let fact = match feed {
-                Feed::F32(..) => f32::fact(shape),
-                Feed::I64(..) => i64::fact(shape),
-            };
+        for (i, (input, shape)) in inputs.iter().zip(&shapes).enumerate() {
+            let fact = TypedFact::dt_shape(input.datum_type(), shape.as_slice());
             model = model
                 .with_input_fact(i, fact.into())
                 .map_err(|e| tract_error("bad input", e))?;
@@ -199,32 +219,134 @@ impl Session for TractSession {
 
 impl TractSession {
     fn run_uncontained(&mut self, feeds: &[Feed]) -> Result<Vec<Fetched>> {
-        let plan = self.plan(feeds)?;
-        let inputs = feeds
-            .iter()
-            .map(|feed| match feed {
-                Feed::F32(data, shape) => Tensor::from_shape(shape, data),
-                Feed::I64(data, shape) => Tensor::from_shape(shape, data),
+        let rows = feeds.first().and_then(|f| f.shape().first().copied());
+        let parts = match rows {
+            Some(n) if self.row_workers > 1 && n > 1 => {
+                if feeds.iter().any(|f| f.shape().first() != Some(&n)) {
+                    return Err(Error::Internal(
+                        "tract: a batch cut into parts needs every input to lead with the batch axis".into(),
+                    ));
+                }
+                self.row_workers.min(n)
+            }
+            _ => 1,
+        };
+        if parts == 1 {
+            let inputs = feeds
+                .iter()
+                .map(|feed| tensor(feed, 0, feed.shape().first().copied().unwrap_or(1), None))
+                .collect::<Result<Vec<_>>>()?;
+            let plan = self.plan(&inputs)?;
+            let outputs = multithread_tract_scope(self.executor.clone(), || {
+                plan.run(inputs.into_iter().map(Tensor::into_tvalue).collect())
             })
-            .map(|t| t.map(|t| t.into_tvalue()))
-            .collect::<TractResult<TVec<_>>>()
-            .map_err(|e| tract_error("bad input batch", e))?;
-        let outputs = multithread_tract_scope(self.executor.clone(), || plan.run(inputs))
             .map_err(|e| tract_error("inference failed", e))?;
-        outputs
-            .iter()
-            .map(|o| {
-                let o = o
-                    .cast_to::<f32>()
-                    .map_err(|e| tract_error("output is not numeric", e))?;
-                let view = o
-                    .to_plain_array_view::<f32>()
-                    .map_err(|e| tract_error("output is not float", e))?;
-                Ok(Fetched {
-                    values: view.iter().copied().collect(),
-                    shape: view.shape().to_vec(),
-                })
-            })
-            .collect()
+            return outputs.iter().map(|o| fetched(o, None)).collect();
+        }
+        self.run_in_parts(feeds, rows.unwrap_or(0), parts)
     }
+
+    /// Runs `n` rows as `parts` parts of equal size side by side, the last
+    /// padded with copies of its last row (one plan serves every part), and
+    /// stacks the parts' outputs without the padding.
+    fn run_in_parts(&mut self, feeds: &[Feed], n: usize, parts: usize) -> Result<Vec<Fetched>> {
+        let chunk = n.div_ceil(parts);
+        let parts = n.div_ceil(chunk);
+        let inputs: Vec<Vec<Tensor>> = (0..parts)
+            .map(|p| {
+                let start = p * chunk;
+                feeds
+                    .iter()
+                    .map(|feed| tensor(feed, start, chunk.min(n - start), Some(chunk)))
+                    .collect()
+            })
+            .collect::<Result<_>>()?;
+        let plan = self.plan(&inputs[0])?;
+        let results: Vec<Result<TVec<TValue>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = inputs
+                .into_iter()
+                .map(|part| {
+                    let plan = plan.clone();
+                    scope.spawn(move || {
+                        crate::contain::contained("tract", "cannot run the model", || {
+                            plan.run(part.into_iter().map(Tensor::into_tvalue).collect())
+                                .map_err(|e| tract_error("inference failed", e))
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::Internal("a tract worker thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        let mut stacked: Vec<Fetched> = Vec::new();
+        for (p, outputs) in results.into_iter().enumerate() {
+            let take = chunk.min(n - p * chunk);
+            for (i, output) in outputs?.iter().enumerate() {
+                let part = fetched(output, Some((chunk, take)))?;
+                match stacked.get_mut(i) {
+                    Some(whole) => {
+                        whole.values.extend_from_slice(&part.values);
+                        whole.shape[0] += take;
+                    }
+                    None => stacked.push(part),
+                }
+            }
+        }
+        Ok(stacked)
+    }
+}
+
+/// Rows `start..start + take` of `feed` as a tensor, padded to `pad_to` rows
+/// with copies of the last (all of `feed` when `pad_to` is `None`).
+fn tensor(feed: &Feed, start: usize, take: usize, pad_to: Option<usize>) -> Result<Tensor> {
+    fn rows<T: Datum + Copy>(
+        data: &[T],
+        shape: &[usize],
+        start: usize,
+        take: usize,
+        pad_to: Option<usize>,
+    ) -> TractResult<Tensor> {
+        let Some(chunk) = pad_to else {
+            return Tensor::from_shape(shape, data);
+        };
+        let row_len: usize = shape[1..].iter().product();
+        let batch = super::padded_chunk(data, row_len, start, take, chunk);
+        let mut part_shape = shape.to_vec();
+        part_shape[0] = chunk;
+        Tensor::from_shape(&part_shape, &batch)
+    }
+    match feed {
+        Feed::F32(data, shape) => rows(data, shape, start, take, pad_to),
+        Feed::I64(data, shape) => rows(data, shape, start, take, pad_to),
+    }
+    .map_err(|e| tract_error("bad input batch", e))
+}
+
+/// An output as f32; with `rows = Some((chunk, take))`, a part's output,
+/// which must lead with its `chunk` rows, cut to the first `take`.
+fn fetched(output: &TValue, rows: Option<(usize, usize)>) -> Result<Fetched> {
+    let output = output
+        .cast_to::<f32>()
+        .map_err(|e| tract_error("output is not numeric", e))?;
+    let view = output
+        .to_plain_array_view::<f32>()
+        .map_err(|e| tract_error("output is not float", e))?;
+    let mut shape = view.shape().to_vec();
+    let mut values: Vec<f32> = view.iter().copied().collect();
+    if let Some((chunk, take)) = rows {
+        if shape.first() != Some(&chunk) {
+            return Err(Error::Internal(format!(
+                "tract: an output of shape {shape:?} does not lead with the part's {chunk} rows"
+            )));
+        }
+        values.truncate(values.len() / chunk * take);
+        shape[0] = take;
+    }
+    Ok(Fetched { values, shape })
 }

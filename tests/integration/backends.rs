@@ -228,3 +228,54 @@ fn thread_counts_do_not_change_logits(backend: BackendChoice) {
         );
     }
 }
+
+/// tract cuts a batch into one part per thread; the parts' values must be
+/// the whole batch's, for an odd batch whose last part is padded too, and
+/// with more threads than rows.
+#[test]
+fn tract_batches_cut_into_parts_give_the_whole_batchs_values() {
+    use upat::attack::Loss;
+    use upat::onnx::grad;
+    use upat::runtime::GradientModel;
+    let model = OnnxModel::load(&repo_path("models/fmnist-cnn-at.onnx")).unwrap();
+    let graph = ClassifierGraph::prepare(&model, None, None, None).unwrap();
+    let gradient = grad::build(&graph, [1, 28, 28], Loss::Ce).unwrap();
+    let n = 7;
+    let x = pixels(n * 28 * 28, 11);
+    let labels: Vec<i64> = (0..n as i64).map(|i| (i * 3) % 10).collect();
+    let run = |threads: usize| {
+        let mut options = cpu(BackendChoice::Tract);
+        options.threads = std::num::NonZeroUsize::new(threads);
+        let logits = runtime::open(&graph, [1, 28, 28], options)
+            .unwrap()
+            .logits(&x, n)
+            .unwrap();
+        let mut session = GradientModel::open(&gradient, [1, 28, 28], options).unwrap();
+        (logits, session.loss_and_grad(&x, &labels, None, n).unwrap())
+    };
+    let (whole_logits, whole) = run(1);
+    assert_eq!(whole.input_grad.len(), n * 28 * 28);
+    assert!(whole.input_grad.iter().any(|&g| g != 0.0));
+    // The same rows through the same graph: only kernels chosen for another
+    // batch length (a matrix-vector product for one row, a reduction's
+    // vectorised tail) may round differently.
+    for threads in [2, 3, 8] {
+        let (logits, parts) = run(threads);
+        for (what, ours, theirs) in [
+            ("logits", &logits.values, &whole_logits.values),
+            (
+                "gradient graph's logits",
+                &parts.logits.values,
+                &whole.logits.values,
+            ),
+            ("loss", &parts.loss, &whole.loss),
+            ("gradient", &parts.input_grad, &whole.input_grad),
+        ] {
+            let diff = max_abs_diff(ours, theirs);
+            assert!(
+                diff <= 1e-5,
+                "{what} with {threads} threads: max |Δ| = {diff}"
+            );
+        }
+    }
+}
