@@ -4,14 +4,16 @@
 //! on batches of images. `ort` is ONNX Runtime, loaded at run time; `tract` is
 //! pure Rust and always available.
 
+mod kernels;
 #[cfg(feature = "ort")]
 pub mod ort;
 #[cfg(feature = "ort")]
 mod ort_ops;
 pub mod tract;
+mod tract_ops;
 
 use crate::error::{Error, Result};
-use crate::onnx::grad::specialise::{for_onnx_runtime, Kernels};
+use crate::onnx::grad::specialise::{for_onnx_runtime, for_tract, Kernels};
 use crate::onnx::ClassifierGraph;
 
 /// Which backend the user asked for.
@@ -363,7 +365,9 @@ impl GradientModel {
                 };
                 open_session(&for_onnx_runtime(graph, kernels), options)?
             }
-            Backend::Tract => open_any_session(&graph.proto, options, rows(graph.fixed_batch))?,
+            Backend::Tract => {
+                open_any_session(&for_tract(graph), options, rows(graph.fixed_batch))?
+            }
         };
         Ok(GradientModel {
             session,

@@ -61,6 +61,7 @@ impl TractSession {
                 .map(|_| ())
                 .map_err(|e| tract_error("cannot load the model (an op or attribute tract does not support?); try --backend ort", e))
         })?;
+        keep_freed_memory_for_reuse();
         let (executor, row_workers) = match threads {
             Threads::Rows(n) => (Executor::SingleThread, n.get()),
             Threads::MatMul(n) if n.get() == 1 => (Executor::SingleThread, 1),
@@ -133,6 +134,28 @@ impl TractSession {
     }
 }
 
+/// tract allocates every intermediate tensor afresh on each run, and glibc
+/// hands freed memory at the top of a heap back to the system at once, so
+/// the next run faults every page in again; with a batch cut into parts, the
+/// threads' heaps do so side by side, contending for the process's memory
+/// map. Keeping 64 MiB of slack on each heap made tract's gradient of the
+/// Fashion-MNIST CNN at 2 threads 3,700 → 6,000 images/s (1 thread:
+/// unchanged). Process-wide and harmless elsewhere: ONNX Runtime and
+/// libtorch pool their own memory.
+fn keep_freed_memory_for_reuse() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: mallopt only sets a glibc tuning parameter; a value
+            // it does not take is refused (returns 0) and changes nothing.
+            unsafe {
+                libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+            }
+        });
+    }
+}
+
 /// tract computes Celu as max(0, x) + min(0, e^(x/α) − 1), without the
 /// factor α the ONNX definition has on the second term: the same for α = 1,
 /// wrong otherwise. Celu nodes with another α are replaced by the definition
@@ -190,11 +213,14 @@ fn spell_out_celu(proto: &mut pb::ModelProto) {
 }
 
 /// tract's ONNX loader, told to ignore the shapes exporters annotate
-/// intermediate values with (symbolic batch): the concrete input facts rule.
+/// intermediate values with (symbolic batch): the concrete input facts rule;
+/// with upat's own gradient kernels.
 fn onnx() -> tract_onnx::Onnx {
-    tract_onnx::onnx()
+    let mut onnx = tract_onnx::onnx()
         .with_ignore_value_info(true)
-        .with_ignore_output_shapes(true)
+        .with_ignore_output_shapes(true);
+    super::tract_ops::register(&mut onnx);
+    onnx
 }
 
 impl Session for TractSession {

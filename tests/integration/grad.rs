@@ -537,3 +537,101 @@ fn onnx_runtime_runs_specialised_gradients_with_the_portable_values() {
         assert!(a[2].values.iter().any(|v| *v != 0.0));
     }
 }
+
+/// tract runs MaxPool and ReLU backwards as upat's kernels too: the same
+/// values as its portable graph (the same window maxima; ScatterElements
+/// adds in the kernel's order).
+#[test]
+fn tract_runs_upats_kernels_with_the_portable_values() {
+    use upat::onnx::grad::specialise::{for_tract, MAX_POOL_GRAD, RELU_GRAD};
+    use upat::runtime::{open_session, Feed};
+    for (model, golden_file) in [
+        ("zoo/pooling.onnx", "zoo/pooling_golden.npz"),
+        ("tiny_cnn.onnx", "tiny_cnn_golden.npz"),
+    ] {
+        let portable = gradient_graph(model, Loss::Ce);
+        let fused = for_tract(&portable);
+        let ops = |proto: &upat::onnx::pb::ModelProto, op: &str| {
+            let graph = proto.graph.as_ref().unwrap();
+            graph.node.iter().filter(|n| n.op_type == op).count()
+        };
+        assert_eq!(
+            ops(&fused, MAX_POOL_GRAD),
+            portable.pool_sites.len(),
+            "{model}"
+        );
+        assert_eq!(ops(&fused, RELU_GRAD), portable.relu_sites.len(), "{model}");
+        assert_eq!(ops(&fused, "ScatterElements"), 0, "{model}");
+        assert_eq!(
+            ops(&fused, "ConvTranspose"),
+            ops(&portable.proto, "ConvTranspose"),
+            "{model}: convolution gradients stay ConvTranspose on tract"
+        );
+        let g = golden(golden_file);
+        let image = [g.n, 3, 8, 8];
+        let vector = [g.n];
+        let feeds = [Feed::F32(&g.x, &image), Feed::I64(&g.y, &vector)];
+        let run = |proto| {
+            open_session(proto, cpu(BackendChoice::Tract))
+                .unwrap()
+                .run(&feeds)
+                .unwrap()
+        };
+        let (a, b) = (run(&portable.proto), run(&fused));
+        assert_eq!(
+            a, b,
+            "{model}: upat's kernels must give the portable values"
+        );
+        assert!(b[2].values.iter().any(|v| *v != 0.0));
+    }
+}
+
+/// tract finds ops by name alone: a `ReluGrad` of another domain (ONNX
+/// Runtime's training op, inputs the other way round) is refused.
+#[test]
+fn tract_refuses_a_foreign_op_named_like_upats() {
+    use upat::onnx::pb;
+    use upat::runtime::open_session;
+    let value = |name: &str| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: None,
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let proto = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![
+            pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            },
+            pb::OperatorSetIdProto {
+                domain: "com.microsoft".into(),
+                version: 1,
+            },
+        ],
+        graph: Some(pb::GraphProto {
+            node: vec![pb::NodeProto {
+                op_type: "ReluGrad".into(),
+                domain: "com.microsoft".into(),
+                input: vec!["dy".into(), "x".into()],
+                output: vec!["dx".into()],
+                ..Default::default()
+            }],
+            input: vec![value("dy"), value("x")],
+            output: vec![value("dx")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let error = open_session(&proto, cpu(BackendChoice::Tract))
+        .err()
+        .expect("a foreign ReluGrad is refused")
+        .to_string();
+    assert!(error.contains("com.microsoft"), "{error}");
+}
