@@ -163,6 +163,15 @@ impl Feed<'_> {
             Feed::F32(_, s) | Feed::I64(_, s) => s,
         }
     }
+
+    /// Bytes of one row along the first axis.
+    pub fn row_bytes(&self) -> usize {
+        let row: usize = self.shape().iter().skip(1).product();
+        match self {
+            Feed::F32(..) => row * 4,
+            Feed::I64(..) => row * 8,
+        }
+    }
 }
 
 /// An output of a [`Session`] run, as f32.
