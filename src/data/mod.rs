@@ -61,6 +61,10 @@ pub struct Dataset {
     pub labels: Vec<i64>,
     /// Number of classes the dataset defines (at least `max(labels) + 1`).
     pub num_classes: usize,
+    /// Whether `num_classes` only counts the classes the labels show,
+    /// because the data does not say how many it has (npz; image
+    /// collections without `--classes`): a model may have more.
+    pub classes_from_labels: bool,
     /// Each sample's index in its source file: the id reports name it by and
     /// its random streams are keyed by, kept through `truncate` (and any
     /// later slicing) so a sample is the same sample however the data is cut.
@@ -128,6 +132,7 @@ impl Dataset {
             pixels: Pixels::Memory(pixels),
             labels,
             num_classes,
+            classes_from_labels: false,
             ids,
         })
     }
@@ -141,6 +146,7 @@ impl Dataset {
             pixels: Pixels::Files(files),
             labels,
             num_classes,
+            classes_from_labels: false,
         }
     }
 
@@ -259,6 +265,7 @@ impl Dataset {
             pixels,
             labels: self.labels.split_off(at),
             num_classes: self.num_classes,
+            classes_from_labels: self.classes_from_labels,
             ids: self.ids.split_off(at),
         }
     }
@@ -365,12 +372,11 @@ impl DataSpec {
                 };
                 let labels = listing.entries.iter().map(|e| e.label).collect();
                 let files = ImageFiles::new(listing.entries, options.transform.clone(), dir)?;
-                Ok(Dataset::of_files(
-                    name,
-                    files,
-                    labels,
-                    listing.classes.len(),
-                ))
+                let mut data = Dataset::of_files(name, files, labels, listing.classes.len());
+                // Without --classes, the folders (or labels) found are the
+                // classes, perhaps a subset of the model's.
+                data.classes_from_labels = options.classes.is_none();
+                Ok(data)
             }
             _ => self.load_in_memory(split),
         }

@@ -243,7 +243,9 @@ pub fn load_npz(path: &Path) -> Result<Dataset> {
             .map(|f| f.to_string_lossy())
             .unwrap_or_default()
     );
-    Dataset::new(name, image_shape, pixels, labels, num_classes, path)
+    let mut data = Dataset::new(name, image_shape, pixels, labels, num_classes, path)?;
+    data.classes_from_labels = true;
+    Ok(data)
 }
 
 /// An `.npy` member the way numpy writes it (format version 1.0).

@@ -1,7 +1,7 @@
 //! `upat-audit` and `upat-train` as a user runs them: reports, gates, exit codes.
 
 use crate::util::{
-    cell, fashion_mnist_dir, fixture, read_csv, repo_path, stderr, stdout, upat_audit,
+    cell, fashion_mnist_dir, fixture, linear_model, read_csv, repo_path, stderr, stdout, upat_audit,
 };
 use std::path::Path;
 
@@ -224,6 +224,49 @@ fn data_that_does_not_fit_the_model_is_a_clear_error() {
     assert!(err.contains("test_batch.bin"), "{err}");
     let err = audit_error(&[&model, "--data", "imagenet:/x"]);
     assert!(err.contains("unknown dataset kind"), "{err}");
+}
+
+/// A model whose output width is not the data's class count (an encoder's
+/// 16-wide embedding on Fashion-MNIST's 10 classes) is no classifier for
+/// it: refused, not audited to a clean accuracy of chance.
+#[test]
+fn an_output_width_other_than_the_datas_classes_is_refused() {
+    if fashion_mnist_dir().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let audit = |width: usize| {
+        let model = dir.path().join(format!("linear{width}.onnx"));
+        std::fs::write(&model, linear_model([1, 28, 28], width)).unwrap();
+        let out = dir.path().join(format!("out{width}"));
+        let args = [
+            arg(&model),
+            "--data".into(),
+            "fashion-mnist".into(),
+            "--samples".into(),
+            "4".into(),
+            "--suite".into(),
+            "smoke".into(),
+            "--out".into(),
+            arg(&out),
+        ];
+        upat_audit(
+            dir.path(),
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    let refused = audit(16);
+    let err = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("16 values per image")
+            && err.contains("10 classes")
+            && err.contains("embedding"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out16/report.csv").exists());
+    let accepted = audit(10);
+    assert!(accepted.status.success(), "{}", stderr(&accepted));
 }
 
 #[test]

@@ -207,3 +207,70 @@ macro_rules! test_backend {
     };
 }
 pub(crate) use test_backend;
+
+/// An ONNX model mapping `[N, C, H, W]` images to `width` outputs through
+/// Flatten and one MatMul (small, deterministic weights): a stand-in for an
+/// encoder, or for a classifier of any number of classes.
+pub fn linear_model(image: [usize; 3], width: usize) -> Vec<u8> {
+    use upat::onnx::pb;
+    use upat::onnx::pb::tensor_shape_proto::{dimension::Value as Dim, Dimension};
+    let features: usize = image.iter().product();
+    let dims = |dims: &[Dim]| pb::TensorShapeProto {
+        dim: dims
+            .iter()
+            .map(|d| Dimension {
+                value: Some(d.clone()),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let value = |name: &str, shape: pb::TensorShapeProto| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(shape),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let batch = Dim::DimParam("N".into());
+    let mut input_dims = vec![batch.clone()];
+    input_dims.extend(image.iter().map(|&d| Dim::DimValue(d as i64)));
+    let weights = pb::TensorProto {
+        name: "w".into(),
+        data_type: 1,
+        dims: vec![features as i64, width as i64],
+        float_data: (0..features * width)
+            .map(|i| ((i * 7919) % 13) as f32 / 13.0 - 0.5)
+            .collect(),
+        ..Default::default()
+    };
+    let node = |op: &str, inputs: &[&str], output: &str| pb::NodeProto {
+        op_type: op.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    };
+    let proto = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(pb::GraphProto {
+            name: "linear".into(),
+            node: vec![
+                node("Flatten", &["input"], "flat"),
+                node("MatMul", &["flat", "w"], "output"),
+            ],
+            initializer: vec![weights],
+            input: vec![value("input", dims(&input_dims))],
+            output: vec![value("output", dims(&[batch, Dim::DimValue(width as i64)]))],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    prost::Message::encode_to_vec(&proto)
+}

@@ -28,6 +28,17 @@ pub fn run(
 ) -> Result<Clean> {
     let started = Instant::now();
     let classes = victim.classes();
+    if classes != ctx.data.num_classes && !ctx.data.classes_from_labels {
+        return Err(Error::model(
+            path,
+            format!(
+                "outputs {classes} values per image but the data {} has {} classes: a classifier audit needs one score per class. \
+                 Audit it on the data it was trained for (for an image collection, with a --classes file naming the model's classes, one per line); \
+                 a model whose output is an embedding rather than class scores cannot be audited as a classifier",
+                ctx.data.name, ctx.data.num_classes
+            ),
+        ));
+    }
     if let Some(&max_label) = ctx.data.labels.iter().max() {
         if max_label as usize >= classes {
             return Err(Error::model(
