@@ -112,6 +112,12 @@ impl Model for LinearModel {
                         .collect();
                     (row[t] - row[y], dz)
                 }
+                Loss::Cosine | Loss::L2 => {
+                    return Err(Error::Internal(format!(
+                        "the {} loss compares embeddings; this model is a classifier",
+                        loss.as_str()
+                    )))
+                }
                 Loss::Dlr | Loss::DlrTargeted => {
                     // −u/d, so d loss/dz = −(du/dz)/d + u·(dd/dz)/d².
                     let mut order: Vec<usize> = (0..k).collect();

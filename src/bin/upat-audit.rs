@@ -36,8 +36,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Write the model's gradient graph: inputs the image and `labels` (and
-    /// `targets` for dlr-targeted); outputs the logits, `loss` [N] and
-    /// `input_grad` = d(Σ loss)/d(input). Runs on any ONNX runtime.
+    /// `targets` for dlr-targeted and target-margin; for the embedding losses
+    /// cosine and l2, `reference` [N, D] in place of labels); outputs the
+    /// logits (or embedding), `loss` [N] and `input_grad` = d(Σ loss)/d(input).
+    /// Runs on any ONNX runtime.
     Grad {
         /// The ONNX model.
         model: PathBuf,
@@ -654,14 +656,18 @@ fn grad(
     let shape = image_shape_of(&graph, image_shape.as_deref())?;
     let gradient = upat::onnx::grad::build(&graph, shape, loss)?;
     upat::atomic::write_atomic(&out, &upat::onnx::encode(&gradient.proto))?;
+    let width = if loss.is_embedding() {
+        format!("embedding width {}, `reference` input", gradient.classes)
+    } else {
+        format!("{} classes", gradient.classes)
+    };
     println!(
-        "wrote {} ({} loss, input [N,{},{},{}], {} classes)",
+        "wrote {} ({} loss, input [N,{},{},{}], {width})",
         out.display(),
         loss.as_str(),
         shape[0],
         shape[1],
         shape[2],
-        gradient.classes
     );
     Ok(ExitCode::SUCCESS)
 }

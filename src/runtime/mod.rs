@@ -354,7 +354,18 @@ pub struct GradientModel {
     session: Box<dyn Session>,
     image_shape: [usize; 3],
     targeted: bool,
+    /// The embedding width, for the embedding losses (a `reference` input).
+    embedding: Option<usize>,
     fixed_batch: Option<usize>,
+}
+
+/// What a gradient graph reads beside the images.
+#[derive(Debug, Clone, Copy)]
+enum Given<'a> {
+    /// Labels `[n]`, and targets `[n]` for the targeted losses.
+    Labels(&'a [i64], Option<&'a [i64]>),
+    /// Reference embeddings `[n, width]`, for the embedding losses.
+    Reference(&'a [f32], usize),
 }
 
 impl GradientModel {
@@ -382,6 +393,7 @@ impl GradientModel {
             session,
             image_shape,
             targeted: graph.loss.is_targeted(),
+            embedding: graph.loss.is_embedding().then_some(graph.classes),
             fixed_batch: graph.fixed_batch,
         })
     }
@@ -396,7 +408,7 @@ impl GradientModel {
     }
 
     /// Logits, per-sample loss and input gradient of `n` images.
-    /// `targets` is required by (and only by) the targeted DLR loss. A
+    /// `targets` is required by (and only by) the targeted losses. A
     /// fixed-batch model is run chunk by chunk, the last chunk padded with
     /// copies of the last image whose results are dropped.
     pub fn loss_and_grad(
@@ -406,8 +418,40 @@ impl GradientModel {
         targets: Option<&[i64]>,
         n: usize,
     ) -> Result<LossAndGrad> {
+        if self.embedding.is_some() {
+            return Err(Error::Internal(
+                "an embedding loss needs reference embeddings, not labels".into(),
+            ));
+        }
+        self.run(images, Given::Labels(labels, targets), n)
+    }
+
+    /// The embedding losses' form of [`GradientModel::loss_and_grad`]: the
+    /// loss of each image's embedding against `reference` `[n, width]`, and
+    /// its input gradient (`logits` are the embeddings).
+    pub fn embedding_loss_and_grad(
+        &mut self,
+        images: &[f32],
+        reference: &[f32],
+        n: usize,
+    ) -> Result<LossAndGrad> {
+        let Some(width) = self.embedding else {
+            return Err(Error::Internal(
+                "reference embeddings given to a classifier loss".into(),
+            ));
+        };
+        if reference.len() != n * width {
+            return Err(Error::Internal(format!(
+                "{} reference values for {n} embeddings of width {width}",
+                reference.len()
+            )));
+        }
+        self.run(images, Given::Reference(reference, width), n)
+    }
+
+    fn run(&mut self, images: &[f32], given: Given, n: usize) -> Result<LossAndGrad> {
         let Some(chunk) = self.fixed_batch.filter(|&b| b != n) else {
-            return self.run_exact(images, labels, targets, n);
+            return self.run_exact(images, given, n);
         };
         let image_len = images.len() / n.max(1);
         let mut all = LossAndGrad {
@@ -422,8 +466,19 @@ impl GradientModel {
             let take = chunk.min(n - start);
             let pad = |v: &[i64]| padded_chunk(v, 1, start, take, chunk);
             let batch = padded_chunk(images, image_len, start, take, chunk);
-            let chunk_targets = targets.map(pad);
-            let out = self.run_exact(&batch, &pad(labels), chunk_targets.as_deref(), chunk)?;
+            let (labels, targets, reference);
+            let chunk_given = match given {
+                Given::Labels(l, t) => {
+                    labels = pad(l);
+                    targets = t.map(pad);
+                    Given::Labels(&labels, targets.as_deref())
+                }
+                Given::Reference(r, width) => {
+                    reference = padded_chunk(r, width, start, take, chunk);
+                    Given::Reference(&reference, width)
+                }
+            };
+            let out = self.run_exact(&batch, chunk_given, chunk)?;
             all.logits.classes = out.logits.classes;
             all.logits
                 .values
@@ -435,13 +490,7 @@ impl GradientModel {
         Ok(all)
     }
 
-    fn run_exact(
-        &mut self,
-        images: &[f32],
-        labels: &[i64],
-        targets: Option<&[i64]>,
-        n: usize,
-    ) -> Result<LossAndGrad> {
+    fn run_exact(&mut self, images: &[f32], given: Given, n: usize) -> Result<LossAndGrad> {
         let image = [
             n,
             self.image_shape[0],
@@ -449,16 +498,24 @@ impl GradientModel {
             self.image_shape[2],
         ];
         let vector = [n];
-        let mut feeds = vec![Feed::F32(images, &image), Feed::I64(labels, &vector)];
-        match (self.targeted, targets) {
-            (true, Some(t)) => feeds.push(Feed::I64(t, &vector)),
-            (false, None) => {}
-            (true, None) => {
+        let reference_shape;
+        let mut feeds = vec![Feed::F32(images, &image)];
+        match (given, self.targeted) {
+            (Given::Reference(reference, width), _) => {
+                reference_shape = [n, width];
+                feeds.push(Feed::F32(reference, &reference_shape));
+            }
+            (Given::Labels(labels, Some(t)), true) => {
+                feeds.push(Feed::I64(labels, &vector));
+                feeds.push(Feed::I64(t, &vector));
+            }
+            (Given::Labels(labels, None), false) => feeds.push(Feed::I64(labels, &vector)),
+            (Given::Labels(_, None), true) => {
                 return Err(Error::Internal(
-                    "the dlr-targeted loss needs target classes".into(),
+                    "a targeted loss needs target classes".into(),
                 ))
             }
-            (false, Some(_)) => {
+            (Given::Labels(_, Some(_)), false) => {
                 return Err(Error::Internal(
                     "target classes given to an untargeted loss".into(),
                 ))

@@ -116,6 +116,78 @@ fn every_loss_head_matches_pytorch_on_both_backends() {
     }
 }
 
+/// The embedding heads (an encoder audit's label-free objectives) on
+/// tiny_cnn's output taken as a 5-wide embedding, against random reference
+/// embeddings: loss and input gradient as PyTorch's float64 autograd gives
+/// them, on both backends and on the fixed-batch export (chunked, padded).
+#[test]
+fn embedding_losses_match_pytorch_autograd_on_both_backends() {
+    let npz = "tiny_cnn_embedding_golden.npz";
+    let g = golden_embedding(npz);
+    for loss in Loss::EMBEDDING {
+        let key = loss.as_str();
+        for model in ["tiny_cnn.onnx", "tiny_cnn_batch1.onnx"] {
+            let graph = gradient_graph(model, loss);
+            assert_eq!(graph.classes, 5);
+            let inputs: Vec<&str> = graph
+                .proto
+                .graph
+                .as_ref()
+                .unwrap()
+                .input
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect();
+            assert!(
+                inputs.contains(&grad::REFERENCE) && !inputs.contains(&grad::LABELS),
+                "{inputs:?}"
+            );
+            for backend in BACKENDS {
+                let mut session = GradientModel::open(&graph, [3, 8, 8], cpu(backend)).unwrap();
+                let out = session
+                    .embedding_loss_and_grad(&g.x, &g.reference, g.n)
+                    .unwrap();
+                let loss_error =
+                    relative_error(&out.loss, &npz_member(npz, &format!("loss_{key}")));
+                let grad_error =
+                    relative_error(&out.input_grad, &npz_member(npz, &format!("grad_{key}")));
+                assert!(
+                    loss_error <= 1e-5 && grad_error <= 1e-3,
+                    "{key}, {model} on {backend:?}: loss {loss_error}, gradient {grad_error}"
+                );
+                // Labels are no input of an embedding loss.
+                assert!(session.loss_and_grad(&g.x, &[0; 6], None, g.n).is_err());
+            }
+        }
+    }
+    // At the reference itself the distance is 0 and so is its gradient.
+    let graph = gradient_graph("tiny_cnn.onnx", Loss::L2);
+    let mut session = GradientModel::open(&graph, [3, 8, 8], cpu(BackendChoice::Ort)).unwrap();
+    let own = session
+        .embedding_loss_and_grad(&g.x, &g.reference, g.n)
+        .unwrap()
+        .logits
+        .values;
+    let at_self = session.embedding_loss_and_grad(&g.x, &own, g.n).unwrap();
+    assert!(at_self.loss.iter().all(|&l| l == 0.0), "{:?}", at_self.loss);
+    assert!(at_self.input_grad.iter().all(|&v| v == 0.0));
+}
+
+struct EmbeddingGolden {
+    x: Vec<f32>,
+    reference: Vec<f32>,
+    n: usize,
+}
+
+fn golden_embedding(npz: &str) -> EmbeddingGolden {
+    let (shape, x) = read_npz_f32(&fixture(npz), "x").unwrap();
+    EmbeddingGolden {
+        x,
+        reference: npz_member(npz, "reference"),
+        n: shape[0],
+    }
+}
+
 #[test]
 fn fixed_batch_models_get_per_sample_gradients() {
     let npz = "tiny_cnn_golden.npz";

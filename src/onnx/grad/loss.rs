@@ -1,9 +1,11 @@
 //! Loss heads: per-sample loss from the logits `z` `[N, K]` and the labels,
 //! and its gradient with respect to `z`, written in closed form (no
-//! differentiation of the head itself is needed).
+//! differentiation of the head itself is needed). The embedding heads
+//! (cosine, l2) read a reference embedding `[N, D]` instead of labels: the
+//! label-free objectives of an encoder audit.
 
 use super::emit::{attr_int, Emitter};
-use super::{LABELS, TARGETS};
+use super::{LABELS, REFERENCE, TARGETS};
 use crate::error::{Error, Result};
 
 /// The objective an attack maximises: the gradient graph's loss head.
@@ -22,6 +24,12 @@ pub enum Loss {
     /// z_t − z_y: the targeted logit difference whose linearisation FAB-T
     /// projects onto. Needs a target class per sample.
     TargetMargin,
+    /// 1 − cos(z, r): the cosine distance of an embedding to a reference
+    /// embedding `r` (the clean one; UPAT's instance-wise objective). Norms
+    /// below 1e-8 count as 1e-8, as in PyTorch's `cosine_similarity`.
+    Cosine,
+    /// ‖z − r‖₂: the Euclidean distance of an embedding to a reference.
+    L2,
 }
 
 impl Loss {
@@ -33,6 +41,9 @@ impl Loss {
         Loss::TargetMargin,
     ];
 
+    /// The label-free losses of an embedding and a reference embedding.
+    pub const EMBEDDING: [Loss; 2] = [Loss::Cosine, Loss::L2];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Loss::Ce => "ce",
@@ -40,9 +51,12 @@ impl Loss {
             Loss::Dlr => "dlr",
             Loss::DlrTargeted => "dlr-targeted",
             Loss::TargetMargin => "target-margin",
+            Loss::Cosine => "cosine",
+            Loss::L2 => "l2",
         }
     }
 
+    /// A classifier loss by name ([`Loss::ALL`]).
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|l| l.as_str() == s)
     }
@@ -52,10 +66,17 @@ impl Loss {
         matches!(self, Loss::DlrTargeted | Loss::TargetMargin)
     }
 
-    /// The fewest classes the loss is defined for.
+    /// Whether the loss compares an embedding with a reference embedding
+    /// (the graph's `reference` input, in place of `labels`).
+    pub fn is_embedding(self) -> bool {
+        matches!(self, Loss::Cosine | Loss::L2)
+    }
+
+    /// The fewest classes (embedding losses: dimensions) the loss is
+    /// defined for.
     pub fn min_classes(self) -> usize {
         match self {
-            Loss::Ce => 1,
+            Loss::Ce | Loss::Cosine | Loss::L2 => 1,
             Loss::Margin | Loss::TargetMargin => 2,
             Loss::Dlr => 3,
             Loss::DlrTargeted => 4,
@@ -82,6 +103,9 @@ fn pick(emit: &mut Emitter, z: &str, hot: &str) -> String {
 }
 
 pub fn emit_head(emit: &mut Emitter, z: &str, classes: usize, loss: Loss) -> Result<Head> {
+    if loss.is_embedding() {
+        return Ok(embedding_head(emit, z, loss));
+    }
     let class_ids = emit.const_i64(
         &[1, classes as i64],
         &(0..classes as i64).collect::<Vec<_>>(),
@@ -126,6 +150,7 @@ pub fn emit_head(emit: &mut Emitter, z: &str, classes: usize, loss: Loss) -> Res
         }
         // FAB-T's target margin: loss = z_t − z_y; gradient onehot(t) − onehot(y).
         Loss::TargetMargin => target_margin(emit, z, &hot_y, &class_ids),
+        Loss::Cosine | Loss::L2 => unreachable!("embedding heads are emitted above"),
         // Targeted DLR: loss = −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 1e−12).
         Loss::DlrTargeted => {
             let targets = emit.unsqueeze(TARGETS, &[1]);
@@ -140,6 +165,50 @@ pub fn emit_head(emit: &mut Emitter, z: &str, classes: usize, loss: Loss) -> Res
     };
     let loss = emit.squeeze(&loss_keep, &[1]);
     Ok(Head { loss, logits_grad })
+}
+
+/// The embedding heads, on `z` and the `reference` input `r`, both `[N, D]`.
+fn embedding_head(emit: &mut Emitter, z: &str, loss: Loss) -> Head {
+    let row_sum = |emit: &mut Emitter, a: &str, b: &str| {
+        let product = emit.binary("Mul", a, b);
+        emit.reduce_sum(&product, &[1], true)
+    };
+    let (loss_keep, logits_grad) = match loss {
+        // 1 − cos with cos = z·r / (|z|ε |r|ε), |v|ε = max(|v|, 1e−8);
+        // gradient −(r / (|z|ε |r|ε) − cos · z / |z|ε²).
+        Loss::Cosine => {
+            let floor = emit.scalar_f32(1e-8);
+            let z_r = row_sum(emit, z, REFERENCE);
+            let z_z = row_sum(emit, z, z);
+            let r_r = row_sum(emit, REFERENCE, REFERENCE);
+            let z_norm = emit.unary("Sqrt", &z_z);
+            let z_norm = emit.binary("Max", &z_norm, &floor);
+            let r_norm = emit.unary("Sqrt", &r_r);
+            let r_norm = emit.binary("Max", &r_norm, &floor);
+            let norms = emit.binary("Mul", &z_norm, &r_norm);
+            let cos = emit.binary("Div", &z_r, &norms);
+            let one = emit.scalar_f32(1.0);
+            let loss = emit.binary("Sub", &one, &cos);
+            let towards_r = emit.binary("Div", REFERENCE, &norms);
+            let z_norm_sq = emit.binary("Mul", &z_norm, &z_norm);
+            let cos_over = emit.binary("Div", &cos, &z_norm_sq);
+            let along_z = emit.binary("Mul", &cos_over, z);
+            (loss, emit.binary("Sub", &along_z, &towards_r))
+        }
+        // ‖z − r‖₂; gradient (z − r) / ‖z − r‖₂, 0 where z = r (the
+        // distance's subgradient there; an attack starts from noise).
+        Loss::L2 => {
+            let diff = emit.binary("Sub", z, REFERENCE);
+            let squared = row_sum(emit, &diff, &diff);
+            let distance = emit.unary("Sqrt", &squared);
+            let floor = emit.scalar_f32(f32::MIN_POSITIVE);
+            let divisor = emit.binary("Max", &distance, &floor);
+            (distance, emit.binary("Div", &diff, &divisor))
+        }
+        _ => unreachable!("only embedding losses have embedding heads"),
+    };
+    let loss = emit.squeeze(&loss_keep, &[1]);
+    Head { loss, logits_grad }
 }
 
 /// The target margin z_t − z_y `[N, 1]` and its gradient onehot(t) − onehot(y).

@@ -39,6 +39,9 @@ use std::collections::{HashMap, HashSet};
 pub const LABELS: &str = "labels";
 /// Name of the target-class input (targeted losses only).
 pub const TARGETS: &str = "targets";
+/// The reference embedding input `[N, D]` of the embedding losses (in place
+/// of `labels`).
+pub const REFERENCE: &str = "reference";
 /// Name of the per-sample loss output.
 pub const LOSS: &str = "loss";
 /// Name of the input-gradient output.
@@ -368,7 +371,15 @@ pub fn build(
     let forward_nodes = g.node.len();
     g.node.extend(emit.nodes);
     g.initializer.extend(emit.initializers);
-    g.input.push(int_vector_input(LABELS));
+    if loss.is_embedding() {
+        g.input.push(tensor_value_info(
+            REFERENCE,
+            1,
+            &[None, Some(classes as i64)],
+        ));
+    } else {
+        g.input.push(int_vector_input(LABELS));
+    }
     if loss.is_targeted() {
         g.input.push(int_vector_input(TARGETS));
     }
