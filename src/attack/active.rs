@@ -179,6 +179,7 @@ mod tests {
             ids: &ids,
             seed: 3,
             rows_per_call: 3,
+            reference: None,
         };
         let mut results = Perturbed::unperturbed(&batch);
         let mut active = ActiveSet::unfooled(&batch, &results, 1, 0);

@@ -163,6 +163,57 @@ impl Model for LinearModel {
             input_grad,
         })
     }
+
+    /// The model as a linear encoder z = W x + b: the embedding losses in
+    /// closed form, as the gradient graph's heads define them.
+    fn embedding_loss_and_grad(
+        &mut self,
+        loss: Loss,
+        images: &[f32],
+        reference: &[f32],
+    ) -> Result<LossAndGrad> {
+        self.gradient_calls += 1;
+        let (k, d) = (self.bias.len(), self.dim());
+        let embeddings = self.forward(images);
+        let (mut losses, mut input_grad) = (Vec::new(), Vec::new());
+        for (z, r) in embeddings.rows().zip(reference.chunks(k)) {
+            let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+            let (value, dz): (f32, Vec<f32>) = match loss {
+                Loss::Cosine => {
+                    let (nz, nr) = (dot(z, z).sqrt().max(1e-8), dot(r, r).sqrt().max(1e-8));
+                    let cos = dot(z, r) / (nz * nr);
+                    let dz = (0..k)
+                        .map(|c| cos * z[c] / (nz * nz) - r[c] / (nz * nr))
+                        .collect();
+                    (1.0 - cos, dz)
+                }
+                Loss::L2 => {
+                    let diff: Vec<f32> = z.iter().zip(r).map(|(a, b)| a - b).collect();
+                    let distance = dot(&diff, &diff).sqrt();
+                    let dz = diff
+                        .iter()
+                        .map(|v| v / distance.max(f32::MIN_POSITIVE))
+                        .collect();
+                    (distance, dz)
+                }
+                _ => {
+                    return Err(Error::Internal(format!(
+                        "the {} loss is a classifier's",
+                        loss.as_str()
+                    )))
+                }
+            };
+            losses.push(value);
+            input_grad.extend(
+                (0..d).map(|i| (0..k).map(|c| dz[c] * self.weights[c * d + i]).sum::<f32>()),
+            );
+        }
+        Ok(LossAndGrad {
+            logits: embeddings,
+            loss: losses,
+            input_grad,
+        })
+    }
 }
 
 /// A test problem: a `classes`-class linear model with Gaussian weights,
@@ -227,6 +278,7 @@ impl LinearProblem {
             ids: &self.ids,
             seed,
             rows_per_call: self.labels.len(),
+            reference: None,
         }
     }
 }
@@ -284,6 +336,7 @@ pub fn full_batches_match(
         let mut model = problem.model.clone();
         let batch = super::Batch {
             rows_per_call: capacity,
+            reference: None,
             ..problem.batch(0)
         };
         let got = attack.run(&mut model, &batch).unwrap();

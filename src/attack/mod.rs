@@ -117,6 +117,10 @@ pub struct Batch<'a> {
     /// attacks that run several times per sample fill their calls up to it
     /// ([`rows::Rows`]).
     pub rows_per_call: usize,
+    /// The samples' clean embeddings `[len, width]`, when the model is an
+    /// encoder: what the embedding losses measure an attacked embedding
+    /// against.
+    pub reference: Option<&'a [f32]>,
 }
 
 impl<'a> Batch<'a> {
@@ -187,6 +191,21 @@ pub trait Model {
         labels: &[i64],
         targets: Option<&[i64]>,
     ) -> Result<LossAndGrad>;
+
+    /// The embedding form of [`Model::loss_and_grad`]: for an encoder, each
+    /// image's embedding (`logits` holds them), its `loss` (an embedding
+    /// loss) against `reference` `[n, width]`, and d(Σ loss)/d(images).
+    fn embedding_loss_and_grad(
+        &mut self,
+        loss: Loss,
+        _images: &[f32],
+        _reference: &[f32],
+    ) -> Result<LossAndGrad> {
+        Err(Error::Internal(format!(
+            "the {} loss compares embeddings; this model is audited as a classifier",
+            loss.as_str()
+        )))
+    }
 }
 
 /// An attack, configured and ready to run on batches.
@@ -253,13 +272,33 @@ impl Model for Guarded<'_> {
             Oracle::Gradients(losses) if losses.contains(&loss) => {
                 self.inner.loss_and_grad(loss, images, labels, targets)
             }
-            declared => Err(Error::Internal(format!(
-                "attack `{}` declared {declared:?} but asked for the gradient of the {} loss; \
-                 its declaration is what lets gradient-free audits trust it, so this is a bug in the attack",
-                self.attack,
-                loss.as_str()
-            ))),
+            declared => Err(self.undeclared(declared, loss)),
         }
+    }
+
+    fn embedding_loss_and_grad(
+        &mut self,
+        loss: Loss,
+        images: &[f32],
+        reference: &[f32],
+    ) -> Result<LossAndGrad> {
+        match &self.oracle {
+            Oracle::Gradients(losses) if losses.contains(&loss) => {
+                self.inner.embedding_loss_and_grad(loss, images, reference)
+            }
+            declared => Err(self.undeclared(declared, loss)),
+        }
+    }
+}
+
+impl Guarded<'_> {
+    fn undeclared(&self, declared: &Oracle, loss: Loss) -> Error {
+        Error::Internal(format!(
+            "attack `{}` declared {declared:?} but asked for the gradient of the {} loss; \
+             its declaration is what lets gradient-free audits trust it, so this is a bug in the attack",
+            self.attack,
+            loss.as_str()
+        ))
     }
 }
 
@@ -297,6 +336,7 @@ mod tests {
             ids: &[0],
             seed: 0,
             rows_per_call: 1,
+            reference: None,
         };
         let err = Cheat
             .run(&mut Guarded::new(&mut model, &Cheat), &batch)
@@ -340,6 +380,7 @@ mod tests {
                 ids: &[0, 1],
                 seed: 0,
                 rows_per_call: 2,
+                reference: None,
             };
             attack
                 .run(&mut Guarded::new(&mut model, attack.as_ref()), &batch)

@@ -101,6 +101,7 @@ pub fn drive(
                 ids: &ids,
                 seed: step.seed,
                 rows_per_call: step.batch_size.max(1),
+                reference: None,
             };
             let out = perturb(victim, chunk, &batch)?;
             if out.adversarial.len() != images.len()

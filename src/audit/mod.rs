@@ -525,6 +525,7 @@ impl Audit<'_> {
                 ids: &ids,
                 seed: self.plan.seed(),
                 rows_per_call: labels.len().max(1),
+                reference: None,
             };
             if let Some(flag) = checks::unbounded_attack_fails(victim, &batch)? {
                 self.flag(victim, flag);

@@ -122,4 +122,15 @@ impl Model for Victim<'_> {
         self.gradients(loss)?
             .loss_and_grad(images, labels, targets, labels.len())
     }
+
+    fn embedding_loss_and_grad(
+        &mut self,
+        loss: Loss,
+        images: &[f32],
+        reference: &[f32],
+    ) -> Result<LossAndGrad> {
+        let n = images.len() / self.image_shape.iter().product::<usize>().max(1);
+        self.gradients(loss)?
+            .embedding_loss_and_grad(images, reference, n)
+    }
 }

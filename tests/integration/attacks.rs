@@ -75,6 +75,7 @@ fn run(
         ids: &data.ids[range.clone()],
         seed,
         rows_per_call: range.len(),
+        reference: None,
     };
     attack
         .run(&mut Guarded::new(model, attack), &batch)
