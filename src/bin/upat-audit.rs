@@ -13,7 +13,9 @@ use upat::data::images::ImageOptions;
 use upat::data::{save_npz, DataSpec, Dataset, Split};
 use upat::onnx::{ClassifierGraph, Normalization, OnnxModel};
 use upat::progress::TerminalProgress;
-use upat::runtime::{resolve_backend, Backend, BackendChoice, Device, RuntimeOptions};
+use upat::runtime::{
+    resolve_backend, resolve_device, Backend, BackendChoice, DeviceChoice, RuntimeOptions,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -131,8 +133,10 @@ struct AuditArgs {
     /// auto = ONNX Runtime when its library loads, else tract.
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
-    #[arg(long, value_enum, default_value = "cpu")]
-    device: Device,
+    /// auto = the GPU where ONNX Runtime's CUDA provider registers, else
+    /// the CPU; cuda fails (exit 2) rather than fall back.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
     /// The backend's threads (default: one per core); --threads 1 lets N
     /// shards share N cores.
     #[arg(long, value_name = "N", value_parser = upat::cli::threads)]
@@ -273,6 +277,8 @@ struct AuditConfig {
     junit: Option<PathBuf>,
     resume: bool,
     shard: Option<Shard>,
+    /// Which device runs, and why (for `--device auto`).
+    device_line: String,
 }
 
 impl TryFrom<AuditArgs> for AuditConfig {
@@ -310,6 +316,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
             .as_deref()
             .map(str::parse::<Normalization>)
             .transpose()?;
+        let (device, device_line) = resolve_device(args.device, args.backend);
         let plan = AuditPlan::new(AuditRequest {
             models: args.models,
             sources: args.sources,
@@ -317,7 +324,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
             gates,
             runtime: RuntimeOptions {
                 backend: args.backend,
-                device: args.device,
+                device,
                 threads: args.threads,
             },
             normalization,
@@ -343,6 +350,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
                 .as_deref()
                 .map(|s| Shard::parse(s, |name| std::env::var(name).ok()))
                 .transpose()?,
+            device_line,
         })
     }
 }
@@ -365,6 +373,7 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
         (_, Err(_)) => {}
     }
     backend?;
+    eprintln!("device: {}", config.device_line);
     let mut data = load_data(&config.data, &config.images, config.samples)?;
     eprintln!(
         "data: {} test split, {} samples of {:?}",

@@ -32,6 +32,45 @@ pub enum Device {
     Cuda,
 }
 
+/// Where the user asked inference to run (`--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    Cpu,
+    /// A GPU through ONNX Runtime's CUDA provider, or an error saying why not.
+    Cuda,
+    /// The GPU where ONNX Runtime's CUDA provider registers, else the CPU.
+    Auto,
+}
+
+/// The device `choice` resolves to with `backend`, and a line for the user
+/// saying which it is and, for `auto`, why. `cuda` is taken as asked: a
+/// session that cannot use it fails (never a quiet fallback).
+pub fn resolve_device(choice: DeviceChoice, backend: BackendChoice) -> (Device, String) {
+    match choice {
+        DeviceChoice::Cpu => (Device::Cpu, "cpu".into()),
+        DeviceChoice::Cuda => (Device::Cuda, "cuda".into()),
+        DeviceChoice::Auto => {
+            let options = RuntimeOptions {
+                backend,
+                device: Device::Cpu,
+                threads: None,
+            };
+            match resolve_backend(options) {
+                #[cfg(feature = "ort")]
+                Ok(Backend::Ort) => match ort::cuda_usable() {
+                    Ok(()) => (Device::Cuda, "cuda (ONNX Runtime's CUDA provider)".into()),
+                    Err(_) => (
+                        Device::Cpu,
+                        "cpu (ONNX Runtime's CUDA provider is not usable here; --device cuda says why)"
+                            .into(),
+                    ),
+                },
+                _ => (Device::Cpu, "cpu (tract runs on the CPU only)".into()),
+            }
+        }
+    }
+}
+
 /// A backend that runs: what [`BackendChoice`] resolves to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -294,26 +294,52 @@ impl OrtSession {
     }
 }
 
-#[cfg(feature = "cuda")]
 fn with_cuda(
     builder: ort::session::builder::SessionBuilder,
 ) -> Result<ort::session::builder::SessionBuilder> {
     builder
         .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
         .map_err(|e| {
+            let library = ort_library_name();
             ort_error(format!(
-                "the CUDA execution provider could not be registered ({e}); install onnxruntime-gpu and the CUDA libraries, or use --device cpu"
+                "the CUDA execution provider could not be registered with {library} ({e}); \
+                 install onnxruntime-gpu and the CUDA libraries, or use --device cpu",
             ))
         })
 }
 
-#[cfg(not(feature = "cuda"))]
-fn with_cuda(
-    _builder: ort::session::builder::SessionBuilder,
-) -> Result<ort::session::builder::SessionBuilder> {
-    Err(ort_error(
-        "this build has no CUDA support; rebuild with --features cuda, or use --device cpu",
-    ))
+/// The loaded ONNX Runtime library, for messages.
+fn ort_library_name() -> String {
+    ensure_loaded().map_or_else(|_| "ONNX Runtime".into(), |p| p.display().to_string())
+}
+
+/// Whether ONNX Runtime can run on CUDA here: the CUDA provider registers
+/// with a session of a one-node model (its libraries load, a GPU answers).
+/// `Err` says why not, in one line.
+pub fn cuda_usable() -> std::result::Result<(), String> {
+    let probe = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(pb::GraphProto {
+            name: "probe".into(),
+            node: vec![pb::NodeProto {
+                op_type: "Identity".into(),
+                input: vec!["x".into()],
+                output: vec!["y".into()],
+                ..Default::default()
+            }],
+            input: vec![crate::onnx::tensor_value_info("x", 1, &[Some(1)])],
+            output: vec![crate::onnx::tensor_value_info("y", 1, &[Some(1)])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    OrtSession::new(&probe, Device::Cuda, None)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 impl Session for OrtSession {

@@ -419,17 +419,36 @@ fn scores_only_attacks_run_on_a_model_without_gradients() {
     );
 }
 
-#[cfg(not(feature = "cuda"))]
+/// Without a usable CUDA provider (CI: the CPU-only ONNX Runtime),
+/// `--device cuda` fails with the reason, and `auto` runs on the CPU and
+/// says so.
 #[test]
-fn cuda_without_cuda_support_fails_loudly_instead_of_falling_back() {
-    let err = audit_error(&[
-        &arg(&fixture("tiny_cnn.onnx")),
-        "--data",
-        &golden_data(),
-        "--device",
-        "cuda",
-    ]);
-    assert!(err.contains("CUDA"), "{err}");
+fn cuda_without_cuda_support_fails_loudly_and_auto_says_it_runs_on_the_cpu() {
+    if upat::runtime::ort::cuda_usable().is_ok() {
+        eprintln!("skipped: this machine runs ONNX Runtime on CUDA");
+        return;
+    }
+    let (model, data) = (arg(&fixture("tiny_cnn.onnx")), golden_data());
+    let err = audit_error(&[&model, "--data", &data, "--device", "cuda"]);
+    let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(error_lines.len(), 1, "{err}");
+    assert!(
+        error_lines[0].contains("CUDA execution provider")
+            && error_lines[0].contains("--device cpu"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for device in [None, Some("auto")] {
+        let mut args = vec![model.as_str(), "--data", &data, "--suite", "smoke"];
+        args.extend(device.map(|d| ["--device", d]).into_iter().flatten());
+        let out = upat_audit(dir.path(), &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("device: cpu (ONNX Runtime's CUDA provider is not usable"),
+            "{}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]
