@@ -10,6 +10,25 @@ pub fn relu_backward(x: &[f32], g: &[f32], dx: &mut [f32]) {
     }
 }
 
+/// The forward 2×2, stride-2 MaxPool of one `[h, w]` plane into `y`
+/// (`[h / 2, w / 2]`, a last odd row or column dropped), as tract computes
+/// it: `f32::MIN.max(cell)` over the window's cells in row order (NaN never
+/// taken; f32::MIN where no cell is above it).
+pub fn max_pool_2x2(x: &[f32], (h, w): (usize, usize), y: &mut [f32]) {
+    let (oh, ow) = (h / 2, w / 2);
+    for (r, out) in y.chunks_exact_mut(ow.max(1)).take(oh).enumerate() {
+        let (top, bottom) = (
+            &x[2 * r * w..(2 * r + 1) * w],
+            &x[(2 * r + 1) * w..(2 * r + 2) * w],
+        );
+        for (c, cell) in out.iter_mut().enumerate() {
+            *cell = [top[2 * c], top[2 * c + 1], bottom[2 * c], bottom[2 * c + 1]]
+                .into_iter()
+                .fold(f32::MIN, f32::max);
+        }
+    }
+}
+
 /// A 2-D pooling window's geometry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {

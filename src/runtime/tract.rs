@@ -77,6 +77,7 @@ impl TractSession {
         };
         let mut proto = proto.clone();
         spell_out_celu(&mut proto);
+        super::tract_ops::fast_max_pools(&mut proto);
         Ok(TractSession {
             proto,
             plans: HashMap::new(),
