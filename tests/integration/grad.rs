@@ -452,6 +452,29 @@ fn grad_command_writes_a_graph_with_the_contracted_interface() {
         ]
     );
     assert!(written.opset().unwrap() >= 17 && written.proto.ir_version <= 10);
+    // An embedding loss reads a reference embedding in place of labels.
+    let args = [
+        "grad",
+        &fixture("tiny_cnn.onnx").display().to_string(),
+        "--loss",
+        "cosine",
+        "-o",
+        &out_file.display().to_string(),
+    ];
+    let out = upat_audit(dir.path(), &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("embedding width 5"),
+        "{}",
+        stdout(&out)
+    );
+    let written = OnnxModel::load(&out_file).unwrap();
+    let inputs: Vec<String> = written
+        .inputs()
+        .into_iter()
+        .map(|t| t.describe_named())
+        .collect();
+    assert_eq!(inputs, ["input float[N,3,8,8]", "reference float[N,5]"]);
     let out = upat_audit(
         dir.path(),
         &[
