@@ -21,6 +21,7 @@ pub mod audit;
 pub mod cli;
 pub mod contain;
 pub mod data;
+pub mod embedding;
 pub mod error;
 pub mod limits;
 pub mod onnx;
