@@ -552,7 +552,6 @@ fn torchvision_architectures_match_pytorch_autograd_on_both_backends() {
 #[test]
 fn onnx_runtime_runs_specialised_gradients_with_the_portable_values() {
     use upat::onnx::grad::specialise::{for_onnx_runtime, Kernels, MAX_POOL_GRAD, RELU_GRAD};
-    use upat::runtime::{open_session, Feed};
     // pooling: one tiling pool among overlapping and ceil-mode ones; a
     // dilated and an asymmetric stride-1 conv beside a grouped strided one
     // and a stride-2 average pool (whose backward is a ConvTranspose).
@@ -610,16 +609,7 @@ fn onnx_runtime_runs_specialised_gradients_with_the_portable_values() {
             ops(&standard, "Where"),
             "{model}"
         );
-        let g = golden(golden_file);
-        let image = [g.n, 3, 8, 8];
-        let vector = [g.n];
-        let feeds = [Feed::F32(&g.x, &image), Feed::I64(&g.y, &vector)];
-        let run = |proto| {
-            open_session(proto, cpu(BackendChoice::Ort))
-                .unwrap()
-                .run(&feeds)
-                .unwrap()
-        };
+        let run = |proto| run_on_golden(proto, BackendChoice::Ort, golden_file);
         let (a, b, c) = (run(&portable.proto), run(&standard), run(&fused));
         assert_eq!(a.len(), 3);
         assert_eq!(a[..2], b[..2], "{model}: logits and loss must be identical");
@@ -639,7 +629,6 @@ fn onnx_runtime_runs_specialised_gradients_with_the_portable_values() {
 #[test]
 fn tract_runs_upats_kernels_with_the_portable_values() {
     use upat::onnx::grad::specialise::{for_tract, MAX_POOL_GRAD, RELU_GRAD};
-    use upat::runtime::{open_session, Feed};
     for (model, golden_file) in [
         ("zoo/pooling.onnx", "zoo/pooling_golden.npz"),
         ("tiny_cnn.onnx", "tiny_cnn_golden.npz"),
@@ -662,16 +651,7 @@ fn tract_runs_upats_kernels_with_the_portable_values() {
             ops(&portable.proto, "ConvTranspose"),
             "{model}: convolution gradients stay ConvTranspose on tract"
         );
-        let g = golden(golden_file);
-        let image = [g.n, 3, 8, 8];
-        let vector = [g.n];
-        let feeds = [Feed::F32(&g.x, &image), Feed::I64(&g.y, &vector)];
-        let run = |proto| {
-            open_session(proto, cpu(BackendChoice::Tract))
-                .unwrap()
-                .run(&feeds)
-                .unwrap()
-        };
+        let run = |proto| run_on_golden(proto, BackendChoice::Tract, golden_file);
         let (a, b) = (run(&portable.proto), run(&fused));
         assert_eq!(
             a, b,
@@ -687,17 +667,7 @@ fn tract_runs_upats_kernels_with_the_portable_values() {
 fn tract_refuses_a_foreign_op_named_like_upats() {
     use upat::onnx::pb;
     use upat::runtime::open_session;
-    let value = |name: &str| pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: None,
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let value = |name: &str| upat::onnx::tensor_value_info(name, 1, &[None, None]);
     let proto = pb::ModelProto {
         ir_version: 8,
         opset_import: vec![
@@ -729,4 +699,21 @@ fn tract_refuses_a_foreign_op_named_like_upats() {
         .expect("a foreign ReluGrad is refused")
         .to_string();
     assert!(error.contains("com.microsoft"), "{error}");
+}
+
+/// A gradient graph (in any form) run as a plain session on a golden's
+/// images and labels: logits, loss and input gradient.
+fn run_on_golden(
+    proto: &upat::onnx::pb::ModelProto,
+    backend: BackendChoice,
+    golden_file: &str,
+) -> Vec<upat::runtime::Fetched> {
+    use upat::runtime::{open_session, Feed};
+    let g = golden(golden_file);
+    let image = [g.n, 3, 8, 8];
+    let vector = [g.n];
+    open_session(proto, cpu(backend))
+        .unwrap()
+        .run(&[Feed::F32(&g.x, &image), Feed::I64(&g.y, &vector)])
+        .unwrap()
 }

@@ -212,32 +212,10 @@ pub(crate) use test_backend;
 /// Flatten and one MatMul (small, deterministic weights): a stand-in for an
 /// encoder, or for a classifier of any number of classes.
 pub fn linear_model(image: [usize; 3], width: usize) -> Vec<u8> {
-    use upat::onnx::pb;
-    use upat::onnx::pb::tensor_shape_proto::{dimension::Value as Dim, Dimension};
+    use upat::onnx::{pb, tensor_value_info};
     let features: usize = image.iter().product();
-    let dims = |dims: &[Dim]| pb::TensorShapeProto {
-        dim: dims
-            .iter()
-            .map(|d| Dimension {
-                value: Some(d.clone()),
-                ..Default::default()
-            })
-            .collect(),
-    };
-    let value = |name: &str, shape: pb::TensorShapeProto| pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: Some(shape),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let batch = Dim::DimParam("N".into());
-    let mut input_dims = vec![batch.clone()];
-    input_dims.extend(image.iter().map(|&d| Dim::DimValue(d as i64)));
+    let mut input_dims = vec![None];
+    input_dims.extend(image.iter().map(|&d| Some(d as i64)));
     let weights = pb::TensorProto {
         name: "w".into(),
         data_type: 1,
@@ -266,8 +244,8 @@ pub fn linear_model(image: [usize; 3], width: usize) -> Vec<u8> {
                 node("MatMul", &["flat", "w"], "output"),
             ],
             initializer: vec![weights],
-            input: vec![value("input", dims(&input_dims))],
-            output: vec![value("output", dims(&[batch, Dim::DimValue(width as i64)]))],
+            input: vec![tensor_value_info("input", 1, &input_dims)],
+            output: vec![tensor_value_info("output", 1, &[None, Some(width as i64)])],
             ..Default::default()
         }),
         ..Default::default()
